@@ -1,0 +1,133 @@
+"""Process launching and process-group setup shared by every training command.
+
+Launch rules (the same for ``pretrain`` and ``experiment``):
+
+* Under an existing launcher (``LOCAL_RANK`` in the environment, e.g. ``torchrun`` or
+  SLURM + torchrun), the process joins the group it was given and never relaunches. So
+  ``torchrun --nnodes 2 --nproc-per-node 8 -m cpc_fast pretrain ...`` works across nodes.
+* ``--gpus N`` with ``N > 1`` re-runs the same command line as ``N`` local processes through
+  torchrun's launcher, in this process, with a standalone rendezvous on a free port.
+* ``--gpus 0``, or no CUDA device, runs on the CPU; several CPU processes use gloo.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from cpc_fast.errors import UserInputError
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    """Where this process sits in the job."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0 alone logs, shows progress and writes files."""
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def under_launcher() -> bool:
+    """True inside a process started by torchrun (or anything that sets LOCAL_RANK)."""
+    return "LOCAL_RANK" in os.environ
+
+
+def launch(num_processes: int, argv: list[str]) -> None:
+    """Runs ``python -m cpc_fast <argv>`` as ``num_processes`` local workers (torchrun).
+
+    Blocks until every worker exits; raises ``RuntimeError`` naming the failed rank.
+    """
+    from torch.distributed.run import get_args_parser, run
+
+    if num_processes < 2:
+        raise ValueError("launch() is for two or more processes")
+    args = get_args_parser().parse_args(
+        [
+            "--standalone",
+            f"--nproc-per-node={num_processes}",
+            "--module",
+            "cpc_fast",
+            *argv,
+        ]
+    )
+    try:
+        run(args)
+    except Exception as exc:  # torchrun's ChildFailedError carries a long per-rank report
+        raise RuntimeError(f"a worker process failed: {exc}") from exc
+
+
+def needs_launch(gpus: int) -> bool:
+    """True when this call must spawn workers instead of training in-process."""
+    if gpus < 0:
+        raise UserInputError(f"--gpus must be 0 or more, got {gpus}")
+    return gpus > 1 and not under_launcher()
+
+
+def init(gpus: int, timeout_minutes: float = 30.0) -> DistEnv:
+    """Joins (or skips) the process group and picks this process's device.
+
+    ``gpus == 0`` forces the CPU. With CUDA the backend is NCCL, otherwise gloo.
+    """
+    use_cuda = gpus > 0 and torch.cuda.is_available()
+    if not under_launcher():
+        device = torch.device("cuda", 0) if use_cuda else torch.device("cpu")
+        if use_cuda:
+            torch.cuda.set_device(device)
+        return DistEnv(rank=0, world_size=1, local_rank=0, device=device)
+    rank = int(os.environ["RANK"])
+    world_size = int(os.environ["WORLD_SIZE"])
+    local_rank = int(os.environ["LOCAL_RANK"])
+    if use_cuda:
+        device = torch.device("cuda", local_rank % torch.cuda.device_count())
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group(
+            backend="nccl" if use_cuda else "gloo",
+            timeout=datetime.timedelta(minutes=timeout_minutes),
+            device_id=device if use_cuda else None,
+        )
+    return DistEnv(rank=rank, world_size=world_size, local_rank=local_rank, device=device)
+
+
+def shutdown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
+    """Mean of ``tensor`` over ranks (a no-op in a single process)."""
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        tensor = tensor.clone()
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        tensor /= dist.get_world_size()
+    return tensor
+
+
+def broadcast_object(obj: object, src: int = 0) -> object:
+    """Sends a picklable object from ``src`` to every rank."""
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]

@@ -1,0 +1,75 @@
+"""A small metrics logger: CSV always, TensorBoard when it is installed.
+
+Only rank 0 should create one. Rows are appended and flushed at once, so a killed run keeps
+every row it logged; a resumed run appends to the same file.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+
+class MetricsLogger:
+    """Appends ``{name: value}`` rows for a ``split`` ("train", "valid", ...) at a ``step``.
+
+    The CSV has the columns ``step, split, name, value`` (long format), so new metric names
+    never invalidate the header.
+    """
+
+    def __init__(self, folder: str | os.PathLike, tensorboard: bool = True) -> None:
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.csv_path = self.folder / "metrics.csv"
+        new = not self.csv_path.exists() or self.csv_path.stat().st_size == 0
+        self._fh = open(self.csv_path, "a", newline="")  # noqa: SIM115 - lives with the logger
+        self._csv = csv.writer(self._fh)
+        if new:
+            self._csv.writerow(["step", "split", "name", "value"])
+            self._fh.flush()
+        self._tb = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._tb = SummaryWriter(log_dir=str(self.folder / "tensorboard"))
+            except Exception:  # tensorboard is an optional extra
+                self._tb = None
+
+    def log(self, step: int, split: str, values: Mapping[str, float]) -> None:
+        for name, value in values.items():
+            value = float(value)
+            self._csv.writerow([step, split, name, repr(value) if math.isfinite(value) else value])
+            if self._tb is not None:
+                self._tb.add_scalar(f"{split}/{name}", value, step)
+        self._fh.flush()
+
+    def close(self) -> None:
+        self._fh.close()
+        if self._tb is not None:
+            self._tb.close()
+
+    def __enter__(self) -> MetricsLogger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def read_metrics(path: str | os.PathLike) -> list[dict[str, object]]:
+    """Reads a metrics CSV back as ``[{"step": int, "split": str, "name": str, "value": float}]``."""
+    rows = []
+    with open(path, newline="") as fh:
+        for row in csv.DictReader(fh):
+            rows.append(
+                {
+                    "step": int(row["step"]),
+                    "split": row["split"],
+                    "name": row["name"],
+                    "value": float(row["value"]),
+                }
+            )
+    return rows
