@@ -94,8 +94,10 @@ class CPCEncoder(nn.Module):
 
     def __init__(self, config: CPCConfig) -> None:
         super().__init__()
-        self.pads = [(math.ceil((k - s) / 2), (k - s) // 2)
-                     for k, s in zip(config.kernel_sizes, config.strides, strict=True)]
+        self.pads = [
+            (math.ceil((k - s) / 2), (k - s) // 2)
+            for k, s in zip(config.kernel_sizes, config.strides, strict=True)
+        ]
         convs, norms = [], []
         in_ch = 1
         for k, s in zip(config.kernel_sizes, config.strides, strict=True):
@@ -108,9 +110,11 @@ class CPCEncoder(nn.Module):
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
         if wave.dim() != 2:
-            raise ValueError(f"expected wave of shape (B, T), got {tuple(wave.shape)}")
+            raise UserInputError(f"expected wave of shape (B, T), got {tuple(wave.shape)}")
         if wave.shape[1] < self.hop:
-            raise ValueError(f"waveform of {wave.shape[1]} samples is shorter than one frame ({self.hop})")
+            raise UserInputError(
+                f"waveform of {wave.shape[1]} samples is shorter than one frame ({self.hop})"
+            )
         x = wave.unsqueeze(1)  # (B, 1, T)
         for pad, conv, norm in zip(self.pads, self.convs, self.norms, strict=True):
             x = F.relu(norm(conv(F.pad(x, pad))))
@@ -133,7 +137,9 @@ class CPCModel(nn.Module):
         self.encoder = CPCEncoder(cfg)
         self.gru = nn.GRU(cfg.encoder_dim, cfg.context_dim, num_layers=1, batch_first=True)
         # The K predictors as one (K * D) x C matrix: one GEMM instead of K small ones.
-        self.predictor = nn.Linear(cfg.context_dim, cfg.prediction_steps * cfg.encoder_dim, bias=False)
+        self.predictor = nn.Linear(
+            cfg.context_dim, cfg.prediction_steps * cfg.encoder_dim, bias=False
+        )
 
     @property
     def frame_hop(self) -> int:
@@ -148,7 +154,17 @@ class CPCModel(nn.Module):
 
     def context(self, wave: torch.Tensor) -> torch.Tensor:
         """(B, T) float waveform -> c (B, L, context_dim)."""
-        return self.gru(self.encode(wave))[0]
+        return self.autoregress(self.encode(wave))
+
+    def autoregress(self, z: torch.Tensor) -> torch.Tensor:
+        """z (B, L, encoder_dim) -> c (B, L, context_dim), the GRU over time.
+
+        Under autocast the recurrence still runs in the weights' dtype (float32): its L
+        sequential steps (1000 per 10 s) are latency-bound, so bf16 would save no time, and
+        rounding error would accumulate along them.
+        """
+        with torch.autocast(device_type=z.device.type, enabled=False):
+            return self.gru(z.to(self.gru.weight_ih_l0.dtype))[0]
 
     def predict(self, c: torch.Tensor) -> torch.Tensor:
         """c (B, L, C) -> predictions (B, K, L, D), a permuted view (not contiguous)."""
@@ -158,7 +174,7 @@ class CPCModel(nn.Module):
 
     def forward(self, wave: torch.Tensor) -> CPCOutput:
         z = self.encode(wave)
-        c = self.gru(z)[0]
+        c = self.autoregress(z)
         return CPCOutput(z=z, c=c, predictions=self.predict(c))
 
 

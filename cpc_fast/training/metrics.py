@@ -60,7 +60,8 @@ class MetricsLogger:
 
 
 def read_metrics(path: str | os.PathLike) -> list[dict[str, object]]:
-    """Reads a metrics CSV back as ``[{"step": int, "split": str, "name": str, "value": float}]``."""
+    """Reads a metrics CSV back as rows ``{"step": int, "split": str, "name": str,
+    "value": float}``."""
     rows = []
     with open(path, newline="") as fh:
         for row in csv.DictReader(fh):
@@ -73,3 +74,32 @@ def read_metrics(path: str | os.PathLike) -> list[dict[str, object]]:
                 }
             )
     return rows
+
+
+def truncate_metrics(path: str | os.PathLike, max_step: int) -> int:
+    """Drops the rows logged after ``max_step`` (atomically); returns how many were dropped.
+
+    A run resumed from the checkpoint at ``max_step`` repeats the steps after it, so rows a
+    killed run logged past its last checkpoint would otherwise appear twice.
+    """
+    from cpc_fast.training.checkpoint import atomic_write
+
+    path = Path(path)
+    if not path.is_file():
+        return 0
+    with open(path, newline="") as fh:
+        rows = list(csv.reader(fh))
+    if not rows:
+        return 0
+    header, body = rows[0], rows[1:]
+    # A SIGKILL can cut the last row short: keep only complete rows.
+    keep = [r for r in body if len(r) == len(header) and r[0].isdigit() and int(r[0]) <= max_step]
+    dropped = len(body) - len(keep)
+    if dropped:
+
+        def _write(tmp: str) -> None:
+            with open(tmp, "w", newline="") as out:
+                csv.writer(out).writerows([header, *keep])
+
+        atomic_write(path, _write)
+    return dropped

@@ -1,0 +1,183 @@
+"""Indexed audio files for pre-training: cheap checks at indexing time, a stable validation
+split, and a ``Dataset`` that reads one file per item.
+
+Shared by the LibriSpeech and folder loaders. Files are checked with ``audio_info`` (the
+header only, no decoding): a wrong sample rate, several channels, an unreadable header, no
+samples, or fewer than ``min_samples`` make a :class:`SkippedFile` with the reason, unless
+``strict`` (then :class:`UserInputError` naming the file). Reading happens in DataLoader
+workers; what fails there is handled by :mod:`cpc_fast.data.pretrain_data`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from torch.utils.data import Dataset
+
+from cpc_fast.errors import UserInputError
+
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
+
+
+@dataclass(frozen=True)
+class AudioItem:
+    """One usable utterance: where it is, its id, its speaker (None if unknown), its length."""
+
+    path: str
+    utterance_id: str
+    speaker: str | None
+    num_samples: int
+
+
+@dataclass(frozen=True)
+class SkippedFile:
+    """A file left out, and why (one line, naming the problem)."""
+
+    path: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.reason}"
+
+
+def probe(
+    path: str | os.PathLike,
+    *,
+    sample_rate: int = 16000,
+    min_samples: int = 160,
+) -> int | str:
+    """Checks a file's header: its sample count if usable, else the reason it is not."""
+    from cpc_fast.data.audio import audio_info
+
+    try:
+        info = audio_info(path)
+    except (UserInputError, OSError) as exc:
+        return f"unreadable ({_strip_path(str(exc), path)})"
+    if info.sample_rate != sample_rate:
+        return f"sample rate is {info.sample_rate} Hz, expected {sample_rate} Hz (resample it)"
+    if info.channels != 1:
+        return f"has {info.channels} channels, expected mono (downmix it)"
+    if info.frames == 0:
+        return "empty (no samples)"
+    if info.frames < min_samples:
+        return f"too short: {info.frames} samples, the minimum is {min_samples}"
+    return int(info.frames)
+
+
+def _strip_path(message: str, path: str | os.PathLike) -> str:
+    """Error messages often start with the path; the warning names it once already."""
+    prefix = f"{path}: "
+    return message[len(prefix) :] if message.startswith(prefix) else message
+
+
+def check_files(
+    candidates: Iterable[tuple[str, str, str | None]],
+    *,
+    sample_rate: int = 16000,
+    min_samples: int = 160,
+    strict: bool = False,
+    warn: Callable[[str], None] | None = None,
+) -> tuple[list[AudioItem], list[SkippedFile]]:
+    """Probes ``(path, utterance_id, speaker)`` candidates.
+
+    Returns the usable items and the skipped files; each skip is passed to ``warn`` (one
+    line). With ``strict`` the first bad file raises :class:`UserInputError` instead.
+    """
+    items, skipped = [], []
+    for path, utterance_id, speaker in candidates:
+        result = probe(path, sample_rate=sample_rate, min_samples=min_samples)
+        if isinstance(result, str):
+            bad = SkippedFile(str(path), result)
+            if strict:
+                raise UserInputError(f"{bad} (without --strict it would be skipped)")
+            skipped.append(bad)
+            if warn is not None:
+                warn(f"skipping {bad}")
+            continue
+        items.append(AudioItem(str(path), utterance_id, speaker, result))
+    return items, skipped
+
+
+def is_validation(utterance_id: str, fraction: float) -> bool:
+    """True for about ``fraction`` of ids, fixed by a SHA-1 of the id (no RNG, no order)."""
+    if fraction <= 0:
+        return False
+    digest = hashlib.sha1(utterance_id.encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < fraction
+
+
+def split_items(
+    items: Sequence[AudioItem], valid_fraction: float
+) -> tuple[list[AudioItem], list[AudioItem]]:
+    """(train, valid) by :func:`is_validation` on each utterance id; when that would leave
+    nothing to train on (a handful of files), everything trains and nothing validates."""
+    train, valid = [], []
+    for item in items:
+        (valid if is_validation(item.utterance_id, valid_fraction) else train).append(item)
+    if not train:
+        return valid, []
+    return train, valid
+
+
+class AudioFileDataset(Dataset):
+    """Reads ``items[i]`` as a 1-D float32 waveform ``(num_samples,)`` at ``sample_rate``.
+
+    Attributes:
+        items: the :class:`AudioItem` list, in index order.
+        skipped: files left out when indexing (counted in the run summary).
+        description: one line saying what this is (recorded in config.json).
+    """
+
+    def __init__(
+        self,
+        items: Sequence[AudioItem],
+        *,
+        sample_rate: int = 16000,
+        skipped: Sequence[SkippedFile] = (),
+        description: str = "",
+    ) -> None:
+        self.items = list(items)
+        self.sample_rate = sample_rate
+        self.skipped = list(skipped)
+        self.description = description
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        from cpc_fast.data.audio import read_audio
+
+        return read_audio(self.items[index].path, sample_rate=self.sample_rate)
+
+    @property
+    def speakers(self) -> list[str]:
+        """The distinct known speakers, sorted."""
+        return sorted({item.speaker for item in self.items if item.speaker is not None})
+
+    @property
+    def seconds(self) -> float:
+        """Total audio in seconds."""
+        return sum(item.num_samples for item in self.items) / self.sample_rate
+
+
+def relative_id(path: Path, root: Path) -> str:
+    """The path below ``root`` without its suffix, '/'-separated: a stable utterance id."""
+    return path.relative_to(root).with_suffix("").as_posix()
+
+
+__all__ = [
+    "AUDIO_SUFFIXES",
+    "AudioFileDataset",
+    "AudioItem",
+    "SkippedFile",
+    "check_files",
+    "is_validation",
+    "probe",
+    "relative_id",
+    "split_items",
+]

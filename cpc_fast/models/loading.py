@@ -1,0 +1,71 @@
+"""Saving and loading pretrained CPC models (safetensors + the CPCConfig in the metadata).
+
+Usage::
+
+    model = cpc_fast.load_cpc("runs/librispeech")  # a run folder or its model.safetensors
+    c = model.context(wave)  # (B, T) 16-kHz float32 -> (B, floor(T / 160), 256)
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from cpc_fast.errors import UserInputError
+from cpc_fast.models.cpc import CPCConfig, CPCModel
+from cpc_fast.training.checkpoint import WEIGHTS_NAME, load_weights, save_weights
+
+CPC_KIND = "cpc"
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain module under DistributedDataParallel and/or ``torch.compile`` wrappers."""
+    while True:
+        if isinstance(model, nn.parallel.DistributedDataParallel):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):  # torch.compile's OptimizedModule
+            model = model._orig_mod
+        else:
+            return model
+
+
+def save_cpc(model: nn.Module, path: str | os.PathLike) -> None:
+    """Writes a :class:`CPCModel` (possibly DDP/compile-wrapped) to ``path`` atomically."""
+    model = unwrap(model)
+    if not isinstance(model, CPCModel):
+        raise TypeError(f"expected a CPCModel, got {type(model).__name__}")
+    save_weights(path, model.state_dict(), model.config.to_dict(), kind=CPC_KIND)
+
+
+def load_cpc(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> CPCModel:
+    """Loads a pretrained CPC model for feature extraction, in eval mode.
+
+    Args:
+        path: a run folder written by ``cpc-fast pretrain`` (its ``model.safetensors`` is
+            used) or a ``.safetensors`` file written by :func:`save_cpc`.
+        map_location: the device to put the model on.
+
+    Raises:
+        FileNotFoundError: nothing at ``path``, or a folder without ``model.safetensors``.
+        UserInputError: the file is not a CPC model (another kind, no config, wrong shapes).
+    """
+    path = Path(path)
+    if path.is_dir():
+        folder, path = path, path / WEIGHTS_NAME
+        if not path.is_file():
+            raise FileNotFoundError(f"{folder}: no {WEIGHTS_NAME} in this folder (not a CPC run)")
+    elif not path.exists():
+        raise FileNotFoundError(f"{path}: no such file or folder")
+    tensors, config = load_weights(path, expected_kind=CPC_KIND)
+    model = CPCModel(CPCConfig.from_dict(config))
+    try:
+        model.load_state_dict(tensors, strict=True)
+    except RuntimeError as exc:
+        raise UserInputError(f"{path}: weights do not match their CPC config ({exc})") from exc
+    return model.to(map_location).eval()
+
+
+__all__ = ["CPC_KIND", "load_cpc", "save_cpc", "unwrap"]

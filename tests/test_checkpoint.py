@@ -1,0 +1,102 @@
+"""Checkpoint files: atomic writes, weights with their config, weights-only training state
+with RNG states, and metrics rows after a kill."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from cpc_fast.errors import UserInputError
+from cpc_fast.training.checkpoint import (
+    atomic_write,
+    load_state,
+    load_weights,
+    read_json,
+    save_state,
+    save_weights,
+    write_json,
+)
+from cpc_fast.training.metrics import MetricsLogger, read_metrics, truncate_metrics
+from cpc_fast.training.pretrain import _rng_state, _set_rng_state, derive_seed
+
+
+def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path) -> None:
+    target = tmp_path / "config.json"
+    write_json(target, {"a": 1})
+
+    def failing(tmp: str) -> None:
+        with open(tmp, "w") as fh:
+            fh.write('{"a": 2, "trunc')
+        raise RuntimeError("killed mid-write")
+
+    with pytest.raises(RuntimeError):
+        atomic_write(target, failing)
+    assert read_json(target) == {"a": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["config.json"]  # no temp file left
+
+
+def test_weights_round_trip_with_config_and_kind(tmp_path) -> None:
+    tensors = {"w": torch.randn(3, 4), "b": torch.arange(5)}
+    save_weights(tmp_path / "m.safetensors", tensors, {"dim": 4, "names": ["x"]}, kind="cpc")
+    loaded, config = load_weights(tmp_path / "m.safetensors", expected_kind="cpc")
+    assert config == {"dim": 4, "names": ["x"]}
+    for key in tensors:
+        torch.testing.assert_close(loaded[key], tensors[key])
+    with pytest.raises(UserInputError, match="holds a 'cpc' model, expected 'recognizer'"):
+        load_weights(tmp_path / "m.safetensors", expected_kind="recognizer")
+
+
+def test_training_state_with_rng_loads_weights_only_and_restores(tmp_path) -> None:
+    torch.manual_seed(3)
+    np.random.seed(4)  # noqa: NPY002 (the global RNG is what the state saves)
+    random.seed(5)
+    state = {"step": 7, "model": {"w": torch.randn(2)}, "rng": _rng_state(), "note": None}
+    expected = (torch.rand(3), np.random.rand(3), [random.random() for _ in range(3)])  # noqa: NPY002
+    save_state(tmp_path / "state.pt", state)
+    loaded = load_state(tmp_path / "state.pt")  # torch.load(weights_only=True) inside
+    torch.load(tmp_path / "state.pt", weights_only=True)
+    assert loaded["step"] == 7 and loaded["note"] is None
+    torch.rand(10), np.random.rand(10), random.random()  # noqa: NPY002 (move every RNG on)
+    _set_rng_state(loaded["rng"])
+    again = (torch.rand(3), np.random.rand(3), [random.random() for _ in range(3)])  # noqa: NPY002
+    torch.testing.assert_close(again[0], expected[0], rtol=0, atol=0)
+    np.testing.assert_array_equal(again[1], expected[1])
+    assert again[2] == expected[2]
+
+
+def test_corrupt_files_are_named(tmp_path) -> None:
+    save_state(tmp_path / "state.pt", {"step": 1, "x": torch.zeros(1000)})
+    data = (tmp_path / "state.pt").read_bytes()
+    (tmp_path / "state.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(UserInputError, match=r"state\.pt: corrupt or unreadable"):
+        load_state(tmp_path / "state.pt")
+    (tmp_path / "config.json").write_text('{"a": ')
+    with pytest.raises(UserInputError, match=r"config\.json: not a readable JSON"):
+        read_json(tmp_path / "config.json")
+
+
+def test_truncate_metrics_drops_later_and_partial_rows(tmp_path) -> None:
+    with MetricsLogger(tmp_path, tensorboard=False) as log:
+        for step in (5, 10, 15):
+            log.log(step, "train", {"loss": 1.0 / step, "accuracy": 0.1})
+    with open(tmp_path / "metrics.csv", "a") as fh:
+        fh.write("20,train,lo")  # a row cut short by SIGKILL
+    assert truncate_metrics(tmp_path / "metrics.csv", 10) == 3  # two rows at 15, one cut
+    rows = read_metrics(tmp_path / "metrics.csv")
+    assert sorted({r["step"] for r in rows}) == [5, 10] and len(rows) == 4
+    with MetricsLogger(tmp_path, tensorboard=False) as log:
+        log.log(15, "train", {"loss": 0.5})
+    rows = read_metrics(tmp_path / "metrics.csv")
+    assert [r["step"] for r in rows] == [5, 5, 10, 10, 15]
+    assert truncate_metrics(tmp_path / "missing.csv", 3) == 0
+
+
+def test_derived_seeds_are_stable_and_distinct() -> None:
+    assert derive_seed(0, "negatives", 5, 1) == derive_seed(0, "negatives", 5, 1)
+    seeds = {derive_seed(0, "negatives", step, rank) for step in range(50) for rank in range(4)}
+    assert len(seeds) == 200 and all(0 <= s < 2**63 for s in seeds)
+    assert json.dumps(derive_seed("a")) == str(derive_seed("a"))
