@@ -1,0 +1,108 @@
+"""Negative sampling for CPC's InfoNCE: N frames drawn uniformly from the same sequence.
+
+Two generators, one contract (indices are frame numbers within the row's own sequence, drawn
+independently for every (b, k, t) and every draw j):
+
+- :func:`sample_negatives` — ``torch.randint`` with an optional ``torch.Generator``; used by
+  the reference backend and by the fused backend's explicit-index designs.
+- :func:`philox_negatives` — materialises exactly the indices that the fused kernels draw
+  in-kernel from a seed (Philox 4x32-10 via ``tl.randint4x``), so tests and debugging can
+  compare the seeded kernels with the explicit-index ones.
+
+Both map uniform integers onto ``[0, L)`` (``randint`` exactly; Philox by a 32-bit
+multiply-shift, whose bias is below L / 2**32, i.e. < 3e-7 for L = 1000).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from cpc_fast.errors import UserInputError
+
+
+def sample_negatives(
+    B: int,
+    K: int,
+    L: int,
+    N: int,
+    *,
+    device: torch.device | str | None = None,
+    generator: torch.Generator | None = None,
+    exclude_positive: bool = False,
+) -> torch.Tensor:
+    """Draws (B, K, L, N) int64 frame indices, uniform over the row's own sequence.
+
+    Row (b, k, t) has its positive at frame ``t + k + 1``. With ``exclude_positive`` the draws
+    cover the other L - 1 frames (uniformly); otherwise all L frames, as in the reference CPC
+    code, so a negative may coincide with the positive.
+    """
+    _check_sizes(B, K, L, N, exclude_positive)
+    if not exclude_positive:
+        return torch.randint(0, L, (B, K, L, N), device=device, generator=generator)
+    idx = torch.randint(0, L - 1, (B, K, L, N), device=device, generator=generator)
+    # Skip over the positive: values at or above it move up by one, so L - 1 values map
+    # one-to-one onto the frames other than the positive.
+    pos = torch.arange(L, device=idx.device).view(1, 1, L, 1) + torch.arange(
+        1, K + 1, device=idx.device
+    ).view(1, K, 1, 1)
+    return idx + (idx >= pos).long()
+
+
+def philox_negatives(
+    seed: int,
+    B: int,
+    K: int,
+    L: int,
+    N: int,
+    *,
+    device: torch.device | str,
+    exclude_positive: bool = False,
+) -> torch.Tensor:
+    """The (B, K, L, N) int64 indices the fused kernels draw in-kernel for ``seed``.
+
+    Needs Triton (CUDA tensors, or CPU tensors under ``TRITON_INTERPRET=1``).
+    """
+    _check_sizes(B, K, L, N, exclude_positive)
+    if B * K * L * ((N + 3) // 4) >= 2**31:
+        raise UserInputError(
+            "philox_negatives counts draws in int32: B*K*L*ceil(N/4) must stay below 2**31"
+        )
+    from cpc_fast.kernels.info_nce import materialize_negatives
+
+    return materialize_negatives(seed, B, K, L, N, torch.device(device), exclude_positive)
+
+
+def check_neg_index(neg_index: torch.Tensor, B: int, K: int, L: int) -> int:
+    """Validates a user-given (B, K, L, N) index tensor of frames; returns N."""
+    if not isinstance(neg_index, torch.Tensor):
+        raise UserInputError(f"neg_index must be a tensor, got {type(neg_index).__name__}")
+    if neg_index.dtype not in (torch.int32, torch.int64):
+        raise UserInputError(f"neg_index must be int32 or int64, got {neg_index.dtype}")
+    if neg_index.dim() != 4 or tuple(neg_index.shape[:3]) != (B, K, L):
+        raise UserInputError(
+            f"neg_index must have shape (B, K, L, N) = ({B}, {K}, {L}, N), "
+            f"got {tuple(neg_index.shape)}"
+        )
+    if neg_index.shape[3] < 1:
+        raise UserInputError("neg_index must hold at least one negative per row (N >= 1)")
+    check_index_range(neg_index, L, "neg_index")
+    return int(neg_index.shape[3])
+
+
+def check_index_range(index: torch.Tensor, size: int, name: str) -> None:
+    """Raises when any index falls outside [0, size): the kernels must never read past."""
+    if index.numel() == 0:
+        return
+    lo, hi = torch.aminmax(index)  # one pass, one device sync
+    lo, hi = int(lo), int(hi)
+    if lo < 0 or hi >= size:
+        bad = lo if lo < 0 else hi
+        raise UserInputError(f"{name} holds index {bad}, outside [0, {size})")
+
+
+def _check_sizes(B: int, K: int, L: int, N: int, exclude_positive: bool) -> None:
+    for name, value in (("B", B), ("K", K), ("L", L), ("N", N)):
+        if value < 1:
+            raise UserInputError(f"sample_negatives needs {name} >= 1, got {value}")
+    if exclude_positive and L < 2:
+        raise UserInputError(f"exclude_positive needs at least 2 frames per sequence, got L={L}")

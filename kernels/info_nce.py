@@ -1,0 +1,288 @@
+"""Launchers for the InfoNCE kernels: shapes, strides, block sizes and grids, nothing else.
+
+Rows are always a (B, K, L) grid: the CPC form uses it as is (queries (B, K, L, D) strided,
+keys (B, L, D)); the general form is the grid (1, 1, M) over keys (1, Nk, D). Per-row outputs
+(lse, loss, correct) are contiguous (B, K, L) tensors; gradients of per-row losses come in
+as the same shape. Callers (``cpc_fast.losses``) validate inputs; these functions assume
+valid indices and a supported dtype.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import NamedTuple
+
+import torch
+import triton
+
+from .info_nce_dense import _dense_bwd_dq_kernel, _dense_bwd_dz_kernel, _dense_fwd_kernel
+from .info_nce_gather import _dk_segment_kernel, _info_nce_bwd_kernel, _info_nce_fwd_kernel
+from .sampling import _materialize_negatives_kernel
+
+MAX_DIM = 2048  # widest D the gather kernels hold in registers
+
+
+class GatherConfig(NamedTuple):
+    BLOCK_M: int
+    BLOCK_D: int
+    num_warps: int
+    num_stages: int
+
+
+class DenseConfig(NamedTuple):
+    BLOCK_M: int
+    BLOCK_F: int
+    BLOCK_D: int
+    num_warps: int
+    num_stages: int
+
+
+def block_d(D: int) -> int:
+    return max(16, triton.next_power_of_2(D))
+
+
+def gather_config(D: int) -> GatherConfig:
+    """2048 elements of the (BLOCK_M, BLOCK_D) row tile per 8 warps: 8 per thread, which
+    keeps q, the gathered keys, dq and the 64-bit gather addresses in registers without
+    spills on sm_90 (``python -m cpc_fast.kernels.aot`` prints the counts). The candidate
+    loop is a chain of dependent gathers, so software pipelining (num_stages > 1) buys
+    nothing."""
+    bd = block_d(D)
+    return GatherConfig(min(64, max(2, 2048 // bd)), bd, 8 if bd >= 64 else 4, 1)
+
+
+def segment_config(D: int) -> GatherConfig:
+    bd = block_d(D)
+    return GatherConfig(min(64, max(2, 1024 // bd)), bd, 4, 1)
+
+
+def dense_config(D: int) -> DenseConfig:
+    """64 x 32 score tiles, 8 warps: no spills at D = 128 in fp32, bf16 or fp16."""
+    bd = block_d(D)
+    return DenseConfig(64 if bd <= 128 else 32, 32, bd, 8, 2)
+
+
+def n_groups(N: int) -> int:
+    """Philox counters per row: each yields four draws."""
+    return (N + 3) // 4
+
+
+class Candidates(NamedTuple):
+    """Where a row's candidates come from.
+
+    pos: (1, 1, M) explicit positives, or None for CPC (frame t + k + 1).
+    neg: (B, K, L, N) explicit frame/key indices, or None to draw them in-kernel from seed.
+    """
+
+    pos: torch.Tensor | None
+    neg: torch.Tensor | None
+    N: int
+    seed: int
+    exclude_positive: bool
+
+
+def _pos_stride(c: Candidates) -> int:
+    return c.pos.stride(2) if c.pos is not None else 0
+
+
+def _neg_strides(c: Candidates) -> tuple[int, int, int, int]:
+    return tuple(c.neg.stride()) if c.neg is not None else (0, 0, 0, 0)
+
+
+def _interpreted() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on")
+
+
+def _dummy(like: torch.Tensor) -> torch.Tensor:
+    return torch.empty(1, dtype=torch.int64, device=like.device)
+
+
+def gather_forward(
+    q: torch.Tensor,  # (B, K, L, D) any strides
+    keys: torch.Tensor,  # (B, Lk, D) any strides
+    cand: Candidates,
+    scale: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Designs (a)/(b) forward -> (loss (B, K, L) fp32, correct (B, K, L) bool, lse fp32)."""
+    B, K, L, D = q.shape
+    lse = torch.empty((B, K, L), dtype=torch.float32, device=q.device)
+    loss = torch.empty_like(lse)
+    correct = torch.empty((B, K, L), dtype=torch.int8, device=q.device)
+    cfg = gather_config(D)
+    grid = (triton.cdiv(L, cfg.BLOCK_M), K, B)
+    _info_nce_fwd_kernel[grid](
+        q, keys,
+        cand.pos if cand.pos is not None else _dummy(q),
+        cand.neg if cand.neg is not None else _dummy(q),
+        lse, loss, correct,
+        K, L, D, cand.N, n_groups(cand.N), keys.shape[1], cand.seed, scale,
+        *q.stride(), *keys.stride(), _pos_stride(cand), *_neg_strides(cand),
+        CPC=cand.pos is None, SAMPLED=cand.neg is None, EXCLUDE_POS=cand.exclude_positive,
+        BLOCK_M=cfg.BLOCK_M, BLOCK_D=cfg.BLOCK_D, num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages,
+    )  # fmt: skip
+    return loss, correct.bool(), lse
+
+
+def gather_backward(
+    q: torch.Tensor,
+    keys: torch.Tensor,
+    cand: Candidates,
+    scale: float,
+    lse: torch.Tensor,  # (B, K, L) fp32
+    grad: torch.Tensor,  # (B, K, L) fp32 contiguous: d total / d loss_row
+    deterministic: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Designs (a)/(b) backward -> (dq like q, dk (B, Lk, D) in keys' dtype)."""
+    B, K, L, D = q.shape
+    dq = torch.empty_like(q)  # keeps q's strides when they are dense (the permuted CPC view)
+    atomic = not deterministic
+    if atomic:
+        dk = torch.zeros(keys.shape, dtype=torch.float32, device=keys.device)
+    else:
+        dk = torch.empty(keys.shape, dtype=keys.dtype, device=keys.device)
+    cfg = gather_config(D)
+    grid = (triton.cdiv(L, cfg.BLOCK_M), K, B)
+    _info_nce_bwd_kernel[grid](
+        q, keys,
+        cand.pos if cand.pos is not None else _dummy(q),
+        cand.neg if cand.neg is not None else _dummy(q),
+        lse, grad, dq, dk,
+        K, L, D, cand.N, n_groups(cand.N), keys.shape[1], cand.seed, scale,
+        *q.stride(), *keys.stride(), _pos_stride(cand), *_neg_strides(cand),
+        *dq.stride(), *dk.stride(),
+        CPC=cand.pos is None, SAMPLED=cand.neg is None, EXCLUDE_POS=cand.exclude_positive,
+        ATOMIC=atomic, BLOCK_M=cfg.BLOCK_M, BLOCK_D=cfg.BLOCK_D, num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages,
+    )  # fmt: skip
+    if atomic:
+        return dq, dk.to(keys.dtype)
+    _segment_dk(q, keys, cand, scale, lse, grad, dk)
+    return dq, dk
+
+
+def _segment_dk(q, keys, cand, scale, lse, grad, dk) -> None:
+    """Deterministic d_keys: group every (row, candidate) by key row with a stable sort."""
+    B, K, L, D = q.shape
+    Lk = keys.shape[1]
+    index = candidate_keys(cand, B, K, L, q.device)  # (B, K, L, N + 1) key rows in sequence b
+    batch = torch.arange(B, device=q.device).view(B, 1, 1, 1)
+    flat = index + batch * Lk
+    if cand.pos is None:
+        # CPC rows past the end of the sequence have no candidates: park them after the last
+        # key row, outside every segment.
+        t = torch.arange(L, device=q.device).view(1, 1, L, 1)
+        k = torch.arange(K, device=q.device).view(1, K, 1, 1)
+        flat = torch.where(t + k + 1 < L, flat, B * Lk)
+    flat = flat.view(-1).to(torch.int32)  # B * Lk + 1 < 2**31: half the sort's key bytes
+    order = torch.argsort(flat, stable=True)
+    counts = torch.bincount(flat, minlength=B * Lk + 1)
+    seg = torch.zeros(B * Lk + 2, dtype=torch.int64, device=q.device)
+    torch.cumsum(counts, 0, out=seg[1:])
+    cfg = segment_config(D)
+    _dk_segment_kernel[(B * Lk,)](
+        q, keys, lse, grad, order, seg, dk,
+        K, L, D, Lk, cand.N + 1, scale,
+        *q.stride(), *keys.stride(), *dk.stride(),
+        BLOCK_E=cfg.BLOCK_M, BLOCK_D=cfg.BLOCK_D, num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages,
+    )  # fmt: skip
+
+
+def candidate_keys(cand: Candidates, B: int, K: int, L: int, device) -> torch.Tensor:
+    """(B, K, L, N + 1) int64 key rows (within the row's sequence), positive first."""
+    if cand.pos is None:
+        t = torch.arange(L, device=device).view(1, 1, L, 1)
+        k = torch.arange(K, device=device).view(1, K, 1, 1)
+        pos = (t + k + 1).expand(B, K, L, 1)
+    else:
+        pos = cand.pos.long().view(B, K, L, 1)
+    if cand.neg is None:
+        neg = materialize_negatives(cand.seed, B, K, L, cand.N, device, cand.exclude_positive)
+    else:
+        neg = cand.neg.long()
+    return torch.cat([pos, neg], 3)
+
+
+def dense_forward(
+    q: torch.Tensor,  # (B, K, L, D)
+    z: torch.Tensor,  # (B, L, D), same dtype as q
+    cand: Candidates,
+    scale: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Design (c) forward (CPC only) -> (loss, correct, lse), each (B, K, L)."""
+    B, K, L, D = q.shape
+    lse = torch.empty((B, K, L), dtype=torch.float32, device=q.device)
+    loss = torch.empty_like(lse)
+    correct = torch.empty((B, K, L), dtype=torch.int8, device=q.device)
+    cfg = dense_config(D)
+    grid = (triton.cdiv(L, cfg.BLOCK_M), K, B)
+    _dense_fwd_kernel[grid](
+        q, z, cand.neg if cand.neg is not None else _dummy(q),
+        lse, loss, correct,
+        K, L, D, cand.N, n_groups(cand.N), cand.seed, scale,
+        *q.stride(), *z.stride(), *_neg_strides(cand),
+        SAMPLED=cand.neg is None, EXCLUDE_POS=cand.exclude_positive,
+        IEEE=q.dtype == torch.float32, F32_DOT=_interpreted(),
+        BLOCK_M=cfg.BLOCK_M, BLOCK_F=cfg.BLOCK_F, BLOCK_D=cfg.BLOCK_D, num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages,
+    )  # fmt: skip
+    return loss, correct.bool(), lse
+
+
+def dense_backward(
+    q: torch.Tensor,
+    z: torch.Tensor,
+    cand: Candidates,
+    scale: float,
+    lse: torch.Tensor,
+    grad: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Design (c) backward -> (dq like q, dz (B, L, D)); deterministic by construction."""
+    B, K, L, D = q.shape
+    dq = torch.empty_like(q)
+    dz = torch.empty(z.shape, dtype=z.dtype, device=z.device)
+    cfg = dense_config(D)
+    neg = cand.neg if cand.neg is not None else _dummy(q)
+    common = (
+        K,
+        L,
+        D,
+        cand.N,
+        n_groups(cand.N),
+        cand.seed,
+        scale,
+        *q.stride(),
+        *z.stride(),
+        *_neg_strides(cand),
+    )
+    meta = dict(
+        SAMPLED=cand.neg is None,
+        EXCLUDE_POS=cand.exclude_positive,
+        IEEE=q.dtype == torch.float32,
+        F32_DOT=_interpreted(),
+        BLOCK_M=cfg.BLOCK_M,
+        BLOCK_F=cfg.BLOCK_F,
+        BLOCK_D=cfg.BLOCK_D,
+        num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages,
+    )
+    _dense_bwd_dq_kernel[(triton.cdiv(L, cfg.BLOCK_M), K, B)](
+        q, z, neg, lse, grad, dq, *common, *dq.stride(), **meta
+    )
+    _dense_bwd_dz_kernel[(triton.cdiv(L, cfg.BLOCK_F), B)](
+        q, z, neg, lse, grad, dz, *common, *dz.stride(), **meta
+    )
+    return dq, dz
+
+
+def materialize_negatives(
+    seed: int, B: int, K: int, L: int, N: int, device: torch.device, exclude_positive: bool
+) -> torch.Tensor:
+    """The (B, K, L, N) int64 frames the SAMPLED kernels draw for ``seed``."""
+    out = torch.empty((B, K, L, N), dtype=torch.int64, device=device)
+    block = 64
+    _materialize_negatives_kernel[(triton.cdiv(L, block), K, B)](
+        out, K, L, N, n_groups(N), seed, EXCLUDE_POS=exclude_positive, BLOCK_M=block
+    )
+    return out

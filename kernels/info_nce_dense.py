@@ -1,0 +1,211 @@
+"""Design (c): CPC InfoNCE as dense (L x D)(D x L) tiles per (b, k), weighted by draw counts.
+
+Every negative of row (b, k, t) is a frame of sequence b, so the row's N + 1 scores are a
+subset, with multiplicity, of the L scores S[t, :] = <q_t, z_b[:]> / τ. With
+w[t, f] = #{j : neg_j(t) = f} + [f = t + k + 1] the loss is
+
+    loss_t = log Σ_f w[t, f] exp(S[t, f]) - S[t, t + k + 1]
+
+and dS[t, f] = g_t (w[t, f] exp(S[t, f] - lse_t) - [f = pos_t]) gives dq = dS z and
+dz = dSᵀ q as plain tensor-core GEMMs. Nothing is gathered and nothing is atomic: dq is
+owned by the program of its row block, dz by the program of its frame block (which loops
+over every k and row block), so the result is bitwise reproducible. The price is scoring all
+L frames instead of N + 1 (~L / (N + 1) ≈ 20x the FLOPs) and rebuilding the count tile from
+the row's indices (N compares per score) in each of the three passes.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from .sampling import negatives4
+
+# Kernels are laid out by hand (argument groups per line), as in the Triton tutorials.
+# fmt: off
+
+# Finite "minus infinity" for running maxima: a tile with no drawn frame must not give inf-inf.
+_NEG_BIG = tl.constexpr(-1.0e30)
+
+
+@triton.jit
+def _count_tile(neg_row, stride_nn, row_mask, row, pos, offs_f, N, n_groups, n_frames, seed,
+                SAMPLED: tl.constexpr, EXCLUDE_POS: tl.constexpr, BLOCK_M: tl.constexpr,
+                BLOCK_F: tl.constexpr):
+    """(BLOCK_M, BLOCK_F) int32: how often each row drew each frame of the tile."""
+    cnt = tl.zeros((BLOCK_M, BLOCK_F), tl.int32)
+    f = offs_f[None, :]
+    for g in range(0, n_groups):
+        i0, i1, i2, i3, a0, a1, a2, a3 = negatives4(neg_row, stride_nn, row_mask, g, N, seed,
+                                                    row, n_groups, n_frames, pos, SAMPLED,
+                                                    EXCLUDE_POS)
+        cnt += ((i0[:, None] == f) & a0[:, None]).to(tl.int32)
+        cnt += ((i1[:, None] == f) & a1[:, None]).to(tl.int32)
+        cnt += ((i2[:, None] == f) & a2[:, None]).to(tl.int32)
+        cnt += ((i3[:, None] == f) & a3[:, None]).to(tl.int32)
+    return cnt
+
+
+@triton.jit
+def _dot(a, b, IEEE: tl.constexpr, F32_DOT: tl.constexpr):
+    """a @ b with fp32 accumulation; IEEE for fp32 operands (no TF32 rounding). F32_DOT
+    multiplies already-rounded half operands in fp32: Triton's interpreter computes bf16
+    tl.dot wrongly, and the result is the same as the tensor-core product up to summation
+    order."""
+    if IEEE:
+        return tl.dot(a, b, input_precision="ieee")
+    elif F32_DOT:
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
+    else:
+        return tl.dot(a, b)
+
+
+@triton.jit
+def _load_tile(base, rows, stride_row, n_rows, offs_d, stride_d, D):
+    """(rows, BLOCK_D) in the input dtype; rows >= n_rows and columns >= D read as 0."""
+    ptrs = base + rows.to(tl.int64)[:, None] * stride_row + offs_d[None, :] * stride_d
+    return tl.load(ptrs, mask=(rows < n_rows)[:, None] & (offs_d < D)[None, :], other=0.0)
+
+
+@triton.jit
+def _dense_fwd_kernel(
+    q_ptr, z_ptr, neg_ptr,
+    lse_ptr, loss_ptr, correct_ptr,  # (B, K, L) contiguous
+    K, L, D, N, n_groups, seed, scale,
+    stride_qb, stride_qk, stride_qt, stride_qd,
+    stride_zb, stride_zt, stride_zd,
+    stride_nb, stride_nk, stride_nt, stride_nn,
+    SAMPLED: tl.constexpr, EXCLUDE_POS: tl.constexpr, IEEE: tl.constexpr, F32_DOT: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_F: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    pid_t = tl.program_id(0)
+    k = tl.program_id(1)
+    b = tl.program_id(2)
+    offs_t = pid_t * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    row_mask = offs_t < L - k - 1
+    pos = offs_t + k + 1
+    row = (b * K + k) * L + offs_t
+    neg_row = neg_ptr + b * stride_nb + k * stride_nk + offs_t.to(tl.int64) * stride_nt
+    q = _load_tile(q_ptr + b * stride_qb + k * stride_qk, offs_t, stride_qt, L - k - 1, offs_d,
+                   stride_qd, D)
+
+    m = tl.full((BLOCK_M,), _NEG_BIG, tl.float32)
+    l = tl.zeros((BLOCK_M,), tl.float32)
+    s_pos = tl.zeros((BLOCK_M,), tl.float32)
+    neg_max = tl.full((BLOCK_M,), float("-inf"), tl.float32)
+    tied = offs_t < 0
+    for f0 in range(0, L, BLOCK_F):
+        offs_f = f0 + tl.arange(0, BLOCK_F)
+        z = _load_tile(z_ptr + b * stride_zb, offs_f, stride_zt, L, offs_d, stride_zd, D)
+        s = _dot(q, tl.trans(z), IEEE, F32_DOT) * scale
+        cnt = _count_tile(neg_row, stride_nn, row_mask, row, pos, offs_f, N, n_groups, L, seed,
+                          SAMPLED, EXCLUDE_POS, BLOCK_M, BLOCK_F)
+        is_pos = offs_f[None, :] == pos[:, None]
+        w = cnt.to(tl.float32) + is_pos.to(tl.float32)
+        s_pos += tl.sum(tl.where(is_pos, s, 0.0), axis=1)
+        neg_max = tl.maximum(neg_max, tl.max(tl.where(cnt > 0, s, float("-inf")), axis=1))
+        tied = tied | (tl.sum((is_pos & (cnt > 0)).to(tl.int32), axis=1) > 0)
+        m_new = tl.maximum(m, tl.max(tl.where(w > 0, s, _NEG_BIG), axis=1))
+        # Exponentiate only drawn frames: undrawn ones may sit far above the running max.
+        p = w * tl.exp(tl.where(w > 0, s - m_new[:, None], _NEG_BIG))
+        l = l * tl.exp(m - m_new) + tl.sum(p, axis=1)
+        m = m_new
+
+    lse = m + tl.log(tl.where(row_mask, l, 1.0))  # rows past the end have no candidates
+    out_mask = offs_t < L
+    tl.store(lse_ptr + row, lse, mask=out_mask)
+    tl.store(loss_ptr + row, tl.where(row_mask, lse - s_pos, 0.0), mask=out_mask)
+    correct = (s_pos > neg_max) & ~tied & row_mask
+    tl.store(correct_ptr + row, correct.to(tl.int8), mask=out_mask)
+
+
+@triton.jit
+def _dscores(q, z, offs_f, pos, cnt, lse, g, scale, IEEE: tl.constexpr, F32_DOT: tl.constexpr):
+    """dS = g (w exp(S - lse) - [f = pos]), with 1/τ folded into g."""
+    s = _dot(q, tl.trans(z), IEEE, F32_DOT) * scale
+    is_pos = (offs_f[None, :] == pos[:, None]).to(tl.float32)
+    w = cnt.to(tl.float32) + is_pos
+    p = w * tl.exp(tl.where(w > 0, s - lse[:, None], _NEG_BIG))
+    return g[:, None] * (p - is_pos)
+
+
+@triton.jit
+def _dense_bwd_dq_kernel(
+    q_ptr, z_ptr, neg_ptr, lse_ptr, grad_ptr, dq_ptr,
+    K, L, D, N, n_groups, seed, scale,
+    stride_qb, stride_qk, stride_qt, stride_qd,
+    stride_zb, stride_zt, stride_zd,
+    stride_nb, stride_nk, stride_nt, stride_nn,
+    stride_dqb, stride_dqk, stride_dqt, stride_dqd,
+    SAMPLED: tl.constexpr, EXCLUDE_POS: tl.constexpr, IEEE: tl.constexpr, F32_DOT: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_F: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    """One program per (row block, k, b): dq = dS z over all frame blocks."""
+    pid_t = tl.program_id(0)
+    k = tl.program_id(1)
+    b = tl.program_id(2)
+    offs_t = pid_t * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    row_mask = offs_t < L - k - 1
+    pos = offs_t + k + 1
+    row = (b * K + k) * L + offs_t
+    neg_row = neg_ptr + b * stride_nb + k * stride_nk + offs_t.to(tl.int64) * stride_nt
+    q = _load_tile(q_ptr + b * stride_qb + k * stride_qk, offs_t, stride_qt, L - k - 1, offs_d,
+                   stride_qd, D)
+    g = tl.load(grad_ptr + row, mask=row_mask, other=0.0) * scale
+    lse = tl.load(lse_ptr + row, mask=row_mask, other=0.0)
+
+    dq = tl.zeros((BLOCK_M, BLOCK_D), tl.float32)
+    for f0 in range(0, L, BLOCK_F):
+        offs_f = f0 + tl.arange(0, BLOCK_F)
+        z = _load_tile(z_ptr + b * stride_zb, offs_f, stride_zt, L, offs_d, stride_zd, D)
+        cnt = _count_tile(neg_row, stride_nn, row_mask, row, pos, offs_f, N, n_groups, L, seed,
+                          SAMPLED, EXCLUDE_POS, BLOCK_M, BLOCK_F)
+        ds = _dscores(q, z, offs_f, pos, cnt, lse, g, scale, IEEE, F32_DOT)
+        dq += _dot(ds.to(z.dtype), z, IEEE, F32_DOT)
+
+    dq_ptrs = (dq_ptr + b * stride_dqb + k * stride_dqk
+               + offs_t.to(tl.int64)[:, None] * stride_dqt + offs_d[None, :] * stride_dqd)
+    tl.store(dq_ptrs, dq.to(dq_ptr.dtype.element_ty),
+             mask=(offs_t < L)[:, None] & (offs_d < D)[None, :])
+
+
+@triton.jit
+def _dense_bwd_dz_kernel(
+    q_ptr, z_ptr, neg_ptr, lse_ptr, grad_ptr, dz_ptr,
+    K, L, D, N, n_groups, seed, scale,
+    stride_qb, stride_qk, stride_qt, stride_qd,
+    stride_zb, stride_zt, stride_zd,
+    stride_nb, stride_nk, stride_nt, stride_nn,
+    stride_dzb, stride_dzt, stride_dzd,
+    SAMPLED: tl.constexpr, EXCLUDE_POS: tl.constexpr, IEEE: tl.constexpr, F32_DOT: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_F: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    """One program per (frame block, b): dz = Σ_k Σ_row-blocks dSᵀ q, in a fixed order."""
+    pid_f = tl.program_id(0)
+    b = tl.program_id(1)
+    offs_f = pid_f * BLOCK_F + tl.arange(0, BLOCK_F)
+    offs_d = tl.arange(0, BLOCK_D)
+    z = _load_tile(z_ptr + b * stride_zb, offs_f, stride_zt, L, offs_d, stride_zd, D)
+    dz = tl.zeros((BLOCK_F, BLOCK_D), tl.float32)
+    for k in range(0, K):
+        q_base = q_ptr + b * stride_qb + k * stride_qk
+        for t0 in range(0, L - k - 1, BLOCK_M):
+            offs_t = t0 + tl.arange(0, BLOCK_M)
+            row_mask = offs_t < L - k - 1
+            pos = offs_t + k + 1
+            row = (b * K + k) * L + offs_t
+            neg_row = neg_ptr + b * stride_nb + k * stride_nk + offs_t.to(tl.int64) * stride_nt
+            q = _load_tile(q_base, offs_t, stride_qt, L - k - 1, offs_d, stride_qd, D)
+            g = tl.load(grad_ptr + row, mask=row_mask, other=0.0) * scale
+            lse = tl.load(lse_ptr + row, mask=row_mask, other=0.0)
+            cnt = _count_tile(neg_row, stride_nn, row_mask, row, pos, offs_f, N, n_groups, L,
+                              seed, SAMPLED, EXCLUDE_POS, BLOCK_M, BLOCK_F)
+            ds = _dscores(q, z, offs_f, pos, cnt, lse, g, scale, IEEE, F32_DOT)
+            dz += _dot(tl.trans(ds.to(q.dtype)), q, IEEE, F32_DOT)
+
+    dz_ptrs = (dz_ptr + b * stride_dzb + offs_f.to(tl.int64)[:, None] * stride_dzt
+               + offs_d[None, :] * stride_dzd)
+    tl.store(dz_ptrs, dz.to(dz_ptr.dtype.element_ty),
+             mask=(offs_f < L)[:, None] & (offs_d < D)[None, :])
