@@ -1,3 +1,14 @@
 """cpc-fast: fast contrastive predictive coding for speech emotion recognition."""
 
 __version__ = "0.1.0"
+
+from cpc_fast.losses.ccc import ccc, ccc_loss  # noqa: E402, F401  (public API)
+from cpc_fast.losses.info_nce import (  # noqa: E402, F401  (public API)
+    CPCInfoNCELoss,
+    CPCInfoNCEOutput,
+    InfoNCELoss,
+    cpc_info_nce,
+    info_nce,
+)
+from cpc_fast.models import CPCConfig, CPCModel, load_cpc  # noqa: E402, F401  (public API)
+from cpc_fast.models.recognizer import EmotionRecognizer  # noqa: E402, F401  (public API)

@@ -25,7 +25,7 @@ def collect_info() -> dict[str, Any]:
 
     from cpc_fast import __version__
     from cpc_fast.data import batching
-    from cpc_fast.losses import info_nce
+    from cpc_fast.losses import info_nce  # the module (cpc_fast.info_nce is the function)
 
     fused_ok, fused_reason = info_nce.fused_status()
     return {

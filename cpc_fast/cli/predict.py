@@ -1,0 +1,98 @@
+"""``cpc-fast predict`` and ``cpc-fast visualize``: use a trained emotion model or a CPC."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cpc_fast.cli.app import app
+from cpc_fast.errors import UserInputError
+
+
+@app.command()
+def predict(
+    files: Annotated[list[Path], typer.Argument(help="16 kHz mono audio files.")],
+    model: Annotated[
+        Path, typer.Option(help="A run folder of an experiment: OUT/<setup>/<fold>/run<r>.")
+    ],
+    cpc: Annotated[
+        Path | None, typer.Option(help="Where the frozen CPC of a mini/pre model is now, if moved.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Activation, valence and dominance of each FILE, on the training labels' scale."""
+    from cpc_fast.data.audio import read_audio
+    from cpc_fast.emotion.model_io import load_model
+
+    emotion_model = load_model(model, cpc_path=cpc)
+    rows = []
+    for path in files:
+        a, v, d = emotion_model.predict(read_audio(path, sample_rate=16000))
+        rows.append({"file": str(path), "activation": a, "valence": v, "dominance": d})
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    width = max(len(r["file"]) for r in rows)
+    typer.echo(f"{'file'.ljust(width)}  activation  valence  dominance")
+    for r in rows:
+        typer.echo(
+            f"{r['file'].ljust(width)}  {r['activation']:10.3f}  {r['valence']:7.3f}  "
+            f"{r['dominance']:9.3f}"
+        )
+
+
+@app.command()
+def visualize(
+    out: Annotated[Path, typer.Option(help="Figure file (.png, .pdf, .svg).")],
+    dataset: Annotated[str, typer.Option(help="iemocap | msp-podcast | manifest | synthetic.")],
+    root: Annotated[str | None, typer.Option(help="The dataset's root (or manifest CSV).")] = None,
+    model: Annotated[
+        Path | None, typer.Option(help="An emotion model folder: plot its pooled u.")
+    ] = None,
+    pretrained: Annotated[
+        Path | None, typer.Option(help="A CPC run folder: plot mean-pooled context vectors.")
+    ] = None,
+    subset: Annotated[str, typer.Option(help="IEMOCAP subset: paper, all or a list.")] = "paper",
+    synthetic_size: Annotated[
+        str, typer.Option(help="Synthetic corpus size: default or tiny.")
+    ] = "default",
+    max_utterances: Annotated[
+        int, typer.Option(help="Plot at most this many (a seeded sample).")
+    ] = 2000,
+    seed: Annotated[int, typer.Option(help="Sampling and t-SNE seed.")] = 0,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """t-SNE of utterance representations coloured by categorical emotion (the paper's Fig. 1)."""
+    from cpc_fast.emotion.corpora import load_corpus
+    from cpc_fast.emotion.visualize import cpc_representations
+    from cpc_fast.emotion.visualize import visualize as draw
+
+    if (model is None) == (pretrained is None):
+        raise UserInputError("give exactly one of --model DIR or --pretrained RUN_DIR")
+    if max_utterances < 5:
+        raise UserInputError("--max-utterances must be at least 5")
+    corpus = load_corpus(dataset, root, subset=subset, synthetic_size=synthetic_size)
+    if model is not None:
+        from cpc_fast.emotion.model_io import load_model
+
+        emotion_model = load_model(model)
+        represent = emotion_model.embed
+        title = f"{corpus.name}: recognizer embeddings ({emotion_model.config['setup']})"
+    else:
+        from cpc_fast.emotion.model_io import load_cpc_checked
+
+        represent = cpc_representations(load_cpc_checked(pretrained))
+        title = f"{corpus.name}: mean CPC context ({pretrained.name})"
+    path, points, _ = draw(
+        corpus,
+        represent,
+        out,
+        title=title,
+        max_utterances=max_utterances,
+        seed=seed,
+        progress=not quiet,
+    )
+    typer.echo(f"t-SNE of {points.shape[0]} utterances: {path}")

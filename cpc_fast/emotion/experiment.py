@@ -1,0 +1,388 @@
+"""Runs the paper's emotion experiments: setups x folds x runs, then the results table.
+
+    from cpc_fast.emotion import ExperimentConfig, run_experiment
+    results = run_experiment(ExperimentConfig.tiny(setups=("sup", "joint"), out="exp"))
+
+or ``cpc-fast experiment --dataset synthetic --preset tiny --setups sup,joint --out exp``.
+
+For every setup, fold and run (seed = ``seed + 100 (run − 1) + fold index``) a recognizer is
+trained (:mod:`cpc_fast.emotion.train`) and its folder ``<out>/<setup>/<fold>/run<r>`` gets
+the best model, its test predictions, metrics and a ``done`` marker written last; a re-run of
+the same command skips every folder with ``done``. Inputs per setup:
+
+Every recognizer standardises its input with the training split's per-dimension frame mean
+and std (fixed buffers saved with the model, see :mod:`cpc_fast.models.recognizer`).
+
+* ``sup``: LFBE;
+* ``joint``: raw audio through a fresh CPC (``cpc_preset`` sizes), trained with the
+  recognizer on CCC loss + λ · InfoNCE (:mod:`cpc_fast.emotion.joint`);
+* ``mini``: per fold, a CPC pre-trained (``cpc_fast.training.pretrain``) on that fold's
+  training audio only, in ``<out>/mini/<fold>/cpc``, shared by the fold's runs; frozen;
+* ``pre``: the CPC of ``--pretrained``, frozen.
+
+Frozen CPC contexts and LFBE are extracted once into the feature cache (``<out>/cache`` by
+default), keyed by the weights' digest and the corpus's fingerprint.
+
+Launch: ``--gpus N`` (N > 1) re-runs the command as N processes (see
+:mod:`cpc_fast.training.distributed`); rank 0 alone writes files and shows progress.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from cpc_fast.data.emotion import EmotionCorpus, Fold, LabelScaler
+from cpc_fast.emotion.config import RESUMABLE_FIELDS, ExperimentConfig
+from cpc_fast.emotion.corpora import corpus_for, folds_for
+from cpc_fast.emotion.joint import JointModel
+from cpc_fast.emotion.model_io import load_cpc_checked, save_model
+from cpc_fast.emotion.report import write_predictions, write_report
+from cpc_fast.emotion.train import (
+    FeatureBatches,
+    TrainSettings,
+    WaveBatches,
+    ccc_scores,
+    fit,
+    predict_indices,
+)
+from cpc_fast.errors import UserInputError
+from cpc_fast.features.cache import FeatureSet, frame_statistics, module_digest
+from cpc_fast.features.extract import cpc_context_features, lfbe_features
+from cpc_fast.features.lfbe import LFBEConfig
+from cpc_fast.models.recognizer import EmotionRecognizer, RecognizerConfig
+from cpc_fast.training.checkpoint import read_json, write_json
+from cpc_fast.training.distributed import DistEnv, barrier, broadcast_object, init
+
+# What a (setup, fold, run) folder holds besides ``done`` (written last).
+UNIT_FILES = ("metrics.csv", "model.safetensors", "config.json", "predictions.csv", "result.json")
+
+
+class _WaveView:
+    """The waveforms of some of a corpus's utterances, as a sequence (pre-training input)."""
+
+    def __init__(self, corpus: EmotionCorpus, indices: tuple[int, ...], what: str) -> None:
+        self.corpus = corpus
+        self.indices = indices
+        self.skipped: list[str] = []
+        self.description = f"{corpus.description}: {what} ({len(indices)} utterances)"
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return self.corpus.wave(self.indices[i])
+
+
+def pretrain_config(config: ExperimentConfig):
+    """The CPC pre-training preset (``cpc_preset``) that sizes the CPC of joint and mini and
+    drives mini's pre-training; ``mini_epochs`` overrides its length."""
+    from cpc_fast.training.config import preset
+
+    return preset(config.cpc_preset).replace(epochs=config.mini_epochs)
+
+
+def _cpc_model_config(config: ExperimentConfig):
+    return pretrain_config(config).model
+
+
+def _check_folder(out: Path, config: ExperimentConfig, manifest: dict[str, Any]) -> None:
+    """Refuses to mix runs of different settings in one folder; writes experiment.json."""
+    path = out / "experiment.json"
+    if path.is_file():
+        old = read_json(path)
+        old_config, new_config = old.get("config", {}), manifest["config"]
+        differ = sorted(
+            k
+            for k in set(old_config) | set(new_config)
+            if k not in RESUMABLE_FIELDS and old_config.get(k) != new_config.get(k)
+        )
+        if differ:
+            what = ", ".join(f"{k}: {old_config.get(k)!r} -> {new_config.get(k)!r}" for k in differ)
+            raise UserInputError(
+                f"{out} holds an experiment with other settings ({what}); use a new --out folder"
+            )
+    write_json(path, manifest)
+
+
+class _Runner:
+    def __init__(self, config: ExperimentConfig, env: DistEnv, progress: bool) -> None:
+        self.config = config
+        self.env = env
+        self.progress = progress and env.is_main
+        self.out = Path(config.out)
+        self.cache_dir = Path(config.cache_dir) if config.cache_dir else self.out / "cache"
+        self.corpus = corpus_for(config)
+        numbers = {
+            f.name: k for k, f in enumerate(self.corpus.folds(config.validation, config.split_seed))
+        }
+        # (index among ALL the corpus's folds, fold): seeds do not depend on --folds
+        self.folds = [(numbers[f.name], f) for f in folds_for(self.corpus, config)]
+        self._pretrained: tuple[torch.nn.Module, str] | None = None
+
+    # -- inputs --------------------------------------------------------------------------
+
+    def _bar(self, desc: str):
+        if not self.progress:
+            return None
+        return lambda it: tqdm(it, desc=desc, leave=False, unit="utt", dynamic_ncols=True)
+
+    def _on_main_then_all(self, build):
+        """Runs ``build`` on rank 0 first (it fills the cache), then on the other ranks."""
+        result = build() if self.env.is_main else None
+        barrier()
+        return result if self.env.is_main else build()
+
+    def lfbe(self) -> FeatureSet:
+        return self._on_main_then_all(
+            lambda: lfbe_features(self.corpus, self.cache_dir, progress=self._bar("LFBE"))
+        )
+
+    def cpc_features(self, model: torch.nn.Module, digest: str, what: str) -> FeatureSet:
+        return self._on_main_then_all(
+            lambda: cpc_context_features(
+                self.corpus,
+                model,
+                self.cache_dir,
+                device=self.env.device,
+                digest=digest,
+                progress=self._bar(f"CPC contexts ({what})"),
+            )
+        )
+
+    def pretrained(self) -> tuple[torch.nn.Module, str, Path]:
+        path = Path(self.config.pretrained).resolve()
+        if self._pretrained is None:
+            model = load_cpc_checked(path)
+            self._pretrained = (model, module_digest(model))
+        return (*self._pretrained, path)
+
+    def mini_cpc(self, fold: Fold) -> tuple[torch.nn.Module, str, Path]:
+        from cpc_fast.models import load_cpc
+        from cpc_fast.training.pretrain import pretrain
+
+        run_dir = self.out / "mini" / fold.name / "cpc"
+        config = pretrain_config(self.config)
+        path = pretrain(
+            config,
+            _WaveView(self.corpus, fold.train, f"{fold.name} training audio"),
+            _WaveView(self.corpus, fold.validation, f"{fold.name} validation audio"),
+            run_dir,
+            env=self.env,
+            progress=self.progress,
+        )
+        model = load_cpc(path)
+        return model, module_digest(model), Path(path).resolve()
+
+    # -- one unit ------------------------------------------------------------------------
+
+    def run_unit(self, setup: str, fold_index: int, fold: Fold, run: int, prepared: dict) -> dict:
+        cfg = self.config
+        seed = cfg.seed + 100 * (run - 1) + fold_index
+        torch.manual_seed(seed)
+        unit = self.out / setup / fold.name / f"run{run}"
+        scaler = LabelScaler.fit(self.corpus.labels(fold.train))
+        targets = scaler.transform(self.corpus.labels())
+        joint = setup == "joint"
+        cpc = None
+        if joint:
+            from cpc_fast.models.cpc import CPCModel
+
+            cpc = CPCModel(_cpc_model_config(cfg))
+            data = WaveBatches(self.corpus, targets, hop=cpc.frame_hop)
+            recognizer = EmotionRecognizer(RecognizerConfig(input_dim=cpc.config.context_dim))
+            stats = frame_statistics(self._initial_contexts(cpc, fold.train))
+            model: torch.nn.Module = JointModel(cpc, recognizer)
+        else:
+            features: FeatureSet = prepared["features"]
+            data = FeatureBatches(features, targets)
+            recognizer = EmotionRecognizer(RecognizerConfig(input_dim=features.dim))
+            stats = features.mean_std(fold.train)
+            model = recognizer
+        mean, std = (torch.as_tensor(a, dtype=torch.float32) for a in stats)
+        recognizer.set_input_normalization(mean, torch.where(std > 1e-6, std, torch.ones_like(std)))
+        settings = TrainSettings(
+            epochs=cfg.epochs,
+            batch_size=cfg.batch_size,
+            lr=cfg.lr,
+            weight_decay=cfg.weight_decay,
+            seed=seed,
+            joint_lambda=cfg.joint_lambda,
+            num_negatives=cpc.config.num_negatives if joint else 50,
+            temperature=cpc.config.temperature if joint else 1.0,
+            exclude_positive=cpc.config.exclude_positive if joint else False,
+        )
+        logger = None
+        if self.env.is_main:
+            from cpc_fast.training.metrics import MetricsLogger
+
+            unit.mkdir(parents=True, exist_ok=True)
+            for name in UNIT_FILES:  # an interrupted attempt's leftovers: this one starts over
+                (unit / name).unlink(missing_ok=True)
+            logger = MetricsLogger(unit, tensorboard=False)
+        bar = None
+        if self.progress:
+            bar = tqdm(
+                total=cfg.epochs,
+                desc=f"{setup} {fold.name} run{run}",
+                leave=False,
+                unit="epoch",
+                dynamic_ncols=True,
+            )
+
+        def on_epoch(epoch: int, scores: dict[str, float]) -> None:
+            if bar is not None:
+                bar.set_postfix(val_ccc=f"{scores['ccc_avg']:.3f}")
+                bar.update()
+
+        try:
+            model, result = fit(
+                model,
+                data,
+                fold.train,
+                fold.validation,
+                settings,
+                self.env,
+                joint=joint,
+                log=logger.log if logger else None,
+                on_epoch=on_epoch,
+            )
+        finally:
+            if bar is not None:
+                bar.close()
+            if logger is not None:
+                logger.close()
+        scaled = predict_indices(model, data, fold.test, self.env, joint=joint)
+        pred = scaler.inverse(scaled)
+        labels = self.corpus.labels(fold.test)
+        test = ccc_scores(pred, labels)
+        summary = {
+            "setup": setup,
+            "fold": fold.name,
+            "run": run,
+            "seed": seed,
+            "best_epoch": result.best_epoch,
+            "epochs": cfg.epochs,
+            "validation": result.best_validation,
+            "test": test,
+            "num_train": len(fold.train),
+            "num_validation": len(fold.validation),
+            "num_test": len(fold.test),
+            "train_seconds": round(result.seconds, 2),
+        }
+        if self.env.is_main:
+            model_config = {
+                "setup": setup,
+                "dataset": self.corpus.name,
+                "fold": fold.name,
+                "run": run,
+                "features": prepared.get("reference") or self._joint_reference(cpc),
+                "recognizer": recognizer.config.to_dict(),
+                "label_scaler": scaler.to_dict(),
+                "label_range": list(self.corpus.label_range) if self.corpus.label_range else None,
+            }
+            save_model(unit, recognizer, model_config, cpc=cpc if joint else None)
+            ids = [self.corpus.records[i].utt_id for i in fold.test]
+            write_predictions(unit / "predictions.csv", ids, pred, labels)
+            write_json(unit / "result.json", summary)
+            (unit / "done").write_text(f"{time.strftime('%Y-%m-%dT%H:%M:%S')}\n")
+        barrier()
+        return summary
+
+    def _initial_contexts(self, cpc: torch.nn.Module, train: tuple[int, ...]):
+        """Contexts of the freshly initialised CPC on (up to 256) training utterances."""
+        from cpc_fast.features.extract import cpc_contexts
+
+        cpc.eval()
+        for i in train[:: max(1, len(train) // 256)]:
+            yield cpc_contexts(cpc, self.corpus.wave(i), torch.device("cpu"))
+        cpc.train()
+
+    @staticmethod
+    def _joint_reference(cpc) -> dict:
+        return {"kind": "joint", "cpc_config": cpc.config.to_dict()}
+
+    def prepare(self, setup: str, fold: Fold) -> dict:
+        if setup == "sup":
+            return {
+                "features": self.lfbe(),
+                "reference": {"kind": "lfbe", "lfbe": LFBEConfig().to_dict()},
+            }
+        if setup in ("pre", "mini"):
+            model, digest, path = self.pretrained() if setup == "pre" else self.mini_cpc(fold)
+            what = "pretrained" if setup == "pre" else f"mini {fold.name}"
+            return {
+                "features": self.cpc_features(model, digest, what),
+                "reference": {"kind": "cpc", "cpc": {"path": str(path), "digest": digest}},
+            }
+        return {}
+
+    # -- all units -----------------------------------------------------------------------
+
+    def run(self) -> dict[str, Any]:
+        cfg = self.config
+        manifest = {
+            "config": cfg.to_dict(),
+            "dataset": self.corpus.name,
+            "description": self.corpus.description,
+            "protocol": _protocol(self.corpus, cfg, len(self.folds)),
+            "num_utterances": len(self.corpus),
+            "skipped_rows": self.corpus.skipped,
+            "folds": [f.name for _, f in self.folds],
+        }
+        if self.env.is_main:
+            _check_folder(self.out, cfg, manifest)
+        barrier()
+        units = [
+            (s, k, f, r) for s in cfg.setups for k, f in self.folds for r in range(1, cfg.runs + 1)
+        ]
+        bar = tqdm(
+            total=len(units),
+            desc="experiment",
+            unit="run",
+            disable=not self.progress,
+            dynamic_ncols=True,
+        )
+        try:
+            prepared_for: tuple[str, str] | None = None
+            prepared: dict = {}
+            for setup, fold_index, fold, run in units:
+                unit = self.out / setup / fold.name / f"run{run}"
+                done = broadcast_object((unit / "done").is_file())
+                if done:
+                    bar.update()
+                    continue
+                bar.set_postfix_str(f"{setup} {fold.name} run{run}")
+                if prepared_for != (setup, fold.name):
+                    prepared = self.prepare(setup, fold)
+                    prepared_for = (setup, fold.name)
+                self.run_unit(setup, fold_index, fold, run, prepared)
+                bar.update()
+        finally:
+            bar.close()
+        results = write_report(self.out) if self.env.is_main else None
+        return broadcast_object(results)
+
+
+def _protocol(corpus: EmotionCorpus, config: ExperimentConfig, num_folds: int) -> str:
+    if corpus.protocol == "sessions":
+        return f"leave-one-session-out, {num_folds} fold(s), validation: {config.validation}"
+    return f"official train/validation/test split, validation: {config.validation} if carved"
+
+
+def run_experiment(
+    config: ExperimentConfig, *, progress: bool = True, env: DistEnv | None = None
+) -> dict[str, Any]:
+    """Runs every unfinished (setup, fold, run) of ``config`` and returns the results dict
+    (also written to ``<config.out>/results.json`` and ``results.md``)."""
+    config.validate()
+    env = env or init(config.gpus)
+    return _Runner(config, env, progress).run()
+
+
+__all__ = ["pretrain_config", "run_experiment"]

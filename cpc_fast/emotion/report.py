@@ -1,0 +1,216 @@
+"""Results of an experiment folder: ``results.json`` and ``results.md`` (Table 1's layout).
+
+Folder layout (written by :mod:`cpc_fast.emotion.experiment`):
+
+    DIR/experiment.json                         config, corpus summary, fold names
+    DIR/<setup>/<fold>/run<r>/result.json       that run's validation and test CCC
+    DIR/<setup>/<fold>/run<r>/predictions.csv   test predictions and labels (original scale)
+    DIR/<setup>/<fold>/run<r>/done              written last: the run is finished
+
+Scores:
+
+* a fold's test CCC is computed over the fold's whole test set;
+* a run's score is the MEAN OVER FOLDS of the per-fold test CCC (how cross-validated SER
+  results are usually reported); the CCC of all folds' test predictions pooled together is
+  recorded too (``pooled``), as are the per-fold numbers (``folds``);
+* ``ccc_avg`` is the mean of the three dimensions' CCC;
+* a setup's ``mean ± std`` is over its complete runs (every fold done), ``std`` the sample
+  standard deviation (ddof = 1), ``null`` with a single run. Incomplete runs are listed,
+  never averaged in.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cpc_fast.emotion.config import SETUP_NAMES, SETUPS
+from cpc_fast.emotion.train import ccc_scores
+from cpc_fast.errors import UserInputError
+from cpc_fast.training.checkpoint import read_json, write_json
+
+METRICS = ("ccc_avg", "ccc_act", "ccc_val", "ccc_dom")
+SCORE_RULE = (
+    "per run: mean over folds of the per-fold test CCC (each over the fold's whole test set); "
+    "per setup: mean ± sample std (ddof=1) over runs"
+)
+PREDICTION_COLUMNS = (
+    "utt_id",
+    "pred_activation",
+    "pred_valence",
+    "pred_dominance",
+    "activation",
+    "valence",
+    "dominance",
+)
+
+
+def write_predictions(
+    path: str | os.PathLike, utt_ids: list[str], pred: np.ndarray, labels: np.ndarray
+) -> None:
+    """(N, 3) predictions and labels, original scale, as CSV."""
+    from cpc_fast.training.checkpoint import atomic_write
+
+    def _write(tmp: str) -> None:
+        with open(tmp, "w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(PREDICTION_COLUMNS)
+            for utt, p, y in zip(utt_ids, pred, labels, strict=True):
+                writer.writerow([utt, *(f"{v:.6f}" for v in p), *(f"{v:.6f}" for v in y)])
+
+    atomic_write(path, _write)
+
+
+def read_predictions(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """(pred (N, 3), labels (N, 3)) from a predictions.csv."""
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    pred = np.array([[float(r[c]) for c in PREDICTION_COLUMNS[1:4]] for r in rows]).reshape(-1, 3)
+    labels = np.array([[float(r[c]) for c in PREDICTION_COLUMNS[4:]] for r in rows]).reshape(-1, 3)
+    return pred, labels
+
+
+def _mean_std(values: list[float]) -> dict[str, float | None]:
+    arr = np.asarray(values, np.float64)
+    return {
+        "mean": float(arr.mean()),
+        "std": float(arr.std(ddof=1)) if arr.size > 1 else None,
+    }
+
+
+def _run_entry(out: Path, setup: str, run: int, fold_names: list[str]) -> dict[str, Any] | None:
+    """A complete run's scores, or None when a fold is missing."""
+    folds, preds, labels = [], [], []
+    seed = None
+    for fold in fold_names:
+        unit = out / setup / fold / f"run{run}"
+        if not (unit / "done").is_file():
+            return None
+        result = read_json(unit / "result.json")
+        seed = result.get("seed", seed)
+        folds.append({"fold": fold, **result["test"], "best_epoch": result["best_epoch"]})
+        p, y = read_predictions(unit / "predictions.csv")
+        preds.append(p)
+        labels.append(y)
+    entry: dict[str, Any] = {"run": run, "seed": seed}
+    for metric in METRICS:
+        entry[metric] = float(np.mean([f[metric] for f in folds]))
+    entry["pooled"] = ccc_scores(np.concatenate(preds), np.concatenate(labels))
+    entry["folds"] = folds
+    return entry
+
+
+def aggregate(out: str | os.PathLike) -> dict[str, Any]:
+    """Builds the results dict from an experiment folder's finished runs."""
+    out = Path(out)
+    manifest_path = out / "experiment.json"
+    if not manifest_path.is_file():
+        raise UserInputError(f"{out}: no experiment.json; not an experiment folder")
+    manifest = read_json(manifest_path)
+    fold_names = manifest["folds"]
+    results: dict[str, Any] = {
+        "dataset": manifest["dataset"],
+        "description": manifest.get("description", ""),
+        "protocol": manifest.get("protocol", ""),
+        "score": SCORE_RULE,
+        "num_utterances": manifest.get("num_utterances"),
+        "skipped_rows": len(manifest.get("skipped_rows", [])),
+        "folds": fold_names,
+        "setups": {},
+    }
+    setups = [s for s in SETUPS if (out / s).is_dir()]
+    for setup in setups:
+        runs = sorted(
+            int(p.name[3:])
+            for fold in fold_names
+            for p in (out / setup / fold).glob("run*")
+            if p.name[3:].isdigit()
+        )
+        complete, incomplete = [], []
+        for run in sorted(set(runs)):
+            entry = _run_entry(out, setup, run, fold_names)
+            (complete if entry is not None else incomplete).append(entry or run)
+        if not complete:
+            continue
+        summary: dict[str, Any] = {"name": SETUP_NAMES[setup]}
+        for metric in METRICS:
+            summary[metric] = _mean_std([r[metric] for r in complete])
+        summary["num_runs"] = len(complete)
+        summary["runs"] = complete
+        if incomplete:
+            summary["incomplete_runs"] = incomplete
+        results["setups"][setup] = summary
+    return results
+
+
+def _fmt(x: float | None) -> str:
+    if x is None:
+        return "–"
+    text = f"{x:.3f}"
+    return text.replace("0.", ".", 1) if abs(x) < 1 else text
+
+
+def render_markdown(results: dict[str, Any]) -> str:
+    """Table 1's layout: a row per setup, CCC avg / act / val / dom as mean ± std."""
+    lines = [f"# CCC on {results['dataset']}", ""]
+    if results.get("description"):
+        lines += [results["description"], ""]
+    runs = sorted({s["num_runs"] for s in results["setups"].values()})
+    lines += [
+        f"Mean ± std over {'/'.join(map(str, runs)) or 0} run(s); {results.get('protocol', '')}.",
+        "",
+        "| setup | avg | act | val | dom |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for summary in results["setups"].values():
+        cells = [f"{_fmt(summary[m]['mean'])} ± {_fmt(summary[m]['std'])}" for m in METRICS]
+        lines.append(f"| {summary['name']} | " + " | ".join(cells) + " |")
+    lines += ["", f"Score: {results['score']}."]
+    if results.get("skipped_rows"):
+        lines.append(f"Skipped label rows (--skip-bad): {results['skipped_rows']}.")
+    for setup, summary in results["setups"].items():
+        if summary.get("incomplete_runs"):
+            missing = ", ".join(str(r) for r in summary["incomplete_runs"])
+            lines.append(f"{SETUP_NAMES[setup]}: run(s) {missing} unfinished, not included.")
+    return "\n".join(lines) + "\n"
+
+
+def write_report(out: str | os.PathLike) -> dict[str, Any]:
+    """Re-aggregates ``out`` and writes results.json and results.md; returns the results."""
+    out = Path(out)
+    results = aggregate(out)
+    write_json(out / "results.json", results)
+    from cpc_fast.training.checkpoint import atomic_write
+
+    text = render_markdown(results)
+
+    def _write(tmp: str) -> None:
+        Path(tmp).write_text(text)
+
+    atomic_write(out / "results.md", _write)
+    return results
+
+
+def load_results(out: str | os.PathLike) -> dict[str, Any]:
+    path = Path(out) / "results.json"
+    if not path.is_file():
+        raise UserInputError(f"{out}: no results.json")
+    return json.loads(path.read_text())
+
+
+__all__ = [
+    "METRICS",
+    "PREDICTION_COLUMNS",
+    "SCORE_RULE",
+    "aggregate",
+    "load_results",
+    "read_predictions",
+    "render_markdown",
+    "write_predictions",
+    "write_report",
+]

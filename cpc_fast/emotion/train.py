@@ -1,0 +1,285 @@
+"""Training one recognizer (one setup, fold and run): the paper's recipe.
+
+Adam (lr 2e-4, weight decay 1e-5), CCC loss on z-scored labels, a fixed number of epochs;
+after every epoch the model is scored on the validation set (CCC over the WHOLE set, the
+average of the three dimensions) and the best epoch's weights are kept for the test.
+
+Two kinds of input, one loop:
+
+* :class:`FeatureBatches`: cached features (LFBE or frozen CPC contexts), zero-padded to
+  (B, L, D) with frame lengths;
+* :class:`WaveBatches`: raw waveforms for the ``joint`` setup, zero-padded with
+  ``pad_collate``, frame lengths = samples // 160.
+
+Distributed (``--gpus N``): the model is wrapped in DistributedDataParallel, each epoch's
+training indices are split by a ``DistributedSampler`` (seeded, ``set_epoch``), and every
+evaluation splits its utterances across ranks without padding (rank r takes items r, r + W,
+...) and gathers the predictions, so each utterance is scored exactly once.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data.distributed import DistributedSampler
+
+from cpc_fast.data.emotion import EmotionCorpus
+from cpc_fast.features.cache import FeatureSet
+from cpc_fast.losses.ccc import ccc, ccc_loss
+from cpc_fast.training.distributed import DistEnv
+
+Batch = tuple[tuple[torch.Tensor, ...], torch.Tensor]
+
+
+@dataclass
+class TrainSettings:
+    epochs: int = 50
+    batch_size: int = 32
+    lr: float = 2e-4
+    weight_decay: float = 1e-5
+    seed: int = 0
+    joint_lambda: float = 1.0
+    num_negatives: int = 50
+    temperature: float = 1.0
+    exclude_positive: bool = False
+    eval_frames: int = 32768  # frames per evaluation batch (feature setups)
+
+
+class FeatureBatches:
+    """Batches of cached features: ((x (B, L, D), frames (B,)), y (B, 3))."""
+
+    def __init__(self, features: FeatureSet, targets: np.ndarray) -> None:
+        self.features = features
+        self.targets = np.asarray(targets, np.float32)  # (N, 3) scaled labels
+
+    def length(self, index: int) -> int:
+        return int(self.features.offsets[index + 1] - self.features.offsets[index])
+
+    def batch(self, indices: Sequence[int]) -> Batch:
+        lengths = [self.length(i) for i in indices]
+        x = np.zeros((len(indices), max(lengths), self.features.dim), np.float32)
+        for row, i in enumerate(indices):
+            x[row, : lengths[row]] = self.features[i]
+        inputs = (torch.from_numpy(x), torch.tensor(lengths, dtype=torch.int64))
+        return inputs, torch.from_numpy(self.targets[list(indices)])
+
+
+class WaveBatches:
+    """Zero-padded waveform batches: ((wave (B, T), samples (B,)), y (B, 3))."""
+
+    def __init__(self, corpus: EmotionCorpus, targets: np.ndarray, hop: int = 160) -> None:
+        self.corpus = corpus
+        self.targets = np.asarray(targets, np.float32)
+        self.hop = hop
+
+    def length(self, index: int) -> int:
+        return int(self.corpus.wave(index).shape[0]) // self.hop
+
+    def batch(self, indices: Sequence[int]) -> Batch:
+        from cpc_fast.data.batching import pad_collate
+
+        # No rounding up to a multiple of the hop: a lone utterance then runs exactly as in
+        # `cpc-fast predict` (zero samples past its end would change its last frame).
+        wave, lengths = pad_collate([self.corpus.wave(i) for i in indices])
+        inputs = (torch.from_numpy(wave), torch.from_numpy(lengths))
+        return inputs, torch.from_numpy(self.targets[list(indices)])
+
+
+@dataclass
+class FitResult:
+    best_epoch: int
+    best_validation: dict[str, float]
+    history: list[dict[str, float]] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def ccc_scores(pred: np.ndarray, target: np.ndarray) -> dict[str, float]:
+    """CCC of (N, 3) predictions over the whole set, in float64: avg, act, val, dom."""
+    values = ccc(
+        torch.from_numpy(np.asarray(pred, np.float64)),
+        torch.from_numpy(np.asarray(target, np.float64)),
+    ).tolist()
+    return {
+        "ccc_avg": float(np.mean(values)),
+        "ccc_act": values[0],
+        "ccc_val": values[1],
+        "ccc_dom": values[2],
+    }
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def _forward(model: nn.Module, inputs: tuple[torch.Tensor, ...], joint: bool):
+    """(predictions (B, 3), CPCOutput or None)."""
+    if joint:
+        return model(*inputs)
+    return model(*inputs), None
+
+
+def _length_batches(
+    indices: Sequence[int], length: Callable[[int], int], frames: int, max_items: int
+) -> Iterator[list[int]]:
+    """Evaluation batches sorted by length, at most ``frames`` padded frames each."""
+    order = sorted(indices, key=length)
+    batch: list[int] = []
+    for i in order:
+        longest = max(length(i), 1)
+        if batch and (len(batch) + 1) * longest > frames or len(batch) >= max_items:
+            yield batch
+            batch = []
+        batch.append(i)
+    if batch:
+        yield batch
+
+
+@torch.inference_mode()
+def predict_indices(
+    model: nn.Module,
+    data: FeatureBatches | WaveBatches,
+    indices: Sequence[int],
+    env: DistEnv,
+    *,
+    joint: bool,
+    eval_frames: int = 32768,
+) -> np.ndarray:
+    """(len(indices), 3) scaled predictions in the order of ``indices``, on every rank.
+
+    The joint model scores each utterance alone, so its test predictions are exactly what
+    ``cpc-fast predict`` gives for the file; feature batches are padded, which the masked
+    recognizer ignores.
+    """
+    model = _unwrap(model)
+    was_training = model.training
+    model.eval()
+    mine = list(indices)[env.rank :: env.world_size]
+    max_items = 1 if joint else 1 << 30
+    pairs: list[tuple[int, np.ndarray]] = []
+    for chunk in _length_batches(mine, data.length, eval_frames, max_items):
+        inputs, _ = data.batch(chunk)
+        pred, _ = _forward(model, tuple(t.to(env.device) for t in inputs), joint)
+        pairs.extend(zip(chunk, pred.float().cpu().numpy(), strict=True))
+    if env.distributed:
+        gathered: list[list[tuple[int, np.ndarray]]] = [[] for _ in range(env.world_size)]
+        dist.all_gather_object(gathered, pairs)
+        pairs = [p for part in gathered for p in part]
+    by_index = dict(pairs)
+    model.train(was_training)
+    return np.stack([by_index[i] for i in indices]).astype(np.float64)
+
+
+def fit(
+    model: nn.Module,
+    data: FeatureBatches | WaveBatches,
+    train: Sequence[int],
+    validation: Sequence[int],
+    settings: TrainSettings,
+    env: DistEnv,
+    *,
+    joint: bool = False,
+    log: Callable[[int, str, dict[str, float]], None] | None = None,
+    on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+) -> tuple[nn.Module, FitResult]:
+    """Trains ``model`` in place; returns it with the best validation epoch's weights loaded.
+
+    ``log(epoch, split, values)`` receives the per-epoch metrics (rank 0 should pass one).
+    """
+    from cpc_fast.emotion.joint import masked_cpc_info_nce
+
+    start = time.perf_counter()
+    torch.manual_seed(settings.seed)
+    model = model.to(env.device)
+    train_model: nn.Module = model
+    if env.distributed:
+        train_model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[env.device.index] if env.device.type == "cuda" else None
+        )
+    optimizer = torch.optim.Adam(
+        model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay
+    )
+    sampler = DistributedSampler(
+        range(len(train)),
+        num_replicas=env.world_size,
+        rank=env.rank,
+        shuffle=True,
+        seed=settings.seed,
+    )
+    generator = torch.Generator(device=env.device).manual_seed(settings.seed + env.rank)
+    validation_targets = data.targets[list(validation)]
+    best_state, best_epoch, best_scores = None, -1, {"ccc_avg": -math.inf}
+    history = []
+    for epoch in range(1, settings.epochs + 1):
+        sampler.set_epoch(epoch)
+        order = [train[i] for i in sampler]
+        train_model.train()
+        totals = {"loss": 0.0, "ccc_loss": 0.0, "info_nce": 0.0}
+        steps = 0
+        for begin in range(0, len(order), settings.batch_size):
+            chunk = order[begin : begin + settings.batch_size]
+            if len(chunk) < 2:
+                continue  # a CCC needs two samples; same on every rank (equal shard sizes)
+            inputs, y = data.batch(chunk)
+            inputs = tuple(t.to(env.device, non_blocking=True) for t in inputs)
+            y = y.to(env.device, non_blocking=True)
+            pred, out = _forward(train_model, inputs, joint)
+            loss_ccc = ccc_loss(pred.float(), y)
+            loss = loss_ccc
+            if joint:
+                frames = inputs[1] // _unwrap(model).cpc.frame_hop
+                nce = masked_cpc_info_nce(
+                    out.predictions,
+                    out.z,
+                    frames,
+                    settings.num_negatives,
+                    settings.temperature,
+                    exclude_positive=settings.exclude_positive,
+                    generator=generator,
+                )
+                loss = loss + settings.joint_lambda * nce
+                totals["info_nce"] += nce.detach().item()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            totals["loss"] += loss.detach().item()
+            totals["ccc_loss"] += loss_ccc.detach().item()
+            steps += 1
+        train_metrics = {
+            k: v / max(steps, 1) for k, v in totals.items() if joint or k != "info_nce"
+        }
+        pred = predict_indices(
+            model, data, validation, env, joint=joint, eval_frames=settings.eval_frames
+        )
+        scores = ccc_scores(pred, validation_targets)
+        if log is not None:
+            log(epoch, "train", train_metrics)
+            log(epoch, "validation", scores)
+        history.append(
+            {"epoch": epoch, **train_metrics, **{f"val_{k}": v for k, v in scores.items()}}
+        )
+        if scores["ccc_avg"] > best_scores["ccc_avg"] or best_state is None:
+            best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
+            best_epoch, best_scores = epoch, scores
+        if on_epoch is not None:
+            on_epoch(epoch, scores)
+    model.load_state_dict(best_state)
+    return model, FitResult(best_epoch, best_scores, history, time.perf_counter() - start)
+
+
+__all__ = [
+    "FeatureBatches",
+    "FitResult",
+    "TrainSettings",
+    "WaveBatches",
+    "ccc_scores",
+    "fit",
+    "predict_indices",
+]

@@ -1,0 +1,176 @@
+"""`cpc-fast predict` gives the experiment's own test predictions for the same audio (every
+feature kind), fails clearly when a frozen CPC moved or changed; `visualize` draws t-SNE."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from typer.testing import CliRunner
+
+from cpc_fast.cli import app, main
+from cpc_fast.data.synthetic_emotion import load_synthetic
+from cpc_fast.emotion.config import ExperimentConfig
+from cpc_fast.emotion.experiment import run_experiment
+from cpc_fast.models import save_cpc
+from cpc_fast.models.cpc import CPCConfig, CPCModel
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def experiment(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("predict")
+    torch.manual_seed(0)
+    (root / "cpc").mkdir()
+    save_cpc(
+        CPCModel(CPCConfig(encoder_dim=32, context_dim=32, num_negatives=8)),
+        root / "cpc" / "model.safetensors",
+    )
+    config = ExperimentConfig.tiny(
+        setups=("sup", "joint", "pre"),
+        pretrained=str(root / "cpc"),
+        folds=(1,),
+        runs=1,
+        epochs=2,
+        out=str(root / "exp"),
+    )
+    run_experiment(config, progress=False)
+    torch.set_num_threads(threads)
+    return root
+
+
+def _test_audio(folder: Path, count: int = 3) -> dict[str, Path]:
+    """The first fold-1 test utterances as float wav files (bit-exact samples)."""
+    corpus = load_synthetic("tiny")
+    test = corpus.folds()[0].test[:count]
+    files = {}
+    for i in test:
+        path = folder / f"{corpus.records[i].utt_id}.wav"
+        sf.write(path, corpus.wave(i), 16000, subtype="FLOAT")
+        files[corpus.records[i].utt_id] = path
+    return files
+
+
+def _expected(unit: Path) -> dict[str, list[float]]:
+    with open(unit / "predictions.csv", newline="") as fh:
+        return {
+            r["utt_id"]: [float(r[f"pred_{d}"]) for d in ("activation", "valence", "dominance")]
+            for r in csv.DictReader(fh)
+        }
+
+
+@pytest.mark.parametrize("setup", ["sup", "joint", "pre"])
+def test_predict_matches_test_predictions(experiment: Path, tmp_path: Path, setup: str) -> None:
+    files = _test_audio(tmp_path)
+    unit = experiment / "exp" / setup / "fold1" / "run1"
+    result = runner.invoke(
+        app, ["predict", "--model", str(unit), *map(str, files.values()), "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.output)
+    expected = _expected(unit)
+    assert [r["file"] for r in rows] == [str(p) for p in files.values()]
+    for utt, row in zip(files, rows, strict=True):
+        got = [row["activation"], row["valence"], row["dominance"]]
+        np.testing.assert_allclose(got, expected[utt], atol=2e-5)
+        assert 0.0 < row["activation"] < 6.0  # the labels' 1-5 scale, not z-scores
+    table = runner.invoke(app, ["predict", "--model", str(unit), str(next(iter(files.values())))])
+    assert table.exit_code == 0 and "activation  valence  dominance" in table.output
+
+
+def test_moved_or_changed_cpc(
+    experiment: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    wav = next(iter(_test_audio(tmp_path, 1).values()))
+    unit = experiment / "exp" / "pre" / "fold1" / "run1"
+    moved = tmp_path / "moved_cpc"
+    shutil.move(experiment / "cpc", moved)
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            main(["predict", "--model", str(unit), str(wav)])
+        assert exit_info.value.code == 2
+        assert "is gone; pass its new location with --cpc" in capsys.readouterr().err
+        ok = runner.invoke(app, ["predict", "--model", str(unit), "--cpc", str(moved), str(wav)])
+        assert ok.exit_code == 0, ok.output
+        torch.manual_seed(1)
+        save_cpc(
+            CPCModel(CPCConfig(encoder_dim=32, context_dim=32, num_negatives=8)),
+            tmp_path / "other.safetensors",
+        )
+        with pytest.raises(SystemExit):
+            main(
+                [
+                    "predict",
+                    "--model",
+                    str(unit),
+                    "--cpc",
+                    str(tmp_path / "other.safetensors"),
+                    str(wav),
+                ]
+            )
+        assert "not the one this model was trained on" in capsys.readouterr().err
+    finally:
+        shutil.move(moved, experiment / "cpc")
+
+
+@pytest.mark.parametrize("source", ["model", "pretrained"])
+def test_visualize(experiment: Path, tmp_path: Path, source: str) -> None:
+    pytest.importorskip("sklearn")
+    option = (
+        ["--model", str(experiment / "exp/sup/fold1/run1")]
+        if source == "model"
+        else ["--pretrained", str(experiment / "cpc")]
+    )
+    out = tmp_path / "fig.png"
+    result = runner.invoke(
+        app,
+        [
+            "visualize",
+            *option,
+            "--dataset",
+            "synthetic",
+            "--synthetic-size",
+            "tiny",
+            "--max-utterances",
+            "60",
+            "--out",
+            str(out),
+            "--quiet",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "t-SNE of 60 utterances" in result.output
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_visualize_needs_exactly_one_source(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
+    with pytest.raises(SystemExit):
+        main(["visualize", "--dataset", "synthetic", "--out", str(tmp_path / "f.png")])
+    assert "exactly one of --model DIR or --pretrained RUN_DIR" in capsys.readouterr().err
+
+
+def test_missing_viz_extra_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    import builtins
+
+    from cpc_fast.emotion import visualize
+    from cpc_fast.errors import UserInputError
+
+    real_import = builtins.__import__
+
+    def no_sklearn(name, *args, **kwargs):
+        if name.startswith("sklearn"):
+            raise ImportError("No module named 'sklearn'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_sklearn)
+    with pytest.raises(UserInputError, match=r"pip install 'cpc-fast\[viz\]'"):
+        visualize.tsne_2d(np.zeros((10, 3)))
