@@ -1,33 +1,53 @@
-"""Ahead-of-time compilation of every shipped kernel variant for a CUDA target, no GPU needed.
+"""Ahead-of-time compilation of every kernel variant the launchers launch, no GPU needed.
 
-``python -m cpc_fast.kernels.aot [--arch 90] [--dims 128,64]`` compiles each kernel, for each
-input dtype and for the block configuration that the launchers pick at those widths, through
-Triton's full pipeline (TTIR -> TTGIR -> LLVM -> PTX -> cubin) and prints one JSON line per
-variant with its registers, spills and shared memory as reported by ``ptxas -v``. It must
-run with ``TRITON_INTERPRET`` unset: the interpreter replaces ``triton.jit`` functions.
+``python -m cpc_fast.kernels.aot [--arch 90] [--dims 128,64]`` runs the launchers of
+``info_nce.py`` with their kernels replaced by recorders, on CPU tensors laid out as on the
+GPU, and compiles each recorded launch through Triton's full pipeline (TTIR -> TTGIR -> LLVM
+-> PTX -> cubin) for the target. Signatures, constants and divisibility hints come from
+Triton's own launch-time specialisation of the recorded arguments, so what compiles here is
+what a GPU compiles: unit strides become constants, sizes and pointers get their 16-byte
+alignment, integers past 2**31 become int64. Two shapes are recorded: the paper's (B=8,
+K=12, L=1000, N=50 at each D) and an edge shape where K, N, ceil(N/4) and the seed are 1,
+which Triton turns into compile-time constants. One JSON line per distinct variant gives
+registers, spills and shared memory from ``ptxas -v``. It must run with ``TRITON_INTERPRET``
+unset: the interpreter replaces ``triton.jit`` functions.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import multiprocessing
 import os
 import re
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 import triton
-from triton.backends.compiler import GPUTarget
+from triton.backends.compiler import BaseBackend, GPUTarget
 from triton.compiler import ASTSource
 
-from .info_nce import dense_config, gather_config, segment_config
-from .info_nce_dense import _dense_bwd_dq_kernel, _dense_bwd_dz_kernel, _dense_fwd_kernel
-from .info_nce_gather import _dk_segment_kernel, _info_nce_bwd_kernel, _info_nce_fwd_kernel
-from .sampling import _materialize_negatives_kernel
+from . import info_nce as launchers
 
-DTYPES = ("fp32", "bf16", "fp16")
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+KERNELS = {
+    "_info_nce_fwd_kernel": "gather_fwd",
+    "_info_nce_bwd_kernel": "gather_bwd",
+    "_dk_segment_kernel": "dk_segment",
+    "_dense_fwd_kernel": "dense_fwd_kernel",
+    "_dense_bwd_dq_kernel": "dense_bwd_dq_kernel",
+    "_dense_bwd_dz_kernel": "dense_bwd_dz_kernel",
+    "_materialize_negatives_kernel": "materialize",
+}
+# B only sizes the grid (strides of a size-1 batch dim are the same), so B = 1 records the
+# paper shape's specialisation cheaply.
+PAPER = {"B": 1, "K": 12, "L": 1000, "N": 50, "seed": 2**40 + 3}
+EDGE = {"B": 2, "K": 1, "L": 40, "N": 1, "seed": 1}  # ints Triton specialises to constants
 
 
 @dataclass
@@ -36,146 +56,137 @@ class Variant:
     fn: Any
     signature: dict[str, str]
     constexprs: dict[str, Any]
+    attrs: dict[tuple[int, ...], list]
     num_warps: int
-    num_stages: int = 1
+    num_stages: int
+
+    def key(self) -> str:
+        return repr((self.fn.__name__, self.signature, self.constexprs, self.attrs,
+                     self.num_warps, self.num_stages))  # fmt: skip
 
 
-def _sig(fn, types: dict[str, str], constexprs: dict[str, Any]) -> dict[str, str]:
-    """Full signature in argument order: given pointer types, i32 ints, constexpr markers."""
-    sig = {}
-    for arg in fn.arg_names:
-        if arg in constexprs:
-            sig[arg] = "constexpr"
-        elif arg in types:
-            sig[arg] = types[arg]
-        elif arg == "seed":
-            sig[arg] = "i64"
-        elif arg == "scale":
-            sig[arg] = "fp32"
-        else:
-            sig[arg] = "i32"
-    return sig
+class _Recorder:
+    """Stands in for a ``@triton.jit`` kernel: ``kernel[grid](*args, **kwargs)`` records the
+    call with the launch path it came from (``labels[0]``)."""
+
+    def __init__(self, fn, calls: list, labels: list[str]) -> None:
+        self.fn, self.calls, self.labels = fn, calls, labels
+
+    def __getitem__(self, grid):
+        return lambda *args, **kwargs: self.calls.append((self.fn, args, kwargs, self.labels[0]))
+
+
+def _specialize(arg) -> tuple[str, Any]:
+    from triton._C.libtriton import native_specialize_impl
+
+    return native_specialize_impl(BaseBackend, arg, False, True, True)
+
+
+def _variant(fn, args: tuple, kwargs: dict, label: str) -> Variant:
+    """The signature, constants and attributes Triton's launcher derives from these args."""
+    kwargs = dict(kwargs)
+    num_warps, num_stages = kwargs.pop("num_warps", 4), kwargs.pop("num_stages", 3)
+    values = dict(zip(fn.arg_names, args, strict=False)) | kwargs
+    signature, constexprs, attrs = {}, {}, {}
+    for i, param in enumerate(fn.params):
+        value = values[param.name]
+        if param.is_constexpr:
+            signature[param.name], constexprs[param.name] = "constexpr", value
+            continue
+        kind, attr = _specialize(value)
+        signature[param.name] = kind
+        if kind == "constexpr":
+            constexprs[param.name] = value
+        elif isinstance(attr, str):
+            attrs[(i,)] = BaseBackend.parse_attr(attr)
+    dtype = signature[fn.arg_names[0]].lstrip("*")
+    mode = {True: ",atomic", False: ",det"}.get(constexprs.get("ATOMIC"), "")
+    path, _, shape = label.partition("|")
+    name = f"{KERNELS[fn.__name__]}[{dtype},{path}{mode},{shape}]"
+    return Variant(name, fn, signature, constexprs, attrs, num_warps, num_stages)
+
+
+@contextlib.contextmanager
+def _recording(calls: list, labels: list[str]) -> Iterator[None]:
+    saved = {name: getattr(launchers, name) for name in KERNELS}
+    try:
+        for name, fn in saved.items():
+            setattr(launchers, name, _Recorder(fn, calls, labels))
+        yield
+    finally:
+        for name, fn in saved.items():
+            setattr(launchers, name, fn)
+
+
+def _launch_all(
+    D: int, dtype: torch.dtype, shape: dict[str, int], index_dtype, labels: list[str], tag: str
+) -> None:
+    """Calls every launcher path once: general and CPC forms, every design and mode; sets
+    ``labels[0]`` to "path|tag" for the recorder."""
+    B, K, L, N, seed = shape["B"], shape["K"], shape["L"], shape["N"], shape["seed"]
+    g = torch.Generator().manual_seed(0)
+    q = torch.empty(B, L, K, D, dtype=dtype).permute(0, 2, 1, 3)  # the model's layout
+    z = torch.empty(B, L, D, dtype=dtype)
+    lse = torch.empty(B, K, L)
+    grad = torch.empty(B, K, L)
+    neg = torch.randint(0, L, (B, K, L, N), generator=g, dtype=index_dtype)
+    cpc = [
+        launchers.Candidates(None, neg, N, 0, False),
+        launchers.Candidates(None, None, N, seed, False),
+        launchers.Candidates(None, None, N, seed, True),
+    ]
+    M = B * L
+    flat = (torch.empty(M, D, dtype=dtype)[None, None], torch.empty(1, M, D, dtype=dtype))
+    pos = torch.randint(0, M, (M,), generator=g, dtype=index_dtype)[None, None]
+    negs = torch.randint(0, M, (M, N), generator=g, dtype=index_dtype)[None, None]
+    general = launchers.Candidates(pos, negs, N, 0, False)
+    paths = ["general", "cpc", "philox", "philox-exclude"]
+    for path, (qq, keys), cand in zip(
+        paths, [flat, (q, z), (q, z), (q, z)], [general, *cpc], strict=True
+    ):
+        labels[0] = f"{path}|{tag}"
+        launchers.gather_forward(qq, keys, cand, 1.0)
+        grads = grad[:1, :1, :M] if cand.pos is not None else grad
+        lses = lse[:1, :1, :M] if cand.pos is not None else lse
+        for deterministic in (False, True):
+            launchers.gather_backward(qq, keys, cand, 1.0, lses, grads, deterministic)
+    for path, cand in zip(["dense", "dense-philox"], cpc[:2], strict=True):
+        labels[0] = f"{path}|{tag}"
+        launchers.dense_forward(q, z, cand, 1.0)
+        launchers.dense_backward(q, z, cand, 1.0, lse, grad)
+    for path, exclude in (("philox", False), ("philox-exclude", True)):
+        labels[0] = f"{path}|{tag}"
+        launchers.materialize_negatives(seed, B, K, L, N, torch.device("cpu"), exclude)
 
 
 def variants(dims: tuple[int, ...] = (128,), index: str = "i64") -> list[Variant]:
-    """Every kernel x flag combination x dtype the launchers can produce at these widths."""
-    out: list[Variant] = []
-    for D in dims:
-        for dt in DTYPES:
-            out += _gather_variants(D, dt, index) + _dense_variants(D, dt, index)
-    for exclude in (False, True):
-        cx = {"EXCLUDE_POS": exclude, "BLOCK_M": 64}
-        out.append(
-            Variant(
-                f"materialize[exclude={exclude}]",
-                _materialize_negatives_kernel,
-                _sig(_materialize_negatives_kernel, {"out_ptr": "*i64"}, cx),
-                cx,
-                4,
-                1,
-            )
-        )
-    return out
-
-
-def _gather_variants(D: int, dt: str, index: str) -> list[Variant]:
-    ptrs = {
-        "q_ptr": f"*{dt}",
-        "key_ptr": f"*{dt}",
-        "pos_ptr": f"*{index}",
-        "neg_ptr": f"*{index}",
-        "lse_ptr": "*fp32",
-        "loss_ptr": "*fp32",
-        "correct_ptr": "*i8",
-        "grad_ptr": "*fp32",
-        "dq_ptr": f"*{dt}",
-    }
-    modes = [(False, False, False), (True, False, False), (True, True, False), (True, True, True)]
-    out = []
-    for cpc, sampled, exclude in modes:
-        flags = {"CPC": cpc, "SAMPLED": sampled, "EXCLUDE_POS": exclude}
-        cfg = gather_config(D)
-        cx = {**flags, "BLOCK_M": cfg.BLOCK_M, "BLOCK_D": cfg.BLOCK_D}
-        out.append(
-            Variant(
-                f"gather_fwd[{dt},D={D},{_flags(flags)}]",
-                _info_nce_fwd_kernel,
-                _sig(_info_nce_fwd_kernel, ptrs, cx),
-                cx,
-                *cfg[2:],
-            )
-        )
-        for atomic in (True, False):
-            cx = {**flags, "ATOMIC": atomic, "BLOCK_M": cfg.BLOCK_M, "BLOCK_D": cfg.BLOCK_D}
-            types = {**ptrs, "dk_ptr": "*fp32" if atomic else f"*{dt}"}
-            out.append(
-                Variant(
-                    f"gather_bwd[{dt},D={D},{_flags(flags)},atomic={atomic}]",
-                    _info_nce_bwd_kernel,
-                    _sig(_info_nce_bwd_kernel, types, cx),
-                    cx,
-                    *cfg[2:],
-                )
-            )
-    cfg = segment_config(D)
-    cx = {"BLOCK_E": cfg.BLOCK_M, "BLOCK_D": cfg.BLOCK_D}
-    types = {**ptrs, "order_ptr": "*i64", "seg_ptr": "*i64", "dk_ptr": f"*{dt}"}
-    out.append(
-        Variant(
-            f"dk_segment[{dt},D={D}]",
-            _dk_segment_kernel,
-            _sig(_dk_segment_kernel, types, cx),
-            cx,
-            *cfg[2:],
-        )
-    )
-    return out
-
-
-def _dense_variants(D: int, dt: str, index: str) -> list[Variant]:
-    cfg = dense_config(D)
-    ptrs = {
-        "q_ptr": f"*{dt}",
-        "z_ptr": f"*{dt}",
-        "neg_ptr": f"*{index}",
-        "lse_ptr": "*fp32",
-        "loss_ptr": "*fp32",
-        "correct_ptr": "*i8",
-        "grad_ptr": "*fp32",
-        "dq_ptr": f"*{dt}",
-        "dz_ptr": f"*{dt}",
-    }
-    out = []
-    for sampled in (False, True):
-        cx = {
-            "SAMPLED": sampled,
-            "EXCLUDE_POS": False,
-            "IEEE": dt == "fp32",
-            "F32_DOT": False,
-            "BLOCK_M": cfg.BLOCK_M,
-            "BLOCK_F": cfg.BLOCK_F,
-            "BLOCK_D": cfg.BLOCK_D,
-        }
-        for fn in (_dense_fwd_kernel, _dense_bwd_dq_kernel, _dense_bwd_dz_kernel):
-            out.append(
-                Variant(
-                    f"{fn.__name__.strip('_')}[{dt},D={D},sampled={sampled}]",
-                    fn,
-                    _sig(fn, ptrs, cx),
-                    cx,
-                    *cfg[3:],
-                )
-            )
-    return out
-
-
-def _flags(flags: dict[str, bool]) -> str:
-    return ",".join(k.lower() for k, v in flags.items() if v) or "explicit"
+    """Every distinct kernel specialisation the launchers produce at these widths."""
+    calls: list = []
+    labels = [""]
+    index_dtype = torch.int64 if index == "i64" else torch.int32
+    with _recording(calls, labels):
+        for D in dims:
+            for dtype in DTYPES.values():
+                _launch_all(D, dtype, PAPER, index_dtype, labels, f"D={D}")
+            _launch_all(D, torch.float32, EDGE, index_dtype, labels, f"D={D},edge")
+    out: dict[str, Variant] = {}
+    seen: set[str] = set()
+    for fn, args, kwargs, label in calls:
+        v = _variant(fn, args, kwargs, label)
+        if v.key() in seen:
+            continue
+        seen.add(v.key())
+        base, n = v.name, 1
+        while v.name in out:
+            n += 1
+            v.name = f"{base[:-1]},#{n}]"
+        out[v.name] = v
+    return list(out.values())
 
 
 def compile_variant(v: Variant, arch: int = 90) -> dict[str, Any]:
     """Compiles one variant to cubin; returns its ptxas resource usage."""
-    src = ASTSource(fn=v.fn, signature=v.signature, constexprs=v.constexprs)
+    src = ASTSource(fn=v.fn, signature=v.signature, constexprs=v.constexprs, attrs=v.attrs)
     kernel = triton.compile(
         src,
         target=GPUTarget("cuda", arch, 32),
@@ -224,19 +235,34 @@ def _ptxas_usage(ptx: str, arch: int) -> dict[str, int]:
     }
 
 
+_JOBS: list[Variant] = []  # inherited by forked workers
+
+
+def _compile_job(job: tuple[int, int]) -> dict[str, Any]:
+    i, arch = job
+    return compile_variant(_JOBS[i], arch)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", type=int, default=90)
     parser.add_argument("--dims", default="128", help="comma-separated D values")
     parser.add_argument("--index", default="i64", choices=("i64", "i32"))
     parser.add_argument("--filter", default="", help="only variants whose name contains this")
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     args = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         raise SystemExit("unset TRITON_INTERPRET: the interpreter cannot compile kernels")
     dims = tuple(int(d) for d in args.dims.split(","))
-    for v in variants(dims, args.index):
-        if args.filter in v.name:
-            print(json.dumps(compile_variant(v, args.arch)), flush=True)
+    _JOBS[:] = [v for v in variants(dims, args.index) if args.filter in v.name]
+    jobs = [(i, args.arch) for i in range(len(_JOBS))]
+    if args.jobs <= 1:
+        results = list(map(_compile_job, jobs))
+    else:
+        with multiprocessing.get_context("fork").Pool(args.jobs) as pool:
+            results = pool.map(_compile_job, jobs, chunksize=1)
+    for result in results:
+        print(json.dumps(result), flush=True)
 
 
 if __name__ == "__main__":

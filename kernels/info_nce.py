@@ -3,12 +3,17 @@
 Rows are always a (B, K, L) grid: the CPC form uses it as is (queries (B, K, L, D) strided,
 keys (B, L, D)); the general form is the grid (1, 1, M) over keys (1, Nk, D). Per-row outputs
 (lse, loss, correct) are contiguous (B, K, L) tensors; gradients of per-row losses come in
-as the same shape. Callers (``cpc_fast.losses``) validate inputs; these functions assume
-valid indices and a supported dtype.
+as the same shape. Callers (``cpc_fast.losses``) validate shapes and dtypes. Indices outside
+the keys are never dereferenced: the kernels read row 0 instead and give the row a NaN loss
+(and NaN gradients), so skipping the caller's range check can never read out of bounds.
+
+Every launch runs under ``torch.cuda.device(tensor.device)``: Triton launches on the current
+device, and a tensor on cuda:1 launched from cuda:0 would be an illegal memory access.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import NamedTuple
 
@@ -20,6 +25,8 @@ from .info_nce_gather import _dk_segment_kernel, _info_nce_bwd_kernel, _info_nce
 from .sampling import _materialize_negatives_kernel
 
 MAX_DIM = 2048  # widest D the gather kernels hold in registers
+# Per-row outputs and Philox counters are addressed by an int32 row id (b * K + k) * L + t.
+MAX_ROWS = 2**31 - 1
 
 
 class GatherConfig(NamedTuple):
@@ -97,6 +104,11 @@ def _dummy(like: torch.Tensor) -> torch.Tensor:
     return torch.empty(1, dtype=torch.int64, device=like.device)
 
 
+def _on_device(t: torch.Tensor) -> contextlib.AbstractContextManager:
+    """Makes t's GPU the current device for the launch (Triton launches on the current one)."""
+    return torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext()
+
+
 def gather_forward(
     q: torch.Tensor,  # (B, K, L, D) any strides
     keys: torch.Tensor,  # (B, Lk, D) any strides
@@ -110,17 +122,18 @@ def gather_forward(
     correct = torch.empty((B, K, L), dtype=torch.int8, device=q.device)
     cfg = gather_config(D)
     grid = (triton.cdiv(L, cfg.BLOCK_M), K, B)
-    _info_nce_fwd_kernel[grid](
-        q, keys,
-        cand.pos if cand.pos is not None else _dummy(q),
-        cand.neg if cand.neg is not None else _dummy(q),
-        lse, loss, correct,
-        K, L, D, cand.N, n_groups(cand.N), keys.shape[1], cand.seed, scale,
-        *q.stride(), *keys.stride(), _pos_stride(cand), *_neg_strides(cand),
-        CPC=cand.pos is None, SAMPLED=cand.neg is None, EXCLUDE_POS=cand.exclude_positive,
-        BLOCK_M=cfg.BLOCK_M, BLOCK_D=cfg.BLOCK_D, num_warps=cfg.num_warps,
-        num_stages=cfg.num_stages,
-    )  # fmt: skip
+    with _on_device(q):
+        _info_nce_fwd_kernel[grid](
+            q, keys,
+            cand.pos if cand.pos is not None else _dummy(q),
+            cand.neg if cand.neg is not None else _dummy(q),
+            lse, loss, correct,
+            K, L, D, cand.N, n_groups(cand.N), keys.shape[1], cand.seed, scale,
+            *q.stride(), *keys.stride(), _pos_stride(cand), *_neg_strides(cand),
+            CPC=cand.pos is None, SAMPLED=cand.neg is None, EXCLUDE_POS=cand.exclude_positive,
+            BLOCK_M=cfg.BLOCK_M, BLOCK_D=cfg.BLOCK_D, num_warps=cfg.num_warps,
+            num_stages=cfg.num_stages,
+        )  # fmt: skip
     return loss, correct.bool(), lse
 
 
@@ -132,32 +145,38 @@ def gather_backward(
     lse: torch.Tensor,  # (B, K, L) fp32
     grad: torch.Tensor,  # (B, K, L) fp32 contiguous: d total / d loss_row
     deterministic: bool,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Designs (a)/(b) backward -> (dq like q, dk (B, Lk, D) in keys' dtype)."""
+    need_dk: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Designs (a)/(b) backward -> (dq like q, dk (B, Lk, D) in keys' dtype, or None when
+    ``need_dk`` is False: then neither atomics nor the segment pass run)."""
     B, K, L, D = q.shape
     dq = torch.empty_like(q)  # keeps q's strides when they are dense (the permuted CPC view)
-    atomic = not deterministic
+    atomic = need_dk and not deterministic
     if atomic:
         dk = torch.zeros(keys.shape, dtype=torch.float32, device=keys.device)
     else:
-        dk = torch.empty(keys.shape, dtype=keys.dtype, device=keys.device)
+        dk = torch.empty(keys.shape if need_dk else (1, 1, 1), dtype=keys.dtype,
+                         device=keys.device)  # fmt: skip
     cfg = gather_config(D)
     grid = (triton.cdiv(L, cfg.BLOCK_M), K, B)
-    _info_nce_bwd_kernel[grid](
-        q, keys,
-        cand.pos if cand.pos is not None else _dummy(q),
-        cand.neg if cand.neg is not None else _dummy(q),
-        lse, grad, dq, dk,
-        K, L, D, cand.N, n_groups(cand.N), keys.shape[1], cand.seed, scale,
-        *q.stride(), *keys.stride(), _pos_stride(cand), *_neg_strides(cand),
-        *dq.stride(), *dk.stride(),
-        CPC=cand.pos is None, SAMPLED=cand.neg is None, EXCLUDE_POS=cand.exclude_positive,
-        ATOMIC=atomic, BLOCK_M=cfg.BLOCK_M, BLOCK_D=cfg.BLOCK_D, num_warps=cfg.num_warps,
-        num_stages=cfg.num_stages,
-    )  # fmt: skip
-    if atomic:
-        return dq, dk.to(keys.dtype)
-    _segment_dk(q, keys, cand, scale, lse, grad, dk)
+    with _on_device(q):
+        _info_nce_bwd_kernel[grid](
+            q, keys,
+            cand.pos if cand.pos is not None else _dummy(q),
+            cand.neg if cand.neg is not None else _dummy(q),
+            lse, grad, dq, dk,
+            K, L, D, cand.N, n_groups(cand.N), keys.shape[1], cand.seed, scale,
+            *q.stride(), *keys.stride(), _pos_stride(cand), *_neg_strides(cand),
+            *dq.stride(), *dk.stride(),
+            CPC=cand.pos is None, SAMPLED=cand.neg is None, EXCLUDE_POS=cand.exclude_positive,
+            ATOMIC=atomic, BLOCK_M=cfg.BLOCK_M, BLOCK_D=cfg.BLOCK_D, num_warps=cfg.num_warps,
+            num_stages=cfg.num_stages,
+        )  # fmt: skip
+        if not need_dk:
+            return dq, None
+        if atomic:
+            return dq, dk.to(keys.dtype)
+        _segment_dk(q, keys, cand, scale, lse, grad, dk)
     return dq, dk
 
 
@@ -168,17 +187,19 @@ def _segment_dk(q, keys, cand, scale, lse, grad, dk) -> None:
     index = candidate_keys(cand, B, K, L, q.device)  # (B, K, L, N + 1) key rows in sequence b
     batch = torch.arange(B, device=q.device).view(B, 1, 1, 1)
     flat = index + batch * Lk
+    # Entries with no key row park after the last one, outside every segment: CPC rows past
+    # the end of the sequence, and indices out of range (their rows' lse is NaN already).
+    parked = (index < 0) | (index >= Lk)
     if cand.pos is None:
-        # CPC rows past the end of the sequence have no candidates: park them after the last
-        # key row, outside every segment.
         t = torch.arange(L, device=q.device).view(1, 1, L, 1)
         k = torch.arange(K, device=q.device).view(1, K, 1, 1)
-        flat = torch.where(t + k + 1 < L, flat, B * Lk)
+        parked = parked | (t + k + 1 >= L)
+    flat = torch.where(parked, B * Lk, flat)
     flat = flat.view(-1).to(torch.int32)  # B * Lk + 1 < 2**31: half the sort's key bytes
-    order = torch.argsort(flat, stable=True)
-    counts = torch.bincount(flat, minlength=B * Lk + 1)
-    seg = torch.zeros(B * Lk + 2, dtype=torch.int64, device=q.device)
-    torch.cumsum(counts, 0, out=seg[1:])
+    sorted_flat, order = torch.sort(flat, stable=True)
+    # Segment starts by binary search: unlike bincount, no device sync for the output size.
+    bounds = torch.arange(B * Lk + 1, dtype=torch.int32, device=q.device)
+    seg = torch.searchsorted(sorted_flat, bounds)  # (B * Lk + 1,) int64
     cfg = segment_config(D)
     _dk_segment_kernel[(B * Lk,)](
         q, keys, lse, grad, order, seg, dk,
@@ -217,16 +238,17 @@ def dense_forward(
     correct = torch.empty((B, K, L), dtype=torch.int8, device=q.device)
     cfg = dense_config(D)
     grid = (triton.cdiv(L, cfg.BLOCK_M), K, B)
-    _dense_fwd_kernel[grid](
-        q, z, cand.neg if cand.neg is not None else _dummy(q),
-        lse, loss, correct,
-        K, L, D, cand.N, n_groups(cand.N), cand.seed, scale,
-        *q.stride(), *z.stride(), *_neg_strides(cand),
-        SAMPLED=cand.neg is None, EXCLUDE_POS=cand.exclude_positive,
-        IEEE=q.dtype == torch.float32, F32_DOT=_interpreted(),
-        BLOCK_M=cfg.BLOCK_M, BLOCK_F=cfg.BLOCK_F, BLOCK_D=cfg.BLOCK_D, num_warps=cfg.num_warps,
-        num_stages=cfg.num_stages,
-    )  # fmt: skip
+    with _on_device(q):
+        _dense_fwd_kernel[grid](
+            q, z, cand.neg if cand.neg is not None else _dummy(q),
+            lse, loss, correct,
+            K, L, D, cand.N, n_groups(cand.N), cand.seed, scale,
+            *q.stride(), *z.stride(), *_neg_strides(cand),
+            SAMPLED=cand.neg is None, EXCLUDE_POS=cand.exclude_positive,
+            IEEE=q.dtype == torch.float32, F32_DOT=_interpreted(),
+            BLOCK_M=cfg.BLOCK_M, BLOCK_F=cfg.BLOCK_F, BLOCK_D=cfg.BLOCK_D,
+            num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        )  # fmt: skip
     return loss, correct.bool(), lse
 
 
@@ -237,11 +259,14 @@ def dense_backward(
     scale: float,
     lse: torch.Tensor,
     grad: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Design (c) backward -> (dq like q, dz (B, L, D)); deterministic by construction."""
+    need_dq: bool = True,
+    need_dz: bool = True,
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Design (c) backward -> (dq like q, dz (B, L, D)), each None when not needed (its
+    kernel is skipped); deterministic by construction."""
     B, K, L, D = q.shape
-    dq = torch.empty_like(q)
-    dz = torch.empty(z.shape, dtype=z.dtype, device=z.device)
+    dq = torch.empty_like(q) if need_dq else None
+    dz = torch.empty(z.shape, dtype=z.dtype, device=z.device) if need_dz else None
     cfg = dense_config(D)
     neg = cand.neg if cand.neg is not None else _dummy(q)
     common = (
@@ -267,12 +292,15 @@ def dense_backward(
         num_warps=cfg.num_warps,
         num_stages=cfg.num_stages,
     )
-    _dense_bwd_dq_kernel[(triton.cdiv(L, cfg.BLOCK_M), K, B)](
-        q, z, neg, lse, grad, dq, *common, *dq.stride(), **meta
-    )
-    _dense_bwd_dz_kernel[(triton.cdiv(L, cfg.BLOCK_F), B)](
-        q, z, neg, lse, grad, dz, *common, *dz.stride(), **meta
-    )
+    with _on_device(q):
+        if need_dq:
+            _dense_bwd_dq_kernel[(triton.cdiv(L, cfg.BLOCK_M), K, B)](
+                q, z, neg, lse, grad, dq, *common, *dq.stride(), **meta
+            )
+        if need_dz:
+            _dense_bwd_dz_kernel[(triton.cdiv(L, cfg.BLOCK_F), B)](
+                q, z, neg, lse, grad, dz, *common, *dz.stride(), **meta
+            )
     return dq, dz
 
 
@@ -282,7 +310,8 @@ def materialize_negatives(
     """The (B, K, L, N) int64 frames the SAMPLED kernels draw for ``seed``."""
     out = torch.empty((B, K, L, N), dtype=torch.int64, device=device)
     block = 64
-    _materialize_negatives_kernel[(triton.cdiv(L, block), K, B)](
-        out, K, L, N, n_groups(N), seed, EXCLUDE_POS=exclude_positive, BLOCK_M=block
-    )
+    with _on_device(out):
+        _materialize_negatives_kernel[(triton.cdiv(L, block), K, B)](
+            out, K, L, N, n_groups(N), seed, EXCLUDE_POS=exclude_positive, BLOCK_M=block
+        )
     return out

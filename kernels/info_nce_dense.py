@@ -7,7 +7,8 @@ w[t, f] = #{j : neg_j(t) = f} + [f = t + k + 1] the loss is
     loss_t = log Σ_f w[t, f] exp(S[t, f]) - S[t, t + k + 1]
 
 and dS[t, f] = g_t (w[t, f] exp(S[t, f] - lse_t) - [f = pos_t]) gives dq = dS z and
-dz = dSᵀ q as plain tensor-core GEMMs. Nothing is gathered and nothing is atomic: dq is
+dz = dSᵀ q as plain tensor-core GEMMs (dS / g_t is the operand, so fp16 never holds a
+subnormal ~1e-7 value). Nothing is gathered and nothing is atomic: dq is
 owned by the program of its row block, dz by the program of its frame block (which loops
 over every k and row block), so the result is bitwise reproducible. The price is scoring all
 L frames instead of N + 1 (~L / (N + 1) ≈ 20x the FLOPs) and rebuilding the count tile from
@@ -19,6 +20,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from .indexing import bk_base, row_ptrs
 from .sampling import negatives4
 
 # Kernels are laid out by hand (argument groups per line), as in the Triton tutorials.
@@ -32,18 +34,22 @@ _NEG_BIG = tl.constexpr(-1.0e30)
 def _count_tile(neg_row, stride_nn, row_mask, row, pos, offs_f, N, n_groups, n_frames, seed,
                 SAMPLED: tl.constexpr, EXCLUDE_POS: tl.constexpr, BLOCK_M: tl.constexpr,
                 BLOCK_F: tl.constexpr):
-    """(BLOCK_M, BLOCK_F) int32: how often each row drew each frame of the tile."""
+    """(BLOCK_M, BLOCK_F) int32: how often each row drew each frame of the tile, and (rows,)
+    True where a given index lies outside [0, n_frames). Such an index matches no frame, so
+    it would silently drop out of the loss: forward makes its row NaN instead."""
     cnt = tl.zeros((BLOCK_M, BLOCK_F), tl.int32)
+    bad = row < 0
     f = offs_f[None, :]
     for g in range(0, n_groups):
-        i0, i1, i2, i3, a0, a1, a2, a3 = negatives4(neg_row, stride_nn, row_mask, g, N, seed,
-                                                    row, n_groups, n_frames, pos, SAMPLED,
-                                                    EXCLUDE_POS)
+        i0, i1, i2, i3, a0, a1, a2, a3, bad_g = negatives4(neg_row, stride_nn, row_mask, g, N,
+                                                           seed, row, n_groups, n_frames, pos,
+                                                           SAMPLED, EXCLUDE_POS)
+        bad = bad | bad_g
         cnt += ((i0[:, None] == f) & a0[:, None]).to(tl.int32)
         cnt += ((i1[:, None] == f) & a1[:, None]).to(tl.int32)
         cnt += ((i2[:, None] == f) & a2[:, None]).to(tl.int32)
         cnt += ((i3[:, None] == f) & a3[:, None]).to(tl.int32)
-    return cnt
+    return cnt, bad
 
 
 @triton.jit
@@ -86,9 +92,11 @@ def _dense_fwd_kernel(
     row_mask = offs_t < L - k - 1
     pos = offs_t + k + 1
     row = (b * K + k) * L + offs_t
-    neg_row = neg_ptr + b * stride_nb + k * stride_nk + offs_t.to(tl.int64) * stride_nt
-    q = _load_tile(q_ptr + b * stride_qb + k * stride_qk, offs_t, stride_qt, L - k - 1, offs_d,
-                   stride_qd, D)
+    neg_row = row_ptrs(neg_ptr, b, k, offs_t, stride_nb, stride_nk, stride_nt)
+    q = _load_tile(bk_base(q_ptr, b, k, stride_qb, stride_qk), offs_t, stride_qt,
+                   L - k - 1, offs_d, stride_qd, D)
+    z_base = bk_base(z_ptr, b, 0, stride_zb, 0)
+    bad = offs_t < 0
 
     m = tl.full((BLOCK_M,), _NEG_BIG, tl.float32)
     l = tl.zeros((BLOCK_M,), tl.float32)
@@ -97,10 +105,11 @@ def _dense_fwd_kernel(
     tied = offs_t < 0
     for f0 in range(0, L, BLOCK_F):
         offs_f = f0 + tl.arange(0, BLOCK_F)
-        z = _load_tile(z_ptr + b * stride_zb, offs_f, stride_zt, L, offs_d, stride_zd, D)
+        z = _load_tile(z_base, offs_f, stride_zt, L, offs_d, stride_zd, D)
         s = _dot(q, tl.trans(z), IEEE, F32_DOT) * scale
-        cnt = _count_tile(neg_row, stride_nn, row_mask, row, pos, offs_f, N, n_groups, L, seed,
-                          SAMPLED, EXCLUDE_POS, BLOCK_M, BLOCK_F)
+        cnt, bad_f = _count_tile(neg_row, stride_nn, row_mask, row, pos, offs_f, N, n_groups, L,
+                                 seed, SAMPLED, EXCLUDE_POS, BLOCK_M, BLOCK_F)
+        bad = bad | bad_f
         is_pos = offs_f[None, :] == pos[:, None]
         w = cnt.to(tl.float32) + is_pos.to(tl.float32)
         s_pos += tl.sum(tl.where(is_pos, s, 0.0), axis=1)
@@ -113,21 +122,26 @@ def _dense_fwd_kernel(
         m = m_new
 
     lse = m + tl.log(tl.where(row_mask, l, 1.0))  # rows past the end have no candidates
+    lse = tl.where(bad, float("nan"), lse)  # backward turns it into NaN gradients
     out_mask = offs_t < L
     tl.store(lse_ptr + row, lse, mask=out_mask)
     tl.store(loss_ptr + row, tl.where(row_mask, lse - s_pos, 0.0), mask=out_mask)
-    correct = (s_pos > neg_max) & ~tied & row_mask
+    correct = (s_pos > neg_max) & ~tied & ~bad & row_mask
     tl.store(correct_ptr + row, correct.to(tl.int8), mask=out_mask)
 
 
 @triton.jit
-def _dscores(q, z, offs_f, pos, cnt, lse, g, scale, IEEE: tl.constexpr, F32_DOT: tl.constexpr):
-    """dS = g (w exp(S - lse) - [f = pos]), with 1/τ folded into g."""
+def _dprobs(q, z, offs_f, pos, cnt, lse, scale, IEEE: tl.constexpr, F32_DOT: tl.constexpr):
+    """dS / g = w exp(S - lse) - [f = pos], in [-1, 1].
+
+    The row's upstream gradient g (about 1 / rows, ~1e-5 at the paper's shape) is applied
+    outside: dS itself would be ~1e-7, subnormal in fp16, and it is rounded to the input
+    dtype for the tensor-core product."""
     s = _dot(q, tl.trans(z), IEEE, F32_DOT) * scale
     is_pos = (offs_f[None, :] == pos[:, None]).to(tl.float32)
     w = cnt.to(tl.float32) + is_pos
     p = w * tl.exp(tl.where(w > 0, s - lse[:, None], _NEG_BIG))
-    return g[:, None] * (p - is_pos)
+    return p - is_pos
 
 
 @triton.jit
@@ -150,22 +164,24 @@ def _dense_bwd_dq_kernel(
     row_mask = offs_t < L - k - 1
     pos = offs_t + k + 1
     row = (b * K + k) * L + offs_t
-    neg_row = neg_ptr + b * stride_nb + k * stride_nk + offs_t.to(tl.int64) * stride_nt
-    q = _load_tile(q_ptr + b * stride_qb + k * stride_qk, offs_t, stride_qt, L - k - 1, offs_d,
-                   stride_qd, D)
+    neg_row = row_ptrs(neg_ptr, b, k, offs_t, stride_nb, stride_nk, stride_nt)
+    q = _load_tile(bk_base(q_ptr, b, k, stride_qb, stride_qk), offs_t, stride_qt,
+                   L - k - 1, offs_d, stride_qd, D)
+    z_base = bk_base(z_ptr, b, 0, stride_zb, 0)
     g = tl.load(grad_ptr + row, mask=row_mask, other=0.0) * scale
     lse = tl.load(lse_ptr + row, mask=row_mask, other=0.0)
 
     dq = tl.zeros((BLOCK_M, BLOCK_D), tl.float32)
     for f0 in range(0, L, BLOCK_F):
         offs_f = f0 + tl.arange(0, BLOCK_F)
-        z = _load_tile(z_ptr + b * stride_zb, offs_f, stride_zt, L, offs_d, stride_zd, D)
-        cnt = _count_tile(neg_row, stride_nn, row_mask, row, pos, offs_f, N, n_groups, L, seed,
-                          SAMPLED, EXCLUDE_POS, BLOCK_M, BLOCK_F)
-        ds = _dscores(q, z, offs_f, pos, cnt, lse, g, scale, IEEE, F32_DOT)
-        dq += _dot(ds.to(z.dtype), z, IEEE, F32_DOT)
+        z = _load_tile(z_base, offs_f, stride_zt, L, offs_d, stride_zd, D)
+        cnt, _ = _count_tile(neg_row, stride_nn, row_mask, row, pos, offs_f, N, n_groups, L, seed,
+                             SAMPLED, EXCLUDE_POS, BLOCK_M, BLOCK_F)
+        dp = _dprobs(q, z, offs_f, pos, cnt, lse, scale, IEEE, F32_DOT)
+        dq += _dot(dp.to(z.dtype), z, IEEE, F32_DOT)
+    dq = dq * g[:, None]  # g is per row: factored out of the sum over frames exactly
 
-    dq_ptrs = (dq_ptr + b * stride_dqb + k * stride_dqk
+    dq_ptrs = (bk_base(dq_ptr, b, k, stride_dqb, stride_dqk)
                + offs_t.to(tl.int64)[:, None] * stride_dqt + offs_d[None, :] * stride_dqd)
     tl.store(dq_ptrs, dq.to(dq_ptr.dtype.element_ty),
              mask=(offs_t < L)[:, None] & (offs_d < D)[None, :])
@@ -187,25 +203,29 @@ def _dense_bwd_dz_kernel(
     b = tl.program_id(1)
     offs_f = pid_f * BLOCK_F + tl.arange(0, BLOCK_F)
     offs_d = tl.arange(0, BLOCK_D)
-    z = _load_tile(z_ptr + b * stride_zb, offs_f, stride_zt, L, offs_d, stride_zd, D)
+    z = _load_tile(bk_base(z_ptr, b, 0, stride_zb, 0), offs_f, stride_zt, L, offs_d, stride_zd, D)
     dz = tl.zeros((BLOCK_F, BLOCK_D), tl.float32)
     for k in range(0, K):
-        q_base = q_ptr + b * stride_qb + k * stride_qk
+        q_base = bk_base(q_ptr, b, k, stride_qb, stride_qk)
         for t0 in range(0, L - k - 1, BLOCK_M):
             offs_t = t0 + tl.arange(0, BLOCK_M)
             row_mask = offs_t < L - k - 1
             pos = offs_t + k + 1
             row = (b * K + k) * L + offs_t
-            neg_row = neg_ptr + b * stride_nb + k * stride_nk + offs_t.to(tl.int64) * stride_nt
+            neg_row = row_ptrs(neg_ptr, b, k, offs_t, stride_nb, stride_nk, stride_nt)
             q = _load_tile(q_base, offs_t, stride_qt, L - k - 1, offs_d, stride_qd, D)
             g = tl.load(grad_ptr + row, mask=row_mask, other=0.0) * scale
             lse = tl.load(lse_ptr + row, mask=row_mask, other=0.0)
-            cnt = _count_tile(neg_row, stride_nn, row_mask, row, pos, offs_f, N, n_groups, L,
-                              seed, SAMPLED, EXCLUDE_POS, BLOCK_M, BLOCK_F)
-            ds = _dscores(q, z, offs_f, pos, cnt, lse, g, scale, IEEE, F32_DOT)
-            dz += _dot(tl.trans(ds.to(q.dtype)), q, IEEE, F32_DOT)
+            cnt, _ = _count_tile(neg_row, stride_nn, row_mask, row, pos, offs_f, N, n_groups, L,
+                                 seed, SAMPLED, EXCLUDE_POS, BLOCK_M, BLOCK_F)
+            # The sum runs over rows with different g: scale the tile by its largest |g| so
+            # the rounded operand stays in [-1, 1], and multiply the fp32 product back.
+            g_max = tl.max(tl.abs(g), axis=0)
+            g_max = tl.where(g_max > 0, g_max, 1.0)
+            dp = _dprobs(q, z, offs_f, pos, cnt, lse, scale, IEEE, F32_DOT) * (g / g_max)[:, None]
+            dz += _dot(tl.trans(dp.to(q.dtype)), q, IEEE, F32_DOT) * g_max
 
-    dz_ptrs = (dz_ptr + b * stride_dzb + offs_f.to(tl.int64)[:, None] * stride_dzt
+    dz_ptrs = (bk_base(dz_ptr, b, 0, stride_dzb, 0) + offs_f.to(tl.int64)[:, None] * stride_dzt
                + offs_d[None, :] * stride_dzd)
     tl.store(dz_ptrs, dz.to(dz_ptr.dtype.element_ty),
              mask=(offs_f < L)[:, None] & (offs_d < D)[None, :])

@@ -21,6 +21,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from .indexing import bk_base, checked_index, row_ptrs
 from .sampling import negatives4
 
 # Kernels are laid out by hand (argument groups per line), as in the Triton tutorials.
@@ -38,6 +39,14 @@ def _score(q, key_base, idx, stride_kt, offs_d, stride_kd, mask, scale):
     """(rows,) fp32 <q_r, keys[idx_r]> * scale, and the gathered (rows, D) key tile."""
     c = _load_rows(key_base, idx, stride_kt, offs_d, stride_kd, mask)
     return tl.sum(q * c, axis=1) * scale, c
+
+
+@triton.jit
+def _positives(pos_ptr, offs_t, k, stride_pt, row_mask, n_frames, CPC: tl.constexpr):
+    """(rows,) int32 key rows of the positives and a flag for a given one out of range."""
+    if CPC:
+        return offs_t + k + 1, offs_t < 0
+    return checked_index(pos_ptr + offs_t.to(tl.int64) * stride_pt, row_mask, n_frames)
 
 
 @triton.jit
@@ -70,16 +79,12 @@ def _info_nce_fwd_kernel(
     n_rows = L - k - 1 if CPC else L
     row_mask = offs_t < n_rows
     offs_d = tl.arange(0, BLOCK_D)
-    row = (b * K + k) * L + offs_t
+    row = (b * K + k) * L + offs_t  # < 2**31 (launcher): per-row outputs and Philox counters
 
-    q_base = q_ptr + b * stride_qb + k * stride_qk
-    key_base = key_ptr + b * stride_kb
-    neg_row = neg_ptr + b * stride_nb + k * stride_nk + offs_t.to(tl.int64) * stride_nt
-    if CPC:
-        pos = offs_t + k + 1
-    else:
-        pos = tl.load(pos_ptr + offs_t.to(tl.int64) * stride_pt, mask=row_mask, other=0)
-        pos = pos.to(tl.int32)
+    q_base = bk_base(q_ptr, b, k, stride_qb, stride_qk)
+    key_base = bk_base(key_ptr, b, 0, stride_kb, 0)
+    neg_row = row_ptrs(neg_ptr, b, k, offs_t, stride_nb, stride_nk, stride_nt)
+    pos, bad = _positives(pos_ptr, offs_t, k, stride_pt, row_mask, n_frames, CPC)
     mask = row_mask[:, None] & (offs_d < D)[None, :]
     q = _load_rows(q_base, offs_t, stride_qt, offs_d, stride_qd, mask)
     s_pos, _ = _score(q, key_base, pos, stride_kt, offs_d, stride_kd, mask, scale)
@@ -89,9 +94,10 @@ def _info_nce_fwd_kernel(
     neg_max = tl.full((BLOCK_M,), float("-inf"), tl.float32)
     tied = offs_t < 0
     for g in range(0, n_groups):
-        i0, i1, i2, i3, a0, a1, a2, a3 = negatives4(neg_row, stride_nn, row_mask, g, N, seed,
-                                                    row, n_groups, n_frames, pos, SAMPLED,
-                                                    EXCLUDE_POS)
+        i0, i1, i2, i3, a0, a1, a2, a3, bad_g = negatives4(neg_row, stride_nn, row_mask, g, N,
+                                                           seed, row, n_groups, n_frames, pos,
+                                                           SAMPLED, EXCLUDE_POS)
+        bad = bad | bad_g
         s0, _ = _score(q, key_base, i0, stride_kt, offs_d, stride_kd, mask & a0[:, None], scale)
         s1, _ = _score(q, key_base, i1, stride_kt, offs_d, stride_kd, mask & a1[:, None], scale)
         s2, _ = _score(q, key_base, i2, stride_kt, offs_d, stride_kd, mask & a2[:, None], scale)
@@ -101,11 +107,13 @@ def _info_nce_fwd_kernel(
         m, l, neg_max, tied = _fwd_fold(s2, i2, a2, pos, m, l, neg_max, tied)
         m, l, neg_max, tied = _fwd_fold(s3, i3, a3, pos, m, l, neg_max, tied)
 
-    lse = m + tl.log(l)
+    # A row holding an index outside the keys gets NaN (and NaN gradients): loud, never a
+    # read past the tensor. Backward recomputes nothing for it but NaN from this lse.
+    lse = tl.where(bad, float("nan"), m + tl.log(l))
     out_mask = offs_t < L
     tl.store(lse_ptr + row, lse, mask=out_mask)
     tl.store(loss_ptr + row, tl.where(row_mask, lse - s_pos, 0.0), mask=out_mask)
-    correct = (s_pos > neg_max) & ~tied & row_mask
+    correct = (s_pos > neg_max) & ~tied & ~bad & row_mask
     tl.store(correct_ptr + row, correct.to(tl.int8), mask=out_mask)
 
 
@@ -145,15 +153,12 @@ def _info_nce_bwd_kernel(
     offs_d = tl.arange(0, BLOCK_D)
     row = (b * K + k) * L + offs_t
 
-    q_base = q_ptr + b * stride_qb + k * stride_qk
-    key_base = key_ptr + b * stride_kb
-    dk_base = dk_ptr + b * stride_dkb
-    neg_row = neg_ptr + b * stride_nb + k * stride_nk + offs_t.to(tl.int64) * stride_nt
-    if CPC:
-        pos = offs_t + k + 1
-    else:
-        pos = tl.load(pos_ptr + offs_t.to(tl.int64) * stride_pt, mask=row_mask, other=0)
-        pos = pos.to(tl.int32)
+    q_base = bk_base(q_ptr, b, k, stride_qb, stride_qk)
+    key_base = bk_base(key_ptr, b, 0, stride_kb, 0)
+    dk_base = bk_base(dk_ptr, b, 0, stride_dkb, 0)
+    neg_row = row_ptrs(neg_ptr, b, k, offs_t, stride_nb, stride_nk, stride_nt)
+    # Out-of-range indices read row 0; forward stored NaN as their row's lse.
+    pos, _ = _positives(pos_ptr, offs_t, k, stride_pt, row_mask, n_frames, CPC)
     mask = row_mask[:, None] & (offs_d < D)[None, :]
     q = _load_rows(q_base, offs_t, stride_qt, offs_d, stride_qd, mask)
     # d loss_row / d s_j = g (p_j - [j = 0]); the 1/τ of s_j = <q, c_j>/τ is folded into g.
@@ -167,9 +172,9 @@ def _info_nce_bwd_kernel(
         ptrs = dk_base + pos.to(tl.int64)[:, None] * stride_dkt + offs_d[None, :] * stride_dkd
         tl.atomic_add(ptrs, w0[:, None] * q, mask=mask, sem="relaxed")
     for gi in range(0, n_groups):
-        i0, i1, i2, i3, a0, a1, a2, a3 = negatives4(neg_row, stride_nn, row_mask, gi, N, seed,
-                                                    row, n_groups, n_frames, pos, SAMPLED,
-                                                    EXCLUDE_POS)
+        i0, i1, i2, i3, a0, a1, a2, a3, _ = negatives4(neg_row, stride_nn, row_mask, gi, N, seed,
+                                                       row, n_groups, n_frames, pos, SAMPLED,
+                                                       EXCLUDE_POS)
         dq = _bwd_step(q, key_base, i0, a0, stride_kt, offs_d, stride_kd, mask, scale, lse, g,
                        dq, dk_base, stride_dkt, stride_dkd, ATOMIC)
         dq = _bwd_step(q, key_base, i1, a1, stride_kt, offs_d, stride_kd, mask, scale, lse, g,
@@ -180,7 +185,7 @@ def _info_nce_bwd_kernel(
                        dq, dk_base, stride_dkt, stride_dkd, ATOMIC)
 
     # Rows past the valid range get an exact zero gradient (the grid covers all L rows).
-    dq_ptrs = (dq_ptr + b * stride_dqb + k * stride_dqk
+    dq_ptrs = (bk_base(dq_ptr, b, k, stride_dqb, stride_dqk)
                + offs_t.to(tl.int64)[:, None] * stride_dqt + offs_d[None, :] * stride_dqd)
     out_mask = (offs_t < L)[:, None] & (offs_d < D)[None, :]
     tl.store(dq_ptrs, dq.to(dq_ptr.dtype.element_ty), mask=out_mask)
@@ -199,7 +204,7 @@ def _dk_segment_kernel(
     BLOCK_E: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     """Deterministic d_keys: one key row per program, its entries summed in a fixed order."""
-    f = tl.program_id(0)
+    f = tl.program_id(0).to(tl.int64)  # frame * stride_kt passes 2**31 for 10**7 keys of D=256
     b = f // Lk
     frame = f % Lk
     offs_d = tl.arange(0, BLOCK_D)

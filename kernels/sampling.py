@@ -11,6 +11,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from .indexing import checked_index
+
 # Kernels are laid out by hand (argument groups per line), as in the Triton tutorials.
 # fmt: off
 
@@ -41,20 +43,23 @@ def philox_negatives4(seed, row, g, n_groups, n_frames, pos, EXCLUDE_POS: tl.con
 @triton.jit
 def negatives4(neg_row, stride_nn, row_mask, g, N, seed, row, n_groups, n_frames, pos,
                SAMPLED: tl.constexpr, EXCLUDE_POS: tl.constexpr):
-    """Negatives 4g .. 4g + 3 of each row, read from ``neg_row`` or drawn (SAMPLED), and
-    four (rows,) masks telling which of them exist (j < N). Handing the kernels four at a
-    time keeps four independent gathers in flight per loop step."""
+    """Negatives 4g .. 4g + 3 of each row, read from ``neg_row`` or drawn (SAMPLED), four
+    (rows,) masks telling which of them exist (j < N), and a (rows,) flag for a read index
+    outside [0, n_frames). Handing the kernels four at a time keeps four independent
+    gathers in flight per loop step."""
     j = 4 * g + row * 0  # per-row copy of the draw number: masks must be tensors
     a0, a1, a2, a3 = j < N, j + 1 < N, j + 2 < N, j + 3 < N
     if SAMPLED:
         i0, i1, i2, i3 = philox_negatives4(seed, row, g, n_groups, n_frames, pos, EXCLUDE_POS)
+        bad = row < 0
     else:
         ptr = neg_row + j * stride_nn
-        i0 = tl.load(ptr, mask=row_mask & a0, other=0).to(tl.int32)
-        i1 = tl.load(ptr + stride_nn, mask=row_mask & a1, other=0).to(tl.int32)
-        i2 = tl.load(ptr + 2 * stride_nn, mask=row_mask & a2, other=0).to(tl.int32)
-        i3 = tl.load(ptr + 3 * stride_nn, mask=row_mask & a3, other=0).to(tl.int32)
-    return i0, i1, i2, i3, a0, a1, a2, a3
+        i0, b0 = checked_index(ptr, row_mask & a0, n_frames)
+        i1, b1 = checked_index(ptr + stride_nn, row_mask & a1, n_frames)
+        i2, b2 = checked_index(ptr + 2 * stride_nn, row_mask & a2, n_frames)
+        i3, b3 = checked_index(ptr + 3 * stride_nn, row_mask & a3, n_frames)
+        bad = b0 | b1 | b2 | b3
+    return i0, i1, i2, i3, a0, a1, a2, a3, bad
 
 
 @triton.jit
@@ -70,8 +75,8 @@ def _materialize_negatives_kernel(out_ptr, K, L, N, n_groups, seed,
     pos = offs_t + k + 1
     out = out_ptr + row.to(tl.int64) * N
     for g in range(0, n_groups):
-        i0, i1, i2, i3, a0, a1, a2, a3 = negatives4(out, 0, row_mask, g, N, seed, row, n_groups,
-                                                    L, pos, True, EXCLUDE_POS)
+        i0, i1, i2, i3, a0, a1, a2, a3, _ = negatives4(out, 0, row_mask, g, N, seed, row,
+                                                       n_groups, L, pos, True, EXCLUDE_POS)
         j = 4 * g
         tl.store(out + j, i0.to(tl.int64), mask=row_mask & a0)
         tl.store(out + j + 1, i1.to(tl.int64), mask=row_mask & a1)

@@ -129,6 +129,25 @@ def test_cpc_fused_half_within_twice_plain_torch_error(design, dtype):
         assert f <= 2 * p, f"{name}: fused error {f:.3g} > 2 x plain {dtype} error {p:.3g}"
 
 
+def test_dense_fp16_gradients_at_a_realistic_upstream_gradient():
+    # At the paper's shape each row's upstream gradient is 1 / 95,376 ~ 1e-5, so dS ~ 1e-7:
+    # subnormal in fp16 if rounded as is. Scaling the loss by 1e-4 puts these small shapes
+    # there. The dense design's gradients must be as good as the gather design's, which
+    # accumulates in fp32 and rounds only the final gradient.
+    pred, z, neg = _cpc_inputs(2, 3, 13, 59, 7, dtype=torch.float16, seed=2)
+    _, _, _, ep, ez = _oracle(pred, z, neg, 0.5)
+    errors = {}
+    for design in ("gather", "dense"):
+        out = cpc_info_nce(pred, z, neg_index=neg, temperature=0.5, backend="fused", design=design)
+        gp, gz = torch.autograd.grad(out.loss * 1e-4, [pred, z])
+        errors[design] = [
+            ((g.cpu().double() - e * 1e-4).abs().max() / (e * 1e-4).abs().max()).item()
+            for g, e in ((gp, ep), (gz, ez))
+        ]
+    for dense, gather in zip(errors["dense"], errors["gather"], strict=True):
+        assert dense <= 1.5 * gather, errors
+
+
 def test_philox_kernels_use_the_materialised_indices():
     B, K, L, D, N = 2, 3, 11, 24, 9
     pred, z, _ = _cpc_inputs(B, K, L, D, N)

@@ -10,6 +10,7 @@ import functools
 import math
 import os
 
+import numpy as np
 import pytest
 import torch
 
@@ -120,6 +121,68 @@ def test_philox_rows_do_not_depend_on_the_grid_shape():
     a = philox_negatives(9, 2, 3, 11, 6, device=DEVICE)
     b = philox_negatives(9, 2, 3, 11, 7, device=DEVICE)
     assert torch.equal(a, b[..., :6])
+
+
+def _philox4x32_10(counter, key):
+    """Philox4x32-10 (Salmon et al., SC'11; Random123), written from the paper: four uint32
+    counter words and two key words (NumPy arrays) -> four uint32 output words."""
+    m0, m1 = np.uint64(0xD2511F53), np.uint64(0xCD9E8D57)
+    w0, w1 = np.uint64(0x9E3779B9), np.uint64(0xBB67AE85)
+    c = [np.asarray(x, dtype=np.uint64) for x in counter]
+    k0, k1 = (np.asarray(x, dtype=np.uint64) for x in key)
+    mask = np.uint64(0xFFFFFFFF)
+    for r in range(10):
+        if r:
+            k0, k1 = (k0 + w0) & mask, (k1 + w1) & mask
+        p0, p1 = m0 * c[0], m1 * c[2]
+        c = [(p1 >> np.uint64(32)) ^ c[1] ^ k0, p1 & mask, (p0 >> np.uint64(32)) ^ c[3] ^ k1,
+             p0 & mask]  # fmt: skip
+    return c
+
+
+def test_philox_reference_matches_random123_known_answers():
+    # Random123's kat_vectors for philox4x32_10.
+    cases = [
+        ([0, 0, 0, 0], [0, 0], [0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8]),
+        ([0xFFFFFFFF] * 4, [0xFFFFFFFF] * 2, [0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD]),
+        (
+            [0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344],
+            [0xA4093822, 0x299F31D0],
+            [0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1],
+        ),
+    ]
+    for counter, key, expected in cases:
+        assert [int(x) for x in _philox4x32_10(counter, key)] == expected
+
+
+def _numpy_philox_negatives(seed, B, K, L, N, exclude):
+    """The documented draw (kernels/sampling.py), computed without Triton: row (b, k, t) =
+    (b K + k) L + t uses counter (row ceil(N/4) + g, 0, 0, 0) and key (seed lo, seed hi);
+    output word i of counter g is draw 4g + i, mapped to a frame by (r span) >> 32."""
+    groups = (N + 3) // 4
+    row = np.arange(B * K * L, dtype=np.uint64).reshape(B, K, L, 1)
+    counter = row * np.uint64(groups) + np.arange(groups, dtype=np.uint64)  # (B, K, L, G)
+    zero = np.zeros_like(counter)
+    key = (np.uint64(seed & 0xFFFFFFFF), np.uint64(seed >> 32))
+    words = np.stack(_philox4x32_10([counter, zero, zero, zero], key), -1)  # (B, K, L, G, 4)
+    r = words.reshape(B, K, L, 4 * groups)[..., :N]
+    span = np.uint64(L - 1 if exclude else L)
+    frames = ((r * span) >> np.uint64(32)).astype(np.int64)
+    if exclude:
+        pos = np.arange(L).reshape(1, 1, L, 1) + np.arange(1, K + 1).reshape(1, K, 1, 1)
+        frames += frames >= pos
+    return torch.from_numpy(frames)
+
+
+@needs_triton
+@pytest.mark.parametrize("exclude", [False, True])
+def test_philox_draws_are_bit_exact_philox4x32_10(exclude):
+    # Compiled on a GPU (gpu_check.sh), interpreted on CPU: both must be the same stream.
+    # seed = 1 is specialised to a constant by Triton's compiler; seeds >= 2**31 are passed
+    # as int64, and >= 2**32 fill the key's high word.
+    for seed in (0, 1, 12345, 2**32 + 7, 2**63 - 1):
+        got = philox_negatives(seed, 2, 3, 7, 9, device=DEVICE, exclude_positive=exclude)
+        assert torch.equal(got.cpu(), _numpy_philox_negatives(seed, 2, 3, 7, 9, exclude)), seed
 
 
 def test_bad_sizes_raise():

@@ -13,6 +13,16 @@ Fused CPC designs (``design=``, see ``kernels/README.md``): ``"philox"`` draws t
 inside the kernels from a seed (the default when no ``neg_index`` is given), ``"gather"``
 samples an index tensor with ``torch.randint`` (the default for a given ``neg_index``),
 ``"dense"`` scores all frames with tensor-core tiles and weights them by draw counts.
+
+Index checks: given indices are range-checked on the host by default (``check_indices=True``:
+one ``aminmax`` and one device sync per call), so a bad index is a
+:class:`~cpc_fast.errors.UserInputError` naming the argument. ``check_indices=False`` skips
+that sync on the fused backend; the kernels still never read out of bounds: a row holding an
+out-of-range index gets a NaN loss and NaN gradients (loud, never a silently wrong number).
+The reference backend always checks (it has no safe path for a bad index).
+
+``torch.compile``: the fused path runs eagerly inside a compiled model (a graph break at the
+loss, ``torch.compiler.disable``); Dynamo cannot trace the Triton launchers.
 """
 
 from __future__ import annotations
@@ -32,6 +42,7 @@ from cpc_fast.losses.info_nce_reference import (
 from cpc_fast.losses.negatives import (
     check_index_range,
     check_neg_index,
+    philox_key,
     philox_negatives,
     sample_negatives,
 )
@@ -82,6 +93,7 @@ def info_nce(
     backend: str | None = None,
     deterministic: bool = False,
     return_correct: bool = False,
+    check_indices: bool = True,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """InfoNCE over rows of ``keys``: loss_i = logsumexp_j(s_ij) - s_i0, s_ij = <q_i, c_ij>/τ.
 
@@ -90,6 +102,8 @@ def info_nce(
     for "mean"/"sum", (M,) for "none"; with ``return_correct`` also correct (M,) bool, True
     where the positive scores strictly above every negative. ``deterministic=True`` makes the
     fused d_keys independent of thread timing (no atomics; slower, see kernels/README.md).
+    ``check_indices=False`` skips the host-side range check (and its device sync) on the
+    fused backend: rows with an out-of-range index then get a NaN loss (module docstring).
     """
     _check_float("queries", queries, 2)
     _check_float("keys", keys, 2)
@@ -101,24 +115,18 @@ def info_nce(
     _check_same_device(queries, keys=keys, pos_index=pos_index, neg_index=neg_index)
     _check_index("pos_index", pos_index, (M,))
     _check_index("neg_index", neg_index, (M, None))
-    check_index_range(pos_index, keys.shape[0], "pos_index")
-    check_index_range(neg_index, keys.shape[0], "neg_index")
     _check_temperature(temperature)
     if reduction not in REDUCTIONS:
         raise UserInputError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
 
-    if _resolve_backend(backend, queries, keys) == "fused":
-        from cpc_fast.kernels.info_nce import Candidates
-
-        from ._fused import GatherInfoNCE
-
-        cand = Candidates(
-            pos_index[None, None], neg_index[None, None], neg_index.shape[1], 0, False
+    fused = _resolve_backend(backend, queries, keys) == "fused"
+    if check_indices or not fused:
+        check_index_range(pos_index, keys.shape[0], "pos_index")
+        check_index_range(neg_index, keys.shape[0], "neg_index")
+    if fused:
+        rows, correct = _info_nce_rows_fused(
+            queries, keys, pos_index, neg_index, temperature, deterministic
         )
-        rows, correct = GatherInfoNCE.apply(
-            queries[None, None], _row_major(keys)[None], cand, 1.0 / temperature, deterministic
-        )
-        rows, correct = rows.view(M), correct.view(M)
     else:
         rows, correct = info_nce_rows_reference(queries, keys, pos_index, neg_index, temperature)
     loss = {"mean": rows.mean, "sum": rows.sum, "none": lambda: rows}[reduction]()
@@ -138,6 +146,7 @@ def cpc_info_nce(
     deterministic: bool = False,
     *,
     design: str | None = None,
+    check_indices: bool = True,
 ) -> CPCInfoNCEOutput:
     """CPC's InfoNCE (Oord et al. 2018; Li et al. 2021, eq. 2) over all steps and frames.
 
@@ -149,8 +158,10 @@ def cpc_info_nce(
     (B, K, L, N) frame indices. ``seed`` or ``generator`` make the draws reproducible for a
     given backend and design. ``design`` picks the fused kernels (module docstring) and
     ``deterministic=True`` makes the fused d_z bitwise reproducible (no atomics); the
-    reference backend has one implementation and ignores both. Returns fp32 losses (fp64
-    for fp64 inputs on the reference backend).
+    reference backend has one implementation and ignores both. ``check_indices=False`` skips
+    the range check of a given ``neg_index`` (a device sync) on the fused backend: rows with
+    an out-of-range frame then get a NaN loss. Returns fp32 losses (fp64 for fp64 inputs on
+    the reference backend).
     """
     _check_float("predictions", predictions, 4)
     _check_float("z", z, 3)
@@ -171,14 +182,15 @@ def cpc_info_nce(
         raise UserInputError("give either seed or generator, not both")
     if design is not None and design not in DESIGNS:
         raise UserInputError(f"design must be one of {DESIGNS}, got {design!r}")
+    fused = _resolve_backend(backend, predictions, z) == "fused"
     if neg_index is not None:
-        N = check_neg_index(neg_index, B, K, L)
+        N = check_neg_index(neg_index, B, K, L, check_range=check_indices or not fused)
     else:
         N = int(num_negatives)
         if N < 1:
             raise UserInputError(f"num_negatives must be >= 1, got {num_negatives}")
 
-    if _resolve_backend(backend, predictions, z) == "fused":
+    if fused:
         rows, correct = _cpc_rows_fused(
             predictions,
             z,
@@ -215,6 +227,22 @@ def summarise_cpc_rows(rows: torch.Tensor, correct: torch.Tensor) -> CPCInfoNCEO
     return CPCInfoNCEOutput(rows.sum() / counts.sum(), loss_per_step, accuracy_per_step)
 
 
+@torch.compiler.disable
+def _info_nce_rows_fused(queries, keys, pos_index, neg_index, temperature, deterministic):
+    """(M,) fp32 losses and correct flags from the gather kernels, grid (1, 1, M)."""
+    from cpc_fast.kernels.info_nce import Candidates
+
+    from ._fused import GatherInfoNCE
+
+    M = queries.shape[0]
+    cand = Candidates(pos_index[None, None], neg_index[None, None], neg_index.shape[1], 0, False)
+    rows, correct = GatherInfoNCE.apply(
+        queries[None, None], _row_major(keys)[None], cand, 1.0 / temperature, deterministic
+    )
+    return rows.view(M), correct.view(M)
+
+
+@torch.compiler.disable
 def _cpc_rows_fused(
     predictions,
     z,
@@ -257,7 +285,8 @@ def _cpc_rows_fused(
             exclude_positive=exclude_positive,
         )
     philox_seed = _philox_seed(generator, seed) if neg_index is None else 0
-    cand = Candidates(None, neg_index, N, philox_seed, exclude_positive)
+    # exclude_positive only shapes in-kernel draws: given indices are used as they are.
+    cand = Candidates(None, neg_index, N, philox_seed, exclude_positive and neg_index is None)
     z = _row_major(z)
     scale = 1.0 / temperature
     if design == "dense":
@@ -270,7 +299,7 @@ def _cpc_rows_fused(
 
 def _philox_seed(generator: torch.Generator | None, seed: int | None) -> int:
     if seed is not None:
-        return int(seed) & (2**63 - 1)
+        return philox_key(seed)
     # One draw from the given (or torch's default CPU) generator, so torch.manual_seed and
     # generator state keep controlling the negatives.
     device = generator.device if generator is not None else "cpu"
@@ -316,10 +345,14 @@ def _fused_runnable(*tensors: torch.Tensor, explicit: bool) -> tuple[bool, str]:
     for t in tensors:
         if t.dtype not in _FUSED_DTYPES:
             return False, f"{t.dtype} inputs (the fused kernels take float32/bfloat16/float16)"
-    from cpc_fast.kernels.info_nce import MAX_DIM
+    from cpc_fast.kernels.info_nce import MAX_DIM, MAX_ROWS
 
-    if tensors[0].shape[-1] > MAX_DIM:
-        return False, f"D={tensors[0].shape[-1]} is wider than the kernels' {MAX_DIM}"
+    D = tensors[0].shape[-1]
+    if D > MAX_DIM:
+        return False, f"D={D} is wider than the kernels' {MAX_DIM}"
+    rows = tensors[0].numel() // max(D, 1)
+    if rows > MAX_ROWS:
+        return False, f"{rows} query rows exceed the kernels' int32 row ids ({MAX_ROWS})"
     return True, "ok"
 
 
@@ -380,11 +413,15 @@ class InfoNCELoss(nn.Module):
         *,
         backend: str | None = None,
         deterministic: bool = False,
+        check_indices: bool = True,
     ) -> None:
         super().__init__()
         _check_temperature(temperature)
+        if reduction not in REDUCTIONS:
+            raise UserInputError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
         self.temperature, self.reduction = temperature, reduction
         self.backend, self.deterministic = backend, deterministic
+        self.check_indices = check_indices
 
     def forward(
         self,
@@ -402,6 +439,7 @@ class InfoNCELoss(nn.Module):
             self.reduction,
             backend=self.backend,
             deterministic=self.deterministic,
+            check_indices=self.check_indices,
         )
 
 
@@ -417,12 +455,14 @@ class CPCInfoNCELoss(nn.Module):
         backend: str | None = None,
         deterministic: bool = False,
         design: str | None = None,
+        check_indices: bool = True,
     ) -> None:
         super().__init__()
         _check_temperature(temperature)
         self.num_negatives, self.temperature = num_negatives, temperature
         self.exclude_positive, self.backend = exclude_positive, backend
         self.deterministic, self.design = deterministic, design
+        self.check_indices = check_indices
 
     def forward(
         self,
@@ -444,6 +484,7 @@ class CPCInfoNCELoss(nn.Module):
             self.backend,
             self.deterministic,
             design=self.design,
+            check_indices=self.check_indices,
         )
 
 

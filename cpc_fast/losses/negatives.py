@@ -69,11 +69,22 @@ def philox_negatives(
         )
     from cpc_fast.kernels.info_nce import materialize_negatives
 
-    return materialize_negatives(seed, B, K, L, N, torch.device(device), exclude_positive)
+    return materialize_negatives(
+        philox_key(seed), B, K, L, N, torch.device(device), exclude_positive
+    )
 
 
-def check_neg_index(neg_index: torch.Tensor, B: int, K: int, L: int) -> int:
-    """Validates a user-given (B, K, L, N) index tensor of frames; returns N."""
+def philox_key(seed: int) -> int:
+    """The 64-bit Philox key the kernels use for ``seed`` (any Python int; negative ones wrap
+    the same way everywhere)."""
+    return int(seed) & (2**63 - 1)
+
+
+def check_neg_index(
+    neg_index: torch.Tensor, B: int, K: int, L: int, *, check_range: bool = True
+) -> int:
+    """Validates a user-given (B, K, L, N) index tensor of frames; returns N. The range
+    check (one device sync) can be left to kernels that guard their own reads."""
     if not isinstance(neg_index, torch.Tensor):
         raise UserInputError(f"neg_index must be a tensor, got {type(neg_index).__name__}")
     if neg_index.dtype not in (torch.int32, torch.int64):
@@ -85,7 +96,8 @@ def check_neg_index(neg_index: torch.Tensor, B: int, K: int, L: int) -> int:
         )
     if neg_index.shape[3] < 1:
         raise UserInputError("neg_index must hold at least one negative per row (N >= 1)")
-    check_index_range(neg_index, L, "neg_index")
+    if check_range:
+        check_index_range(neg_index, L, "neg_index")
     return int(neg_index.shape[3])
 
 
