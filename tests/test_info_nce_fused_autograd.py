@@ -120,6 +120,15 @@ def test_fused_loss_inside_a_compiled_function(design):
         torch.testing.assert_close(a, b)
 
 
+def test_more_query_rows_than_int32_row_ids_is_a_clear_error():
+    # Zero-stride views: 2**31 rows without the memory. The fused kernels number rows in
+    # int32; the auto backend would fall back to the reference, a forced one must refuse.
+    pred = torch.zeros(1, device=DEVICE).expand(1, 1, 2**31, 1)
+    z = torch.zeros(1, device=DEVICE).expand(1, 2**31, 1)
+    with pytest.raises(UserInputError, match="exceed the kernels' int32 row ids"):
+        cpc_info_nce(pred, z, num_negatives=3, backend="fused")
+
+
 # --- out-of-range indices -------------------------------------------------------------------
 
 

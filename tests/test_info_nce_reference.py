@@ -192,6 +192,11 @@ def test_bad_general_arguments_raise():
         info_nce(q, torch.randn(5, 4), pos, neg, backend="reference")
     with pytest.raises(UserInputError, match="neg_index must have shape"):
         info_nce(q, keys, pos, neg[:3], backend="reference")
+    with pytest.raises(UserInputError, match="reduction"):  # at construction, not first call
+        InfoNCELoss(reduction="avg")
+    # The reference has no safe path for a bad index: it checks even when told not to.
+    with pytest.raises(UserInputError, match="neg_index holds index 5"):
+        info_nce(q, keys, pos, neg + 5, backend="reference", check_indices=False)
 
 
 def test_backend_selection(monkeypatch, caplog):

@@ -156,12 +156,13 @@ def cpc_info_nce(
     frames drawn uniformly from the same sequence, independently per (b, k, t) (all L frames,
     or the other L - 1 with ``exclude_positive``), or against the given ``neg_index``
     (B, K, L, N) frame indices. ``seed`` or ``generator`` make the draws reproducible for a
-    given backend and design. ``design`` picks the fused kernels (module docstring) and
-    ``deterministic=True`` makes the fused d_z bitwise reproducible (no atomics); the
-    reference backend has one implementation and ignores both. ``check_indices=False`` skips
-    the range check of a given ``neg_index`` (a device sync) on the fused backend: rows with
-    an out-of-range frame then get a NaN loss. Returns fp32 losses (fp64 for fp64 inputs on
-    the reference backend).
+    given backend and design (the Philox design reads one draw of a CUDA generator back to
+    the host: a device sync per call; a seed or a CPU generator avoids it). ``design`` picks
+    the fused kernels (module docstring) and ``deterministic=True`` makes the fused d_z
+    bitwise reproducible (no atomics); the reference backend has one implementation and
+    ignores both. ``check_indices=False`` skips the range check of a given ``neg_index`` (a
+    device sync) on the fused backend: rows with an out-of-range frame then get a NaN loss.
+    Returns fp32 losses (fp64 for fp64 inputs on the reference backend).
     """
     _check_float("predictions", predictions, 4)
     _check_float("z", z, 3)
