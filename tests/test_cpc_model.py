@@ -13,6 +13,7 @@ from cpc_fast import load_cpc
 from cpc_fast.errors import UserInputError
 from cpc_fast.losses.info_nce import cpc_info_nce, sample_negatives
 from cpc_fast.models import CPCConfig, CPCModel
+from cpc_fast.models.cpc import ChannelNorm
 from cpc_fast.models.loading import save_cpc
 from cpc_fast.training.checkpoint import save_weights
 
@@ -100,12 +101,38 @@ def test_predictions_are_linear_maps_of_context() -> None:
     torch.testing.assert_close(out.predictions, expected, rtol=1e-5, atol=1e-6)
 
 
+def test_channel_norm_normalises_each_frame_over_channels() -> None:
+    norm = ChannelNorm(6).double()
+    with torch.no_grad():
+        norm.weight.copy_(torch.linspace(0.5, 2.0, 6, dtype=torch.float64))
+        norm.bias.copy_(torch.linspace(-1.0, 1.0, 6, dtype=torch.float64))
+    x = torch.randn(2, 6, 9, dtype=torch.float64) * 3 + 5
+    x64 = x.numpy()
+    mean = x64.mean(axis=1, keepdims=True)
+    var = x64.var(axis=1, keepdims=True)
+    expected = (x64 - mean) / np.sqrt(var + 1e-5) * np.linspace(0.5, 2.0, 6)[None, :, None]
+    expected += np.linspace(-1.0, 1.0, 6)[None, :, None]
+    torch.testing.assert_close(norm(x), torch.from_numpy(expected), rtol=1e-10, atol=1e-10)
+    # Per frame: a frame's output ignores every other frame (unlike a norm over time).
+    y = x.clone()
+    y[:, :, 4:] *= 10
+    torch.testing.assert_close(norm(y)[:, :, :4], norm(x)[:, :, :4], rtol=0, atol=0)
+
+
 def test_channel_norm_option() -> None:
-    model = CPCModel(CPCConfig(encoder_dim=16, context_dim=16, channel_norm=True)).eval()
+    config = CPCConfig(encoder_dim=16, context_dim=16, encoder_norm="channel")
+    model = CPCModel(config).eval()
+    assert sum(isinstance(m, ChannelNorm) for m in model.modules()) == 4
+    assert not any(isinstance(m, ChannelNorm) for m in CPCModel(SMALL).modules())
     with torch.no_grad():
         z = model.encode(torch.randn(2, 3200) * 1e-3)
     assert z.shape == (2, 20, 16) and torch.isfinite(z).all()
     assert z.abs().mean() > 0.05  # normalised: tiny inputs still give O(1) features
+    with pytest.raises(UserInputError, match="encoder_norm"):
+        CPCConfig(encoder_norm="time")
+    # The option's old spelling (a norm over time) is refused, not silently reinterpreted.
+    with pytest.raises(UserInputError, match="channel_norm"):
+        CPCConfig.from_dict({**config.to_dict(), "channel_norm": True})
 
 
 def test_too_short_or_wrong_rank_input() -> None:

@@ -36,7 +36,7 @@ def _config(**changes) -> PretrainConfig:
     """The tiny preset, smaller still: 0.32-s windows of 32 frames, K = 4."""
     base = tiny()
     model = CPCConfig(
-        encoder_dim=16, context_dim=16, prediction_steps=4, num_negatives=8, channel_norm=True
+        encoder_dim=16, context_dim=16, prediction_steps=4, num_negatives=8, encoder_norm="channel"
     )
     return base.replace(model=model, window_seconds=0.32, batch_size=2, log_every=2, **changes)
 

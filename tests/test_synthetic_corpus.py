@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from cpc_fast.data import synthetic
 from cpc_fast.data.synthetic import SyntheticSpeechCorpus
 from cpc_fast.errors import UserInputError
 
@@ -53,3 +54,17 @@ def test_bad_arguments() -> None:
         SyntheticSpeechCorpus(0, 3)
     with pytest.raises(UserInputError):
         SyntheticSpeechCorpus(2, 3, seconds=(2.0, 1.0))
+
+
+def test_items_are_kept_within_the_memo_budget(monkeypatch) -> None:
+    kept = SyntheticSpeechCorpus(2, 3, seconds=(0.3, 0.5), seed=4)
+    first = [kept[i] for i in range(6)]
+    assert all(kept[i] is first[i] for i in range(6))  # generated once
+    assert kept[-1] is first[5]
+    monkeypatch.setattr(synthetic, "MEMO_BYTES", first[0].nbytes + first[1].nbytes)
+    bounded = SyntheticSpeechCorpus(2, 3, seconds=(0.3, 0.5), seed=4)
+    again = [bounded[i] for i in range(6)]
+    assert bounded[0] is again[0] and bounded[1] is again[1]
+    assert all(bounded[i] is not again[i] for i in range(2, 6))  # over budget: regenerated
+    for a, b in zip(first, again, strict=True):
+        np.testing.assert_array_equal(a, b)

@@ -22,6 +22,11 @@ from torch.utils.data import Dataset
 from cpc_fast.data.synth import SAMPLE_RATE, Prosody, Voice, synthesize, voice_for_speaker
 from cpc_fast.errors import UserInputError
 
+# Generated items are kept while their total stays under this: a small corpus (the tiny
+# preset's, the demo's) is synthesised once instead of once per epoch; a large one is
+# regenerated as needed.
+MEMO_BYTES = 256 << 20
+
 
 class SyntheticSpeechCorpus(Dataset):
     """``num_speakers * utterances_per_speaker`` utterances of ``seconds=(min, max)`` s.
@@ -63,6 +68,8 @@ class SyntheticSpeechCorpus(Dataset):
             for i, s in enumerate(self.speakers)
         ]
         self.skipped: list = []
+        self._memo: dict[int, np.ndarray] = {}
+        self._memo_bytes = 0
         self.description = (
             f"synthetic {num_speakers} speakers x {utterances_per_speaker} utterances of "
             f"{low:g}-{high:g} s (seed {seed}, first utterance {first_utterance})"
@@ -98,6 +105,17 @@ class SyntheticSpeechCorpus(Dataset):
         return float(rng.uniform(*self.seconds))
 
     def __getitem__(self, index: int) -> np.ndarray:
+        self._locate(index)  # range check
+        key = index % len(self)
+        wave = self._memo.get(key)
+        if wave is None:
+            wave = self._generate(key)
+            if self._memo_bytes + wave.nbytes <= MEMO_BYTES:
+                self._memo[key] = wave
+                self._memo_bytes += wave.nbytes
+        return wave
+
+    def _generate(self, index: int) -> np.ndarray:
         rng = self._rng(index)
         duration = self._draw_duration(rng)
         # Mild neutral variation: no two utterances of a speaker share the exact prosody.
