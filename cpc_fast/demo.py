@@ -154,7 +154,9 @@ def tsne_figure(settings: DemoSettings, cpc_dir: Path, out: Path, progress: bool
 
 
 def _series(rows: list[dict[str, Any]], split: str, name: str) -> tuple[list[int], list[float]]:
-    points = sorted((r["step"], r["value"]) for r in rows if r["split"] == split and r["name"] == name)
+    points = sorted(
+        (r["step"], r["value"]) for r in rows if r["split"] == split and r["name"] == name
+    )
     return [p[0] for p in points], [p[1] for p in points]
 
 

@@ -37,9 +37,7 @@ def collect_info() -> dict[str, Any]:
         "numpy": np.__version__,
         "soundfile": _version("soundfile"),
         "cuda_available": torch.cuda.is_available(),
-        "cuda_devices": [
-            torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())
-        ],
+        "cuda_devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
         "native_extension_built": batching.extension_available(),
         "batching_backend": batching.active_backend(),
         "batching_backend_reason": batching.backend_reason(),

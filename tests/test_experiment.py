@@ -310,3 +310,13 @@ def test_msp_podcast_official_split(tmp_path: Path) -> None:
     assert results["folds"] == ["official"] and len(results["setups"]["sup"]["runs"]) == 2
     with open(out / "sup/official/run1/predictions.csv") as fh:
         assert len(fh.readlines()) == 1 + 4  # the Test1 rows only
+
+
+def test_joint_lr_must_be_positive_and_tiny_keeps_the_papers_for_joint() -> None:
+    from cpc_fast.emotion.config import ExperimentConfig
+    from cpc_fast.errors import UserInputError
+
+    assert ExperimentConfig.tiny().joint_lr == 2e-4
+    assert ExperimentConfig.paper().joint_lr is None
+    with pytest.raises(UserInputError, match="--joint-lr"):
+        ExperimentConfig.tiny(dataset="synthetic", setups=("joint",), joint_lr=0.0).validate()

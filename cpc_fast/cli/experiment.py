@@ -71,6 +71,10 @@ def experiment(
         float | None,
         typer.Option(help=f"λ in the joint loss CCC + λ·InfoNCE {_default('joint_lambda')}."),
     ] = None,
+    joint_lr: Annotated[
+        float | None,
+        typer.Option(help=f"Adam lr of the joint setup, when not --lr {_default('joint_lr')}."),
+    ] = None,
     validation: Annotated[
         str, typer.Option(help="speaker (hold out one training speaker) or random (10 %).")
     ] = "speaker",
@@ -119,6 +123,7 @@ def experiment(
             "lr": lr,
             "weight_decay": weight_decay,
             "joint_lambda": joint_lambda,
+            "joint_lr": joint_lr,
             "mini_epochs": mini_epochs,
         }.items()
         if v is not None

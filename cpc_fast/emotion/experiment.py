@@ -209,7 +209,7 @@ class _Runner:
         settings = TrainSettings(
             epochs=cfg.epochs,
             batch_size=cfg.batch_size,
-            lr=cfg.lr,
+            lr=cfg.joint_lr if joint and cfg.joint_lr is not None else cfg.lr,
             weight_decay=cfg.weight_decay,
             seed=seed,
             joint_lambda=cfg.joint_lambda,
