@@ -106,3 +106,26 @@ def test_cli_gpus_2_on_cpu_runs_two_gloo_workers_and_resumes(tmp_path) -> None:
     assert summary["audio_hours"] == pytest.approx(4 * 2 * 4 * 0.64 / 3600)
     losses = [r["step"] for r in read_metrics(out / "metrics.csv") if r["name"] == "loss"]
     assert sorted(losses) == [2, 2, 4, 4]  # train and validation at the end of each run
+
+
+def test_needs_launch_refuses_more_processes_than_visible_gpus(monkeypatch):
+    from cpc_fast.errors import UserInputError
+
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert distributed.needs_launch(2) is True
+    assert distributed.needs_launch(1) is False
+    with pytest.raises(UserInputError, match="--gpus 4 asks for more GPUs than the 2 visible"):
+        distributed.needs_launch(4)
+    with pytest.raises(UserInputError, match="--gpus must be 0 or more"):
+        distributed.needs_launch(-1)
+    monkeypatch.setenv("LOCAL_RANK", "0")  # under torchrun: never relaunch, never second-guess
+    assert distributed.needs_launch(4) is False
+
+
+def test_needs_launch_on_a_cpu_machine(monkeypatch):
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert distributed.needs_launch(2) is True  # gloo CPU processes
+    assert distributed.needs_launch(0) is False

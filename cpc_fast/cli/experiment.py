@@ -148,7 +148,10 @@ def experiment(
     )
     config.validate()
     if distributed.needs_launch(gpus):
-        distributed.launch(gpus, invoked_argv())  # rank 0 prints the table
+        argv = invoked_argv()
+        if not argv:
+            raise UserInputError("--gpus N > 1 relaunches the command line: run it as cpc-fast")
+        distributed.launch(gpus, argv)  # rank 0 prints the table
         return
     from cpc_fast.emotion.experiment import run_experiment
     from cpc_fast.emotion.report import render_markdown

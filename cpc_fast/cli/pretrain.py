@@ -77,17 +77,6 @@ def _open_data(config, env):
     return result
 
 
-def _check_gpu_count(gpus: int) -> None:
-    """More local processes than visible GPUs would share devices silently: refuse."""
-    import torch
-
-    from cpc_fast.training.distributed import under_launcher
-
-    visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    if visible and not under_launcher() and gpus > visible:
-        raise UserInputError(f"--gpus {gpus} asks for more GPUs than the {visible} visible here")
-
-
 @app.command()
 def pretrain(
     out: Annotated[Path, typer.Option("--out", help="Run folder (created; resumed if it exists).")],
@@ -222,7 +211,6 @@ def pretrain(
     from cpc_fast.training.config import preset
     from cpc_fast.training.pretrain import pretrain as run_pretrain
 
-    _check_gpu_count(gpus)
     if distributed.needs_launch(gpus):
         argv = invoked_argv()
         if not argv:

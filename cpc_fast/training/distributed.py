@@ -71,10 +71,19 @@ def launch(num_processes: int, argv: list[str]) -> None:
 
 
 def needs_launch(gpus: int) -> bool:
-    """True when this call must spawn workers instead of training in-process."""
+    """True when this call must spawn workers instead of training in-process.
+
+    Refuses a ``--gpus`` that is negative or larger than the GPUs visible here: more local
+    processes than devices would share GPUs silently. Under a launcher the launcher decides.
+    """
     if gpus < 0:
         raise UserInputError(f"--gpus must be 0 or more, got {gpus}")
-    return gpus > 1 and not under_launcher()
+    if under_launcher():
+        return False
+    visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if visible and gpus > visible:
+        raise UserInputError(f"--gpus {gpus} asks for more GPUs than the {visible} visible here")
+    return gpus > 1
 
 
 def init(gpus: int, timeout_minutes: float = 30.0) -> DistEnv:
