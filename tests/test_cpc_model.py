@@ -20,13 +20,7 @@ from cpc_fast.training.checkpoint import save_weights
 SMALL = CPCConfig(encoder_dim=16, context_dim=24, prediction_steps=4, num_negatives=8)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny ops on a shared CPU: one thread avoids OpenMP oversubscription stalls.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_paper_architecture() -> None:

@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-import torch
 from typer.testing import CliRunner
 
 from cpc_fast.cli import app, main
@@ -27,13 +26,7 @@ from cpc_fast.training.pretrain import pretrain, tiny
 SR = 16000
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny ops on a shared CPU: one thread avoids OpenMP oversubscription stalls.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 SPEAKERS_TXT = """\

@@ -22,14 +22,7 @@ from cpc_fast.training.checkpoint import load_state
 from cpc_fast.training.metrics import read_metrics
 from cpc_fast.training.pretrain import PretrainConfig, paper, preset, pretrain, tiny
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny ops on a shared CPU: one thread avoids OpenMP oversubscription stalls.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _config(**changes) -> PretrainConfig:
