@@ -109,6 +109,13 @@ def _on_device(t: torch.Tensor) -> contextlib.AbstractContextManager:
     return torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext()
 
 
+def _row_outputs(q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-row forward outputs for q (B, K, L, D): lse and loss fp32, correct int8, (B, K, L)."""
+    B, K, L, _ = q.shape
+    lse = torch.empty((B, K, L), dtype=torch.float32, device=q.device)
+    return lse, torch.empty_like(lse), torch.empty((B, K, L), dtype=torch.int8, device=q.device)
+
+
 def gather_forward(
     q: torch.Tensor,  # (B, K, L, D) any strides
     keys: torch.Tensor,  # (B, Lk, D) any strides
@@ -117,9 +124,7 @@ def gather_forward(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Designs (a)/(b) forward -> (loss (B, K, L) fp32, correct (B, K, L) bool, lse fp32)."""
     B, K, L, D = q.shape
-    lse = torch.empty((B, K, L), dtype=torch.float32, device=q.device)
-    loss = torch.empty_like(lse)
-    correct = torch.empty((B, K, L), dtype=torch.int8, device=q.device)
+    lse, loss, correct = _row_outputs(q)
     cfg = gather_config(D)
     grid = (triton.cdiv(L, cfg.BLOCK_M), K, B)
     with _on_device(q):
@@ -233,9 +238,7 @@ def dense_forward(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Design (c) forward (CPC only) -> (loss, correct, lse), each (B, K, L)."""
     B, K, L, D = q.shape
-    lse = torch.empty((B, K, L), dtype=torch.float32, device=q.device)
-    loss = torch.empty_like(lse)
-    correct = torch.empty((B, K, L), dtype=torch.int8, device=q.device)
+    lse, loss, correct = _row_outputs(q)
     cfg = dense_config(D)
     grid = (triton.cdiv(L, cfg.BLOCK_M), K, B)
     with _on_device(q):
