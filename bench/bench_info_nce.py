@@ -12,7 +12,7 @@ GPU (skipped without CUDA): fp32 and bf16, ``fwd`` and ``fwd+bwd``, each call sy
 ``extra_info.peak_extra_MB`` is torch.cuda.max_memory_allocated above what was allocated
 before the call (inputs and indices excluded).
 CPU: the reference backend (chunked) against the naive gather, fp32 fwd+bwd; its
-``peak_extra_MB`` is the growth of the peak resident set size (ru_maxrss) of a fresh
+``peak_extra_MB`` is the growth of the peak resident set size (VmHWM) of a fresh
 subprocess over its value just before one call, i.e. the call's peak extra memory.
 
     pytest bench/bench_info_nce.py --benchmark-json=bench/results/info_nce-cpu.json
@@ -27,13 +27,13 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
 
 import pytest
 import torch
+from _rss import peak_rss_kib
 
 from cpc_fast.losses.info_nce import cpc_info_nce
 from cpc_fast.losses.info_nce_reference import cpc_info_nce_naive
@@ -156,9 +156,9 @@ def _cpu_peak_extra_mb(provider: str) -> float:
 def _measure_cpu_peak(provider: str) -> None:
     pred, z, neg = _inputs("cpu", torch.float32)
     fn = _loss_fn(provider)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    before = peak_rss_kib()
     _step(fn, pred, z, neg, "fwd+bwd")
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    after = peak_rss_kib()
     print(json.dumps({"provider": provider, "peak_extra_MB": round((after - before) / 1024, 1)}))
 
 

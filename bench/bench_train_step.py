@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -41,6 +40,7 @@ import time
 import numpy as np
 import pytest
 import torch
+from _rss import peak_rss_kib
 
 from cpc_fast.losses.info_nce import BACKEND_ENV, cpc_info_nce
 from cpc_fast.models import CPCModel
@@ -149,26 +149,13 @@ def _cpu_peak_mb() -> float:
     return json.loads(out.stdout.strip().splitlines()[-1])["peak_MB"]
 
 
-def _peak_rss_kib() -> int:
-    """This process's peak resident set size. VmHWM where Linux has it: ru_maxrss would
-    start at the parent's size, which a fork before exec hands down to the child."""
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
-
-
 def _measure_cpu_peak() -> None:
     config, model, optimizer, wave = _setup("cpu")
     # The peak only grows, so the first step is the one measured (it also creates Adam's
     # two moment buffers, 8 MB for the paper's model).
-    before = _peak_rss_kib()
+    before = peak_rss_kib()
     train_step(model, optimizer, wave, config.model, seed=1)
-    print(json.dumps({"peak_MB": (_peak_rss_kib() - before) / 1024}))
+    print(json.dumps({"peak_MB": (peak_rss_kib() - before) / 1024}))
 
 
 @pytest.fixture(scope="module")

@@ -96,7 +96,8 @@ def _neg_strides(c: Candidates) -> tuple[int, int, int, int]:
     return tuple(c.neg.stride()) if c.neg is not None else (0, 0, 0, 0)
 
 
-def _interpreted() -> bool:
+def interpreted() -> bool:
+    """Whether Triton's interpreter runs the kernels (on CPU tensors): TRITON_INTERPRET."""
     return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on")
 
 
@@ -248,7 +249,7 @@ def dense_forward(
             K, L, D, cand.N, n_groups(cand.N), cand.seed, scale,
             *q.stride(), *z.stride(), *_neg_strides(cand),
             SAMPLED=cand.neg is None, EXCLUDE_POS=cand.exclude_positive,
-            IEEE=q.dtype == torch.float32, F32_DOT=_interpreted(),
+            IEEE=q.dtype == torch.float32, F32_DOT=interpreted(),
             BLOCK_M=cfg.BLOCK_M, BLOCK_F=cfg.BLOCK_F, BLOCK_D=cfg.BLOCK_D,
             num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         )  # fmt: skip
@@ -288,7 +289,7 @@ def dense_backward(
         SAMPLED=cand.neg is None,
         EXCLUDE_POS=cand.exclude_positive,
         IEEE=q.dtype == torch.float32,
-        F32_DOT=_interpreted(),
+        F32_DOT=interpreted(),
         BLOCK_M=cfg.BLOCK_M,
         BLOCK_F=cfg.BLOCK_F,
         BLOCK_D=cfg.BLOCK_D,

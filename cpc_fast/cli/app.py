@@ -28,6 +28,20 @@ def invoked_argv() -> list[str]:
     return list(_argv)
 
 
+def relaunched(gpus: int) -> bool:
+    """With ``--gpus N > 1`` outside a launcher, re-runs this command as N processes (blocking)
+    and returns True; otherwise returns False and this process does the work."""
+    from cpc_fast.training import distributed
+
+    if not distributed.needs_launch(gpus):
+        return False
+    argv = invoked_argv()
+    if not argv:
+        raise UserInputError("--gpus N > 1 relaunches the command line: run it as cpc-fast")
+    distributed.launch(gpus, argv)
+    return True
+
+
 @app.callback()
 def _root() -> None:
     """Fast CPC pre-training and speech emotion recognition (Li et al., ICASSP 2021)."""

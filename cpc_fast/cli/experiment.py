@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from cpc_fast.cli.app import app, invoked_argv
+from cpc_fast.cli.app import app, relaunched
 from cpc_fast.errors import UserInputError
 
 
@@ -147,11 +147,7 @@ def experiment(
         **overrides,
     )
     config.validate()
-    if distributed.needs_launch(gpus):
-        argv = invoked_argv()
-        if not argv:
-            raise UserInputError("--gpus N > 1 relaunches the command line: run it as cpc-fast")
-        distributed.launch(gpus, argv)  # rank 0 prints the table
+    if relaunched(gpus):  # rank 0 of the launched processes prints the table
         return
     from cpc_fast.emotion.experiment import run_experiment
     from cpc_fast.emotion.report import render_markdown

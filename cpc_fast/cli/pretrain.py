@@ -17,8 +17,7 @@ from typing import Annotated
 
 import typer
 
-from cpc_fast.cli.app import app, invoked_argv
-from cpc_fast.errors import UserInputError
+from cpc_fast.cli.app import app, relaunched
 from cpc_fast.training.config import CROPS, FORMATS, PRESETS, paper, tiny
 
 _PAPER, _TINY = paper(), tiny()
@@ -56,11 +55,10 @@ def _open_data(config, env):
     from cpc_fast.data.pretrain_data import open_pretrain_data
     from cpc_fast.training import distributed
 
-    result: object = None
-    if env.is_main:
+    def index():
         warn = _IndexWarnings()
         try:
-            result = open_pretrain_data(
+            return open_pretrain_data(
                 config.data,
                 seed=config.seed,
                 sample_rate=config.model.sample_rate,
@@ -68,13 +66,10 @@ def _open_data(config, env):
                 strict=config.strict,
                 warn=warn,
             )
-        except (UserInputError, OSError) as exc:
-            result = exc
-        warn.close()
-    result = distributed.broadcast_object(result)
-    if isinstance(result, BaseException):
-        raise result
-    return result
+        finally:
+            warn.close()
+
+    return distributed.on_main_then_broadcast(env, index)
 
 
 @app.command()
@@ -211,11 +206,7 @@ def pretrain(
     from cpc_fast.training.config import preset
     from cpc_fast.training.pretrain import pretrain as run_pretrain
 
-    if distributed.needs_launch(gpus):
-        argv = invoked_argv()
-        if not argv:
-            raise UserInputError("--gpus N > 1 relaunches the command line: run it as cpc-fast")
-        distributed.launch(gpus, argv)
+    if relaunched(gpus):
         return
     base = preset(preset_name)
     data_config = replace(

@@ -163,7 +163,7 @@ class EmotionCorpus:
         path = self.records[index].path
         if path is None:
             raise ValueError(f"{self.name}: record {index} has no audio file")
-        return read_audio(path, sample_rate=16000)
+        return read_audio(path, sample_rate=SAMPLE_RATE)
 
     def labels(self, indices: Iterable[int] | None = None) -> np.ndarray:
         """(N, 3) float64 labels (activation, valence, dominance), original scale."""

@@ -87,10 +87,6 @@ def pretrain_config(config: ExperimentConfig):
     return preset(config.cpc_preset).replace(epochs=config.mini_epochs)
 
 
-def _cpc_model_config(config: ExperimentConfig):
-    return pretrain_config(config).model
-
-
 def _check_folder(out: Path, config: ExperimentConfig, manifest: dict[str, Any]) -> None:
     """Refuses to mix runs of different settings in one folder; writes experiment.json."""
     path = out / "experiment.json"
@@ -193,7 +189,7 @@ class _Runner:
         if joint:
             from cpc_fast.models.cpc import CPCModel
 
-            cpc = CPCModel(_cpc_model_config(cfg))
+            cpc = CPCModel(pretrain_config(cfg).model)
             data = WaveBatches(self.corpus, targets, hop=cpc.frame_hop)
             recognizer = EmotionRecognizer(RecognizerConfig(input_dim=cpc.config.context_dim))
             stats = frame_statistics(self._initial_contexts(cpc, fold.train))

@@ -22,7 +22,6 @@ Scores:
 from __future__ import annotations
 
 import csv
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -32,7 +31,7 @@ import numpy as np
 from cpc_fast.emotion.config import SETUP_NAMES, SETUPS
 from cpc_fast.emotion.train import ccc_scores
 from cpc_fast.errors import UserInputError
-from cpc_fast.training.checkpoint import read_json, write_json
+from cpc_fast.training.checkpoint import atomic_write, read_json, write_json
 
 METRICS = ("ccc_avg", "ccc_act", "ccc_val", "ccc_dom")
 SCORE_RULE = (
@@ -54,7 +53,6 @@ def write_predictions(
     path: str | os.PathLike, utt_ids: list[str], pred: np.ndarray, labels: np.ndarray
 ) -> None:
     """(N, 3) predictions and labels, original scale, as CSV."""
-    from cpc_fast.training.checkpoint import atomic_write
 
     def _write(tmp: str) -> None:
         with open(tmp, "w", newline="") as fh:
@@ -185,22 +183,9 @@ def write_report(out: str | os.PathLike) -> dict[str, Any]:
     out = Path(out)
     results = aggregate(out)
     write_json(out / "results.json", results)
-    from cpc_fast.training.checkpoint import atomic_write
-
     text = render_markdown(results)
-
-    def _write(tmp: str) -> None:
-        Path(tmp).write_text(text)
-
-    atomic_write(out / "results.md", _write)
+    atomic_write(out / "results.md", lambda tmp: Path(tmp).write_text(text))
     return results
-
-
-def load_results(out: str | os.PathLike) -> dict[str, Any]:
-    path = Path(out) / "results.json"
-    if not path.is_file():
-        raise UserInputError(f"{out}: no results.json")
-    return json.loads(path.read_text())
 
 
 __all__ = [
@@ -208,7 +193,6 @@ __all__ = [
     "PREDICTION_COLUMNS",
     "SCORE_RULE",
     "aggregate",
-    "load_results",
     "read_predictions",
     "render_markdown",
     "write_predictions",

@@ -19,7 +19,6 @@ evaluation splits its utterances across ranks without padding (rank r takes item
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -34,7 +33,8 @@ from torch.utils.data.distributed import DistributedSampler
 from cpc_fast.data.emotion import EmotionCorpus
 from cpc_fast.features.cache import FeatureSet
 from cpc_fast.losses.ccc import ccc, ccc_loss
-from cpc_fast.training.distributed import DistEnv
+from cpc_fast.models.loading import unwrap
+from cpc_fast.training.distributed import DistEnv, wrap_ddp
 
 Batch = tuple[tuple[torch.Tensor, ...], torch.Tensor]
 
@@ -79,9 +79,12 @@ class WaveBatches:
         self.corpus = corpus
         self.targets = np.asarray(targets, np.float32)
         self.hop = hop
+        self._lengths: dict[int, int] = {}  # frames per utterance: decoded once, not per epoch
 
     def length(self, index: int) -> int:
-        return int(self.corpus.wave(index).shape[0]) // self.hop
+        if index not in self._lengths:
+            self._lengths[index] = int(self.corpus.wave(index).shape[0]) // self.hop
+        return self._lengths[index]
 
     def batch(self, indices: Sequence[int]) -> Batch:
         from cpc_fast.data.batching import pad_collate
@@ -115,10 +118,6 @@ def ccc_scores(pred: np.ndarray, target: np.ndarray) -> dict[str, float]:
     }
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
-
-
 def _forward(model: nn.Module, inputs: tuple[torch.Tensor, ...], joint: bool):
     """(predictions (B, 3), CPCOutput or None)."""
     if joint:
@@ -130,10 +129,10 @@ def _length_batches(
     indices: Sequence[int], length: Callable[[int], int], frames: int, max_items: int
 ) -> Iterator[list[int]]:
     """Evaluation batches sorted by length, at most ``frames`` padded frames each."""
-    order = sorted(indices, key=length)
+    lengths = {i: length(i) for i in indices}
     batch: list[int] = []
-    for i in order:
-        longest = max(length(i), 1)
+    for i in sorted(indices, key=lengths.__getitem__):
+        longest = max(lengths[i], 1)
         if batch and (len(batch) + 1) * longest > frames or len(batch) >= max_items:
             yield batch
             batch = []
@@ -158,7 +157,7 @@ def predict_indices(
     ``cpc-fast predict`` gives for the file; feature batches are padded, which the masked
     recognizer ignores.
     """
-    model = _unwrap(model)
+    model = unwrap(model)
     was_training = model.training
     model.eval()
     mine = list(indices)[env.rank :: env.world_size]
@@ -198,11 +197,7 @@ def fit(
     start = time.perf_counter()
     torch.manual_seed(settings.seed)
     model = model.to(env.device)
-    train_model: nn.Module = model
-    if env.distributed:
-        train_model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[env.device.index] if env.device.type == "cuda" else None
-        )
+    train_model = wrap_ddp(model, env)
     optimizer = torch.optim.Adam(
         model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay
     )
@@ -217,11 +212,13 @@ def fit(
     validation_targets = data.targets[list(validation)]
     best_state, best_epoch, best_scores = None, -1, {"ccc_avg": -math.inf}
     history = []
+    names = ("loss", "ccc_loss", "info_nce") if joint else ("loss", "ccc_loss")
     for epoch in range(1, settings.epochs + 1):
         sampler.set_epoch(epoch)
         order = [train[i] for i in sampler]
         train_model.train()
-        totals = {"loss": 0.0, "ccc_loss": 0.0, "info_nce": 0.0}
+        # Summed on the device: no step waits for the GPU.
+        totals = torch.zeros(len(names), dtype=torch.float64, device=env.device)
         steps = 0
         for begin in range(0, len(order), settings.batch_size):
             chunk = order[begin : begin + settings.batch_size]
@@ -234,7 +231,7 @@ def fit(
             loss_ccc = ccc_loss(pred.float(), y)
             loss = loss_ccc
             if joint:
-                frames = inputs[1] // _unwrap(model).cpc.frame_hop
+                frames = inputs[1] // unwrap(model).cpc.frame_hop
                 nce = masked_cpc_info_nce(
                     out.predictions,
                     out.z,
@@ -245,16 +242,13 @@ def fit(
                     generator=generator,
                 )
                 loss = loss + settings.joint_lambda * nce
-                totals["info_nce"] += nce.detach().item()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            totals["loss"] += loss.detach().item()
-            totals["ccc_loss"] += loss_ccc.detach().item()
+            terms = (loss, loss_ccc, nce) if joint else (loss, loss_ccc)
+            totals += torch.stack([t.detach() for t in terms]).double()
             steps += 1
-        train_metrics = {
-            k: v / max(steps, 1) for k, v in totals.items() if joint or k != "info_nce"
-        }
+        train_metrics = {k: v / max(steps, 1) for k, v in zip(names, totals.tolist(), strict=True)}
         pred = predict_indices(
             model, data, validation, env, joint=joint, eval_frames=settings.eval_frames
         )
@@ -266,7 +260,7 @@ def fit(
             {"epoch": epoch, **train_metrics, **{f"val_{k}": v for k, v in scores.items()}}
         )
         if scores["ccc_avg"] > best_scores["ccc_avg"] or best_state is None:
-            best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
+            best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
             best_epoch, best_scores = epoch, scores
         if on_epoch is not None:
             on_epoch(epoch, scores)

@@ -63,11 +63,6 @@ def mel_filterbank(config: LFBEConfig = LFBEConfig()) -> torch.Tensor:
     return torch.clamp(torch.minimum(rising, falling), min=0.0).to(torch.float32)
 
 
-def num_frames(num_samples: int | torch.Tensor, hop_length: int = 160) -> int | torch.Tensor:
-    """Frames for a waveform of ``num_samples``: floor(n / hop), as for CPC."""
-    return num_samples // hop_length
-
-
 class LFBE(torch.nn.Module):
     """(B, T) waveform -> (B, floor(T / 160), 40) log mel filterbank energies."""
 
@@ -117,4 +112,4 @@ def lfbe(wave: torch.Tensor, config: LFBEConfig = LFBEConfig()) -> torch.Tensor:
     return module(wave)
 
 
-__all__ = ["LFBE", "LFBEConfig", "hz_to_mel", "lfbe", "mel_filterbank", "mel_to_hz", "num_frames"]
+__all__ = ["LFBE", "LFBEConfig", "hz_to_mel", "lfbe", "mel_filterbank", "mel_to_hz"]

@@ -40,8 +40,10 @@ from cpc_fast.losses.info_nce_reference import (
     info_nce_rows_reference,
 )
 from cpc_fast.losses.negatives import (
+    PHILOX_COUNTER_LIMIT,
     check_index_range,
     check_neg_index,
+    philox_counters,
     philox_key,
     philox_negatives,
     sample_negatives,
@@ -206,15 +208,7 @@ def cpc_info_nce(
         )
     else:
         if neg_index is None:
-            neg_index = sample_negatives(
-                B,
-                K,
-                L,
-                N,
-                device=z.device,
-                generator=_generator(generator, seed, z.device),
-                exclude_positive=exclude_positive,
-            )
+            neg_index = _sample(B, K, L, N, z.device, generator, seed, exclude_positive)
         rows, correct = cpc_info_nce_rows_reference(predictions, z, neg_index, temperature)
     return summarise_cpc_rows(rows, correct)
 
@@ -261,7 +255,8 @@ def _cpc_rows_fused(
     from ._fused import DenseCPCInfoNCE, GatherInfoNCE
 
     B, K, L, D = predictions.shape
-    philox_fits = B * K * L * ((N + 3) // 4) < 2**31
+    counters = philox_counters(B, K, L, N)
+    philox_fits = counters < PHILOX_COUNTER_LIMIT
     if design is None:
         design = "philox" if neg_index is None and philox_fits else "gather"
     if design == "philox":
@@ -271,20 +266,11 @@ def _cpc_rows_fused(
             )
         if not philox_fits:
             raise UserInputError(
-                f"design='philox' counts draws in int32: B*K*L*ceil(N/4) = "
-                f"{B * K * L * ((N + 3) // 4)} is too many; use "
-                "design='gather'"
+                f"design='philox' counts draws in int32: B*K*L*ceil(N/4) = {counters} is too "
+                "many; use design='gather'"
             )
     if neg_index is None and (design == "gather" or not philox_fits):
-        neg_index = sample_negatives(
-            B,
-            K,
-            L,
-            N,
-            device=z.device,
-            generator=_generator(generator, seed, z.device),
-            exclude_positive=exclude_positive,
-        )
+        neg_index = _sample(B, K, L, N, z.device, generator, seed, exclude_positive)
     philox_seed = _philox_seed(generator, seed) if neg_index is None else 0
     # exclude_positive only shapes in-kernel draws: given indices are used as they are.
     cand = Candidates(None, neg_index, N, philox_seed, exclude_positive and neg_index is None)
@@ -307,10 +293,13 @@ def _philox_seed(generator: torch.Generator | None, seed: int | None) -> int:
     return int(torch.randint(0, 2**62, (1,), generator=generator, device=device).item())
 
 
-def _generator(generator, seed, device) -> torch.Generator | None:
-    if seed is None:
-        return generator
-    return torch.Generator(device=device).manual_seed(int(seed))
+def _sample(B, K, L, N, device, generator, seed, exclude_positive) -> torch.Tensor:
+    """sample_negatives from ``generator``, or from a fresh one seeded with ``seed``."""
+    if seed is not None:
+        generator = torch.Generator(device=device).manual_seed(int(seed))
+    return sample_negatives(
+        B, K, L, N, device=device, generator=generator, exclude_positive=exclude_positive
+    )
 
 
 def _resolve_backend(backend: str | None, *tensors: torch.Tensor) -> str:
@@ -339,14 +328,14 @@ def _fused_runnable(*tensors: torch.Tensor, explicit: bool) -> tuple[bool, str]:
     ok, why = _triton_status()
     if not ok:
         return False, why
+    from cpc_fast.kernels.info_nce import MAX_DIM, MAX_ROWS, interpreted
+
     device = tensors[0].device
-    interpreted = os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on")
-    if device.type != "cuda" and not (explicit and interpreted and device.type == "cpu"):
+    if device.type != "cuda" and not (explicit and interpreted() and device.type == "cpu"):
         return False, f"tensors are on {device.type}, the fused kernels need CUDA tensors"
     for t in tensors:
         if t.dtype not in _FUSED_DTYPES:
             return False, f"{t.dtype} inputs (the fused kernels take float32/bfloat16/float16)"
-    from cpc_fast.kernels.info_nce import MAX_DIM, MAX_ROWS
 
     D = tensors[0].shape[-1]
     if D > MAX_DIM:

@@ -19,6 +19,9 @@ import torch
 
 from cpc_fast.errors import UserInputError
 
+# The kernels number Philox counters (row * ceil(N / 4) + g) in int32.
+PHILOX_COUNTER_LIMIT = 2**31
+
 
 def sample_negatives(
     B: int,
@@ -63,7 +66,7 @@ def philox_negatives(
     Needs Triton (CUDA tensors, or CPU tensors under ``TRITON_INTERPRET=1``).
     """
     _check_sizes(B, K, L, N, exclude_positive)
-    if B * K * L * ((N + 3) // 4) >= 2**31:
+    if philox_counters(B, K, L, N) >= PHILOX_COUNTER_LIMIT:
         raise UserInputError(
             "philox_negatives counts draws in int32: B*K*L*ceil(N/4) must stay below 2**31"
         )
@@ -72,6 +75,11 @@ def philox_negatives(
     return materialize_negatives(
         philox_key(seed), B, K, L, N, torch.device(device), exclude_positive
     )
+
+
+def philox_counters(B: int, K: int, L: int, N: int) -> int:
+    """Philox counters the in-kernel draws of a (B, K, L) row grid use: ceil(N / 4) per row."""
+    return B * K * L * ((N + 3) // 4)
 
 
 def philox_key(seed: int) -> int:

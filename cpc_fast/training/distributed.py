@@ -14,12 +14,16 @@ from __future__ import annotations
 
 import datetime
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
 
 from cpc_fast.errors import UserInputError
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -114,6 +118,14 @@ def init(gpus: int, timeout_minutes: float = 30.0) -> DistEnv:
     return DistEnv(rank=rank, world_size=world_size, local_rank=local_rank, device=device)
 
 
+def wrap_ddp(model: torch.nn.Module, env: DistEnv) -> torch.nn.Module:
+    """DistributedDataParallel over ``model`` when the job has several processes."""
+    if not env.distributed:
+        return model
+    device_ids = [env.device.index] if env.device.type == "cuda" else None
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+
+
 def shutdown() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
@@ -140,3 +152,21 @@ def broadcast_object(obj: object, src: int = 0) -> object:
     box = [obj]
     dist.broadcast_object_list(box, src=src)
     return box[0]
+
+
+def on_main_then_broadcast(env: DistEnv, compute: Callable[[], T]) -> T:
+    """Runs ``compute`` on rank 0 alone and returns its result on every rank.
+
+    A :class:`UserInputError` or ``OSError`` it raises is raised on every rank, so all of
+    them stop with the same message instead of waiting on rank 0.
+    """
+    outcome: object = None
+    if env.is_main:
+        try:
+            outcome = compute()
+        except (UserInputError, OSError) as exc:
+            outcome = exc
+    outcome = broadcast_object(outcome)
+    if isinstance(outcome, BaseException):
+        raise outcome
+    return outcome

@@ -12,6 +12,8 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
+from cpc_fast.training.checkpoint import atomic_write
+
 
 class MetricsLogger:
     """Appends ``{name: value}`` rows for a ``split`` ("train", "valid", ...) at a ``step``.
@@ -82,8 +84,6 @@ def truncate_metrics(path: str | os.PathLike, max_step: int) -> int:
     A run resumed from the checkpoint at ``max_step`` repeats the steps after it, so rows a
     killed run logged past its last checkpoint would otherwise appear twice.
     """
-    from cpc_fast.training.checkpoint import atomic_write
-
     path = Path(path)
     if not path.is_file():
         return 0

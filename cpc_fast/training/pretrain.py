@@ -68,6 +68,7 @@ from cpc_fast.training.config import (
     preset,
     tiny,
 )
+from cpc_fast.training.distributed import wrap_ddp
 from cpc_fast.training.metrics import MetricsLogger, truncate_metrics
 
 logger = logging.getLogger(__name__)
@@ -96,6 +97,23 @@ def autocast_dtype(config: PretrainConfig, device: torch.device) -> torch.dtype 
     return torch.bfloat16 if config.bf16 else None
 
 
+def _autocast(device: torch.device, dtype: torch.dtype | None):
+    """bf16 autocast on ``device`` when ``dtype`` is set, else no autocast."""
+    if dtype is None:
+        return nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def _step_metrics(sums: torch.Tensor, K: int) -> dict[str, float]:
+    """Sums [loss, loss_k (K), accuracy_k (K), count] (2K + 2,) -> the means that are logged."""
+    values = (sums[:-1] / sums[-1].clamp(min=1)).tolist()
+    metrics = {"loss": values[0], "accuracy": float(np.mean(values[K + 1 :]))}
+    for k in range(K):
+        metrics[f"loss_step_{k + 1}"] = values[1 + k]
+        metrics[f"accuracy_step_{k + 1}"] = values[K + 1 + k]
+    return metrics
+
+
 def train_step(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -111,12 +129,7 @@ def train_step(
     accuracies. Negatives come from ``neg_index`` (B, K, L, N) if given, else from ``seed``.
     ``weight`` scales the loss (0 for a rank whose batch was entirely unreadable, so it
     still joins the gradient all-reduce)."""
-    amp = (
-        torch.autocast(device_type=wave.device.type, dtype=amp_dtype)
-        if amp_dtype is not None
-        else nullcontext()
-    )
-    with amp:
+    with _autocast(wave.device, amp_dtype):
         out = model(wave)
     result = cpc_info_nce(
         out.predictions,
@@ -136,14 +149,6 @@ def train_step(
 def make_optimizer(model: torch.nn.Module, config: PretrainConfig) -> torch.optim.Adam:
     """Adam with the paper's settings (weight decay as an L2 term, as the paper's PyTorch)."""
     return torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-
-
-def wrap_ddp(model: torch.nn.Module, env: distributed.DistEnv) -> torch.nn.Module:
-    """DistributedDataParallel over ``model`` when the job has several processes."""
-    if not env.distributed:
-        return model
-    device_ids = [env.device.index] if env.device.type == "cuda" else None
-    return torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
 
 
 def _rng_state() -> dict[str, Any]:
@@ -308,16 +313,9 @@ class _Trainer:
 
     def _prepare_folder(self, restart: bool) -> bool:
         """Rank 0 checks the folder; every rank learns whether to resume (or the error)."""
-        outcome: object = None
-        if self.env.is_main:
-            try:
-                outcome = self._check_folder(restart)
-            except (UserInputError, OSError) as exc:
-                outcome = exc
-        outcome = distributed.broadcast_object(outcome)
-        if isinstance(outcome, BaseException):
-            raise outcome
-        return bool(outcome)
+        return bool(
+            distributed.on_main_then_broadcast(self.env, lambda: self._check_folder(restart))
+        )
 
     def _check_folder(self, restart: bool) -> bool:
         run = self.run_dir
@@ -376,19 +374,7 @@ class _Trainer:
 
     def _load(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
         """Rank 0 reads state.pt and sends it to every rank (no shared filesystem needed)."""
-        saved: object = None
-        if self.env.is_main:
-            try:
-                saved = load_state(self.run_dir / STATE_NAME)
-                if saved.get("format") != _STATE_FORMAT:
-                    raise UserInputError(
-                        f"{self.run_dir / STATE_NAME}: written by another version; use --restart"
-                    )
-            except (UserInputError, OSError) as exc:
-                saved = exc
-        saved = distributed.broadcast_object(saved)
-        if isinstance(saved, BaseException):
-            raise saved
+        saved = distributed.on_main_then_broadcast(self.env, self._read_state)
         unwrap(model).load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         self.state = _Progress(
@@ -407,6 +393,14 @@ class _Trainer:
                 f"resuming a {saved['world_size']}-process run with {self.env.world_size} "
                 "processes: the global batch changes from here on"
             )
+
+    def _read_state(self) -> dict[str, Any]:
+        saved = load_state(self.run_dir / STATE_NAME)
+        if saved.get("format") != _STATE_FORMAT:
+            raise UserInputError(
+                f"{self.run_dir / STATE_NAME}: written by another version; use --restart"
+            )
+        return saved
 
     def _sync_counters(self) -> None:
         """Adds every rank's new read-time skips into the shared count."""
@@ -464,16 +458,11 @@ class _Trainer:
         loader = self._loader(self._windows(self.valid_set), sampler, cfg.batch_size)
         K = cfg.model.prediction_steps
         sums = torch.zeros(2 * K + 2, dtype=torch.float64, device=env.device)
-        amp = (
-            torch.autocast(device_type=env.device.type, dtype=self.amp_dtype)
-            if self.amp_dtype is not None
-            else nullcontext()
-        )
         for j, batch in enumerate(loader):
             wave, weight = self._take(batch)
             if weight == 0.0:
                 continue
-            with amp:
+            with _autocast(env.device, self.amp_dtype):
                 out = net(wave)
             # Fixed negatives per batch: validations at different steps are comparable.
             res = cpc_info_nce(
@@ -496,11 +485,7 @@ class _Trainer:
         if env.distributed:
             dist.all_reduce(sums)
         net.train()
-        values = (sums[:-1] / sums[-1].clamp(min=1)).tolist()
-        metrics = {"loss": values[0], "accuracy": float(np.mean(values[K + 1 :]))}
-        for k in range(K):
-            metrics[f"loss_step_{k + 1}"] = values[1 + k]
-            metrics[f"accuracy_step_{k + 1}"] = values[K + 1 + k]
+        metrics = _step_metrics(sums, K)
         self.last_validated = self.state.step
         self.state.last_valid = metrics
         return metrics
@@ -668,14 +653,9 @@ class _Trainer:
             self._save(model, optimizer)
 
     def _log_train(self, acc: torch.Tensor, speed: float, metrics, bar) -> None:
-        K = self.config.model.prediction_steps
         if self.env.distributed:
             dist.all_reduce(acc)
-        values = (acc[:-1] / acc[-1].clamp(min=1)).tolist()
-        row = {"loss": values[0], "accuracy": float(np.mean(values[K + 1 :]))}
-        for k in range(K):
-            row[f"loss_step_{k + 1}"] = values[1 + k]
-            row[f"accuracy_step_{k + 1}"] = values[K + 1 + k]
+        row = _step_metrics(acc, self.config.model.prediction_steps)
         row["audio_seconds_per_second"] = speed
         row["epoch"] = self.state.epoch + self.state.consumed / len(self.train_set)
         if metrics is not None:
