@@ -25,14 +25,15 @@ import numpy as np
 import pytest
 import torch
 
+from cpc_fast.config.pretrain import tiny
 from cpc_fast.data.batching import pad_collate
-from cpc_fast.data.synthetic_emotion import load_synthetic
-from cpc_fast.emotion import joint
-from cpc_fast.emotion.joint import JointModel, masked_cpc_info_nce
+from cpc_fast.data.corpora.synthetic_emotion import load_synthetic
+from cpc_fast.emotion.joint import JointModel
+from cpc_fast.losses import padded_info_nce
 from cpc_fast.losses.ccc import ccc_loss
+from cpc_fast.losses.padded_info_nce import masked_cpc_info_nce
 from cpc_fast.models.cpc import CPCModel
 from cpc_fast.models.recognizer import EmotionRecognizer, RecognizerConfig
-from cpc_fast.training.config import tiny
 
 B, LAMBDA, ROUNDS = 8, 0.1, 15
 
@@ -57,7 +58,7 @@ def _median_ms(fn) -> float:
 @pytest.mark.parametrize("provider", ["padded", "rows"])
 def test_joint_step_cpu(benchmark, monkeypatch, provider):
     if provider == "rows":  # no score block fits: the general flattened-rows path
-        monkeypatch.setattr(joint, "_SCORE_ELEMENTS", 0)
+        monkeypatch.setattr(padded_info_nce, "_SCORE_ELEMENTS", 0)
     config = tiny().model
     torch.manual_seed(0)
     cpc = CPCModel(config)

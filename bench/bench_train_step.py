@@ -42,9 +42,10 @@ import pytest
 import torch
 from _rss import peak_rss_kib
 
+from cpc_fast.config.pretrain import paper
 from cpc_fast.losses.info_nce import BACKEND_ENV, cpc_info_nce
 from cpc_fast.models import CPCModel
-from cpc_fast.training.pretrain import make_optimizer, paper, train_step
+from cpc_fast.training.step import make_optimizer, train_step
 
 B, SECONDS, SAMPLE_RATE = 8, 10.0, 16000
 AUDIO_PER_STEP = B * SECONDS
@@ -163,7 +164,7 @@ def flac_files(tmp_path_factory) -> list[str]:
     # soundfile only here: the GPU images lack it, and the step benchmarks must still run.
     sf = pytest.importorskip("soundfile")
 
-    from cpc_fast.data.synth import synthesize, voice_for_speaker
+    from cpc_fast.data.speech_synth import synthesize, voice_for_speaker
 
     folder = tmp_path_factory.mktemp("flac")
     paths = []
@@ -177,9 +178,9 @@ def flac_files(tmp_path_factory) -> list[str]:
 
 @pytest.mark.parametrize("source", ["flac", "synthetic"])
 def test_data_pipeline_cpu(benchmark, flac_files, source):
-    from cpc_fast.data.audio_files import AudioFileDataset, AudioItem
-    from cpc_fast.data.pretrain_data import WindowCollate, WindowDataset
-    from cpc_fast.data.synthetic import SyntheticSpeechCorpus
+    from cpc_fast.data.corpora.synthetic_speech import SyntheticSpeechCorpus
+    from cpc_fast.data.file_index import AudioFileDataset, AudioItem
+    from cpc_fast.data.windows import WindowCollate, WindowDataset
 
     window = int(SECONDS * SAMPLE_RATE)
     if source == "flac":

@@ -27,9 +27,18 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from cpc_fast.emotion.config import SETUP_NAMES, SETUPS, ExperimentConfig
-from cpc_fast.training.config import PretrainConfig
-from cpc_fast.training.config import tiny as tiny_pretrain
+from cpc_fast.config import experiment as experiment_presets
+from cpc_fast.config import pretrain as pretrain_presets
+from cpc_fast.config.experiment import SETUP_NAMES, SETUPS, ExperimentConfig
+from cpc_fast.config.pretrain import PretrainConfig
+from cpc_fast.emotion.experiment import open_corpus, run_experiment
+from cpc_fast.emotion.report import render_markdown
+from cpc_fast.emotion.visualize import cpc_representations, require_viz, visualize
+from cpc_fast.io.atomic import atomic_write, write_json
+from cpc_fast.io.metrics import read_metrics
+from cpc_fast.models.loading import load_cpc
+from cpc_fast.training.data import open_pretrain_data
+from cpc_fast.training.pretrain import pretrain
 
 SYNTHETIC_NOTICE = (
     "These numbers come from SYNTHETIC data (the built-in speech-like corpora), at toy scale "
@@ -78,8 +87,8 @@ def demo_settings(out: str | Path, quick: bool = False) -> DemoSettings:
     steps, so its numbers are lower and noisier.
     """
     out = Path(out)
-    pretrain = tiny_pretrain()
-    experiment = ExperimentConfig.tiny(
+    pretrain = pretrain_presets.tiny()
+    experiment = experiment_presets.tiny(
         dataset="synthetic",
         out=str(out / "experiment"),
         pretrained=str(out / "cpc"),
@@ -117,9 +126,6 @@ def _stage(progress: bool, number: int, total: int, text: str) -> None:
 
 def pretrain_stage(settings: DemoSettings, out: Path, progress: bool) -> Path:
     """Stage 1: the tiny CPC on the unlabeled synthetic corpus (resumes when re-run)."""
-    from cpc_fast.data.pretrain_data import open_pretrain_data
-    from cpc_fast.training.pretrain import pretrain
-
     config = settings.pretrain
     train, valid, resolved = open_pretrain_data(
         config.data, seed=config.seed, sample_rate=config.model.sample_rate
@@ -130,18 +136,12 @@ def pretrain_stage(settings: DemoSettings, out: Path, progress: bool) -> Path:
 
 def experiment_stage(settings: DemoSettings, progress: bool) -> dict[str, Any]:
     """Stage 2: the four setups under cross-validation (finished runs are skipped)."""
-    from cpc_fast.emotion.experiment import run_experiment
-
     return run_experiment(settings.experiment, progress=progress)
 
 
 def tsne_figure(settings: DemoSettings, cpc_dir: Path, out: Path, progress: bool) -> Path:
     """Figure 1: t-SNE of mean-pooled preCPC contexts of the emotion corpus."""
-    from cpc_fast.emotion.corpora import corpus_for
-    from cpc_fast.emotion.visualize import cpc_representations, visualize
-    from cpc_fast.models import load_cpc
-
-    corpus = corpus_for(settings.experiment)
+    corpus = open_corpus(settings.experiment)
     path, _, _ = visualize(
         corpus,
         cpc_representations(load_cpc(cpc_dir)),
@@ -162,8 +162,6 @@ def _series(rows: list[dict[str, Any]], split: str, name: str) -> tuple[list[int
 
 def _mean_validation_curve(run_dirs: list[Path]) -> tuple[list[int], list[float]]:
     """Validation CCC (avg) per epoch, averaged over the runs that reached that epoch."""
-    from cpc_fast.training.metrics import read_metrics
-
     by_epoch: dict[int, list[float]] = {}
     for run_dir in run_dirs:
         steps, values = _series(read_metrics(run_dir / "metrics.csv"), "validation", "ccc_avg")
@@ -175,10 +173,7 @@ def _mean_validation_curve(run_dirs: list[Path]) -> tuple[list[int], list[float]
 
 def training_curves_figure(cpc_dir: Path, experiment_dir: Path, out: Path) -> Path:
     """CPC train/validation InfoNCE loss and accuracy per step; recognizer validation CCC."""
-    from cpc_fast.emotion.visualize import _require_viz
-    from cpc_fast.training.metrics import read_metrics
-
-    plt, _ = _require_viz()
+    plt, _ = require_viz()
     cpc_rows = read_metrics(cpc_dir / "metrics.csv")
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), dpi=130)
     for ax, name, label in (
@@ -207,12 +202,6 @@ def training_curves_figure(cpc_dir: Path, experiment_dir: Path, out: Path) -> Pa
     return out
 
 
-def _table(results: dict[str, Any]) -> str:
-    from cpc_fast.emotion.report import render_markdown
-
-    return render_markdown(results)
-
-
 def render_demo_markdown(
     results: dict[str, Any], settings: DemoSettings, seconds: dict[str, float]
 ) -> str:
@@ -225,7 +214,7 @@ def render_demo_markdown(
             "",
             f"> {SYNTHETIC_NOTICE}",
             "",
-            _table(results).replace("# CCC on", "## CCC on", 1).strip(),
+            render_markdown(results).replace("# CCC on", "## CCC on", 1).strip(),
             "",
             "## Figures",
             "",
@@ -250,8 +239,6 @@ def render_demo_markdown(
 def _write_outputs(
     out: Path, results: dict[str, Any], settings: DemoSettings, seconds: dict[str, float]
 ) -> dict[str, Path]:
-    from cpc_fast.training.checkpoint import atomic_write, write_json
-
     md = out / "results.md"
     text = render_demo_markdown(results, settings, seconds)
     atomic_write(md, lambda tmp: Path(tmp).write_text(text))
@@ -310,8 +297,6 @@ def run_demo(
 
 def summary_text(result: DemoResult) -> str:
     """What the CLI prints at the end: the notice, the table, the outputs, the real commands."""
-    from cpc_fast.emotion.report import render_markdown
-
     table = [line for line in render_markdown(result.results).splitlines() if line.startswith("|")]
     where = [f"  {name:<16} {path}" for name, path in result.files.items()]
     total = sum(result.seconds.values())

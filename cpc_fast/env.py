@@ -9,6 +9,13 @@ import platform
 import sys
 from typing import Any
 
+import numpy as np
+import torch
+
+from cpc_fast import __version__
+from cpc_fast.data import batching
+from cpc_fast.losses import info_nce  # the module (cpc_fast.info_nce is the function)
+
 
 def _version(module_name: str) -> str | None:
     try:
@@ -20,13 +27,6 @@ def _version(module_name: str) -> str | None:
 
 def collect_info() -> dict[str, Any]:
     """Returns a flat, JSON-serialisable description of the environment."""
-    import numpy as np
-    import torch
-
-    from cpc_fast import __version__
-    from cpc_fast.data import batching
-    from cpc_fast.losses import info_nce  # the module (cpc_fast.info_nce is the function)
-
     fused_ok, fused_reason = info_nce.fused_status()
     return {
         "cpc_fast": __version__,

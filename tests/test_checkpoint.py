@@ -11,17 +11,11 @@ import pytest
 import torch
 
 from cpc_fast.errors import UserInputError
-from cpc_fast.training.checkpoint import (
-    atomic_write,
-    load_state,
-    load_weights,
-    read_json,
-    save_state,
-    save_weights,
-    write_json,
-)
-from cpc_fast.training.metrics import MetricsLogger, read_metrics, truncate_metrics
-from cpc_fast.training.pretrain import _rng_state, _set_rng_state, derive_seed
+from cpc_fast.io.atomic import atomic_write, read_json, write_json
+from cpc_fast.io.checkpoint import load_state, load_weights, save_state, save_weights
+from cpc_fast.io.metrics import MetricsLogger, read_metrics, truncate_metrics
+from cpc_fast.training.checkpointer import rng_state, set_rng_state
+from cpc_fast.training.seeds import derive_seed
 
 
 def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path) -> None:
@@ -54,14 +48,14 @@ def test_training_state_with_rng_loads_weights_only_and_restores(tmp_path) -> No
     torch.manual_seed(3)
     np.random.seed(4)  # noqa: NPY002 (the global RNG is what the state saves)
     random.seed(5)
-    state = {"step": 7, "model": {"w": torch.randn(2)}, "rng": _rng_state(), "note": None}
+    state = {"step": 7, "model": {"w": torch.randn(2)}, "rng": rng_state(), "note": None}
     expected = (torch.rand(3), np.random.rand(3), [random.random() for _ in range(3)])  # noqa: NPY002
     save_state(tmp_path / "state.pt", state)
     loaded = load_state(tmp_path / "state.pt")  # torch.load(weights_only=True) inside
     torch.load(tmp_path / "state.pt", weights_only=True)
     assert loaded["step"] == 7 and loaded["note"] is None
     torch.rand(10), np.random.rand(10), random.random()  # noqa: NPY002 (move every RNG on)
-    _set_rng_state(loaded["rng"])
+    set_rng_state(loaded["rng"])
     again = (torch.rand(3), np.random.rand(3), [random.random() for _ in range(3)])  # noqa: NPY002
     torch.testing.assert_close(again[0], expected[0], rtol=0, atol=0)
     np.testing.assert_array_equal(again[1], expected[1])

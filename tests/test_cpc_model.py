@@ -11,11 +11,11 @@ import torch
 
 from cpc_fast import load_cpc
 from cpc_fast.errors import UserInputError
+from cpc_fast.io.checkpoint import save_weights
 from cpc_fast.losses.info_nce import cpc_info_nce, sample_negatives
 from cpc_fast.models import CPCConfig, CPCModel
 from cpc_fast.models.cpc import ChannelNorm
 from cpc_fast.models.loading import save_cpc
-from cpc_fast.training.checkpoint import save_weights
 
 SMALL = CPCConfig(encoder_dim=16, context_dim=24, prediction_steps=4, num_negatives=8)
 
@@ -208,7 +208,8 @@ def test_tiny_model_overfits_one_batch() -> None:
 def test_autocast_keeps_the_recurrence_in_float32() -> None:
     # The GPU path in bf16, exercised with CPU autocast: convolutions and predictors run in
     # bf16, the GRU in float32, and a whole training step goes through.
-    from cpc_fast.training.pretrain import make_optimizer, tiny, train_step
+    from cpc_fast.config.pretrain import tiny
+    from cpc_fast.training.step import make_optimizer, train_step
 
     model = CPCModel(SMALL)
     wave = torch.randn(2, 3200)

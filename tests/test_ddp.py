@@ -14,12 +14,15 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+from cpc_fast.cli import launch
+from cpc_fast.config.pretrain import tiny
+from cpc_fast.io.checkpoint import load_state
+from cpc_fast.io.metrics import read_metrics
 from cpc_fast.losses.info_nce import sample_negatives
 from cpc_fast.models import CPCConfig, CPCModel
 from cpc_fast.training import distributed
-from cpc_fast.training.checkpoint import load_state
-from cpc_fast.training.metrics import read_metrics
-from cpc_fast.training.pretrain import make_optimizer, tiny, train_step, wrap_ddp
+from cpc_fast.training.distributed import wrap_ddp
+from cpc_fast.training.step import make_optimizer, train_step
 
 MODEL = CPCConfig(encoder_dim=16, context_dim=16, prediction_steps=4, num_negatives=8)
 WORLD, PER_RANK, SAMPLES = 2, 2, 3200  # 20 frames per sequence
@@ -114,18 +117,18 @@ def test_needs_launch_refuses_more_processes_than_visible_gpus(monkeypatch):
     monkeypatch.delenv("LOCAL_RANK", raising=False)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
-    assert distributed.needs_launch(2) is True
-    assert distributed.needs_launch(1) is False
+    assert launch.needs_launch(2) is True
+    assert launch.needs_launch(1) is False
     with pytest.raises(UserInputError, match="--gpus 4 asks for more GPUs than the 2 visible"):
-        distributed.needs_launch(4)
+        launch.needs_launch(4)
     with pytest.raises(UserInputError, match="--gpus must be 0 or more"):
-        distributed.needs_launch(-1)
+        launch.needs_launch(-1)
     monkeypatch.setenv("LOCAL_RANK", "0")  # under torchrun: never relaunch, never second-guess
-    assert distributed.needs_launch(4) is False
+    assert launch.needs_launch(4) is False
 
 
 def test_needs_launch_on_a_cpu_machine(monkeypatch):
     monkeypatch.delenv("LOCAL_RANK", raising=False)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert distributed.needs_launch(2) is True  # gloo CPU processes
-    assert distributed.needs_launch(0) is False
+    assert launch.needs_launch(2) is True  # gloo CPU processes
+    assert launch.needs_launch(0) is False

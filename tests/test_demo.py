@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from cpc_fast.config.experiment import SETUPS
 from cpc_fast.demo import SYNTHETIC_NOTICE, demo_settings, run_demo, summary_text
-from cpc_fast.emotion.config import SETUPS
 
 pytest.importorskip("matplotlib")
 pytest.importorskip("sklearn")

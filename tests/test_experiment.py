@@ -11,9 +11,9 @@ import torch
 from typer.testing import CliRunner
 
 from cpc_fast.cli import app, main
+from cpc_fast.io.checkpoint import load_weights
 from cpc_fast.models import save_cpc
 from cpc_fast.models.cpc import CPCConfig, CPCModel
-from cpc_fast.training.checkpoint import load_weights
 
 runner = CliRunner()
 METRICS = ("ccc_avg", "ccc_act", "ccc_val", "ccc_dom")
@@ -196,7 +196,7 @@ def test_two_processes(tmp_path: Path) -> None:
     import subprocess
     import sys
 
-    from cpc_fast.data.synthetic_emotion import load_synthetic
+    from cpc_fast.data.corpora.synthetic_emotion import load_synthetic
 
     out = tmp_path / "exp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -307,10 +307,10 @@ def test_msp_podcast_official_split(tmp_path: Path) -> None:
 
 
 def test_joint_lr_must_be_positive_and_tiny_keeps_the_papers_for_joint() -> None:
-    from cpc_fast.emotion.config import ExperimentConfig
+    from cpc_fast.config import experiment
     from cpc_fast.errors import UserInputError
 
-    assert ExperimentConfig.tiny().joint_lr == 2e-4
-    assert ExperimentConfig.paper().joint_lr is None
-    with pytest.raises(UserInputError, match="--joint-lr"):
-        ExperimentConfig.tiny(dataset="synthetic", setups=("joint",), joint_lr=0.0).validate()
+    assert experiment.tiny().joint_lr == 2e-4
+    assert experiment.paper().joint_lr is None
+    with pytest.raises(UserInputError, match="joint_lr"):
+        experiment.tiny(dataset="synthetic", setups=("joint",), joint_lr=0.0).validate()

@@ -10,7 +10,7 @@ import pytest
 import torch
 from emotion_fixtures import write_wav
 
-from cpc_fast.data.manifest import load_manifest
+from cpc_fast.data.corpora.manifest import load_manifest
 from cpc_fast.features.cache import cached_features, module_digest
 from cpc_fast.features.extract import cpc_context_features, lfbe_features
 from cpc_fast.features.lfbe import lfbe

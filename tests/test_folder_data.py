@@ -11,10 +11,9 @@ import soundfile as sf
 from typer.testing import CliRunner
 
 from cpc_fast.cli import app
-from cpc_fast.data.folder import find_audio, load_folder
-from cpc_fast.data.pretrain_data import detect_format, open_pretrain_data
+from cpc_fast.data.corpora import detect_format, open_pretrain_corpus
+from cpc_fast.data.corpora.folder import find_audio, load_folder
 from cpc_fast.errors import UserInputError
-from cpc_fast.training.config import DataConfig
 
 SR = 16000
 
@@ -100,12 +99,12 @@ def test_one_file_folder_trains_on_it(tmp_path) -> None:
 
 def test_format_detection_and_options(tree) -> None:
     assert detect_format(tree) == "folder"
-    train, _, resolved = open_pretrain_data(DataConfig(path=str(tree)))
+    train, _, resolved = open_pretrain_corpus(path=str(tree))
     assert resolved.format == "folder" and Path(resolved.path).is_absolute() and len(train) > 0
     with pytest.raises(UserInputError, match="apply to LibriSpeech"):
-        open_pretrain_data(DataConfig(path=str(tree), max_minutes_per_speaker=5))
-    with pytest.raises(UserInputError, match="drop --data"):
-        open_pretrain_data(DataConfig(path=str(tree), format="synthetic"))
+        open_pretrain_corpus(path=str(tree), max_minutes_per_speaker=5)
+    with pytest.raises(UserInputError, match="drop `path`"):
+        open_pretrain_corpus(path=str(tree), format="synthetic")
 
 
 def test_cli_on_a_folder(tree, tmp_path) -> None:

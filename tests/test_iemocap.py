@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from emotion_fixtures import iemocap_block, make_iemocap, write_wav
 
-from cpc_fast.data.iemocap import load_iemocap
+from cpc_fast.data.corpora.iemocap import load_iemocap
 from cpc_fast.errors import UserInputError
 
 
@@ -53,7 +53,7 @@ def test_bad_rows_are_listed(tmp_path: Path) -> None:
     with pytest.raises(UserInputError) as err:
         load_iemocap(tmp_path)
     message = str(err.value)
-    assert "4 bad row(s)" in message and "--skip-bad" in message
+    assert "4 bad row(s)" in message and "`skip_bad=True`" in message
     for needle in (
         "Ses01F_impro01_F090: bad label value",
         "Ses01F_impro01_M091.wav does not exist",

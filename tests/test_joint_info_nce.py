@@ -7,17 +7,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cpc_fast.emotion import joint
-from cpc_fast.emotion.joint import (
+from cpc_fast.errors import UserInputError
+from cpc_fast.losses import padded_info_nce
+from cpc_fast.losses.info_nce import cpc_info_nce, info_nce
+from cpc_fast.losses.negatives import padded_negatives, within_sequence_negatives
+from cpc_fast.losses.padded_info_nce import (
     masked_cpc_info_nce,
     padded_cpc_info_nce,
-    padded_negatives,
     valid_row_mask,
     valid_rows,
-    within_sequence_negatives,
 )
-from cpc_fast.errors import UserInputError
-from cpc_fast.losses.info_nce import cpc_info_nce, info_nce
 
 B, K, L, D, N = 3, 4, 11, 8, 5
 
@@ -106,7 +105,7 @@ def test_cpu_padded_path_equals_general_path_with_gradients(monkeypatch) -> None
     # Score blocks of every size: all K steps at once, one step at a time, and the
     # memory-lean fallback for batches whose (B, L, L) scores exceed the block budget.
     for budget in (1 << 23, B * L * L, B * L * L - 1):
-        monkeypatch.setattr(joint, "_SCORE_ELEMENTS", budget)
+        monkeypatch.setattr(padded_info_nce, "_SCORE_ELEMENTS", budget)
         got = masked_cpc_info_nce(pred, z, lengths, neg_index=neg)
         got_grads = torch.autograd.grad(got, (pred, z))
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)

@@ -11,17 +11,18 @@ import soundfile as sf
 from typer.testing import CliRunner
 
 from cpc_fast.cli import app, main
-from cpc_fast.data.audio_files import is_validation
-from cpc_fast.data.librispeech import (
+from cpc_fast.config.pretrain import tiny
+from cpc_fast.data.corpora import detect_format
+from cpc_fast.data.corpora.librispeech import (
     cap_minutes,
     load_librispeech,
     looks_like_librispeech,
     read_speakers_txt,
     resolve_subsets,
 )
-from cpc_fast.data.pretrain_data import detect_format
+from cpc_fast.data.file_index import is_validation
 from cpc_fast.errors import UserInputError
-from cpc_fast.training.pretrain import pretrain, tiny
+from cpc_fast.training.pretrain import pretrain
 
 SR = 16000
 

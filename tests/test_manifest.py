@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from emotion_fixtures import write_wav
 
-from cpc_fast.data.manifest import load_manifest
+from cpc_fast.data.corpora.manifest import load_manifest
 from cpc_fast.errors import UserInputError
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from emotion_fixtures import make_msp, msp_rows
 
-from cpc_fast.data.msp_podcast import load_msp_podcast
+from cpc_fast.data.corpora.msp_podcast import load_msp_podcast
 from cpc_fast.errors import UserInputError
 
 

@@ -15,8 +15,8 @@ import torch
 from typer.testing import CliRunner
 
 from cpc_fast.cli import app, main
-from cpc_fast.data.synthetic_emotion import load_synthetic
-from cpc_fast.emotion.config import ExperimentConfig
+from cpc_fast.config import experiment as experiment_config
+from cpc_fast.data.corpora.synthetic_emotion import load_synthetic
 from cpc_fast.emotion.experiment import run_experiment
 from cpc_fast.models import save_cpc
 from cpc_fast.models.cpc import CPCConfig, CPCModel
@@ -35,7 +35,7 @@ def experiment(tmp_path_factory: pytest.TempPathFactory) -> Path:
         CPCModel(CPCConfig(encoder_dim=32, context_dim=32, num_negatives=8)),
         root / "cpc" / "model.safetensors",
     )
-    config = ExperimentConfig.tiny(
+    config = experiment_config.tiny(
         setups=("sup", "joint", "pre"),
         pretrained=str(root / "cpc"),
         folds=(1,),

@@ -14,13 +14,15 @@ from typer.testing import CliRunner
 
 from cpc_fast import load_cpc
 from cpc_fast.cli import app, main
-from cpc_fast.data.pretrain_data import EpochSampler, ShardSampler, WindowCollate, WindowDataset
-from cpc_fast.data.synthetic import SyntheticSpeechCorpus
+from cpc_fast.config.pretrain import PretrainConfig, paper, preset, tiny
+from cpc_fast.data.corpora.synthetic_speech import SyntheticSpeechCorpus
+from cpc_fast.data.samplers import EpochSampler, ShardSampler
+from cpc_fast.data.windows import WindowCollate, WindowDataset
 from cpc_fast.errors import UserInputError
+from cpc_fast.io.checkpoint import load_state
+from cpc_fast.io.metrics import read_metrics
 from cpc_fast.models import CPCConfig
-from cpc_fast.training.checkpoint import load_state
-from cpc_fast.training.metrics import read_metrics
-from cpc_fast.training.pretrain import PretrainConfig, paper, preset, pretrain, tiny
+from cpc_fast.training.pretrain import pretrain
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -78,11 +80,11 @@ def test_tiny_preset_keeps_the_architecture() -> None:
 @pytest.mark.parametrize(
     "changes, match",
     [
-        ({"batch_size": 0}, "--batch-size"),
-        ({"crop": "middle"}, "--crop"),
-        ({"lr": -1.0}, "--lr"),
+        ({"batch_size": 0}, "`batch_size`"),
+        ({"crop": "middle"}, "`crop`"),
+        ({"lr": -1.0}, "`lr`"),
         ({"window_seconds": 0.1}, "frames"),
-        ({"max_steps": 0}, "--max-steps"),
+        ({"max_steps": 0}, "`max_steps`"),
     ],
 )
 def test_config_errors_name_the_option(changes, match) -> None:
@@ -249,14 +251,14 @@ def test_bad_items_are_skipped_counted_or_fatal(tmp_path, caplog) -> None:
     assert any("too short" in m for m in warned) and any("NaN or infinite" in m for m in warned)
 
     # The first bad item of the shuffled epoch stops the run, named in one line.
-    with pytest.raises(UserInputError, match=r"(broken\.flac|too short|NaN).*without --strict"):
+    with pytest.raises(UserInputError, match=r"(broken\.flac|too short|NaN).*`strict=False`"):
         pretrain(_config(max_steps=4, strict=True), data, None, tmp_path / "s", progress=False)
 
 
 def test_other_config_in_run_folder_is_an_error_until_restart(tmp_path) -> None:
     train = _corpus()
     pretrain(_config(max_steps=2), train, None, tmp_path / "run", progress=False)
-    with pytest.raises(UserInputError, match=r"different configuration \(lr\).*--restart"):
+    with pytest.raises(UserInputError, match=r"different configuration \(lr\).*`restart=True`"):
         pretrain(_config(max_steps=2, lr=0.5), train, None, tmp_path / "run", progress=False)
     run = pretrain(
         _config(max_steps=2, lr=0.5), train, None, tmp_path / "run", progress=False, restart=True

@@ -15,11 +15,12 @@ import torch
 from safetensors.torch import load_file
 
 from cpc_fast import load_cpc
-from cpc_fast.data.pretrain_data import open_pretrain_data
+from cpc_fast.config.pretrain import PretrainConfig
 from cpc_fast.errors import UserInputError
-from cpc_fast.training.checkpoint import load_state
-from cpc_fast.training.metrics import read_metrics
-from cpc_fast.training.pretrain import PretrainConfig, pretrain
+from cpc_fast.io.checkpoint import load_state
+from cpc_fast.io.metrics import read_metrics
+from cpc_fast.training.data import open_pretrain_data
+from cpc_fast.training.pretrain import pretrain
 
 STEPS = 80
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cpc_fast.data.synth import (
+from cpc_fast.data.speech_synth import (
     LIMITER_KNEE,
     REFERENCE_RMS,
     Prosody,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cpc_fast.data import synthetic
-from cpc_fast.data.synthetic import SyntheticSpeechCorpus
+from cpc_fast.data.corpora import synthetic_speech
+from cpc_fast.data.corpora.synthetic_speech import SyntheticSpeechCorpus
 from cpc_fast.errors import UserInputError
 
 
@@ -61,7 +61,7 @@ def test_items_are_kept_within_the_memo_budget(monkeypatch) -> None:
     first = [kept[i] for i in range(6)]
     assert all(kept[i] is first[i] for i in range(6))  # generated once
     assert kept[-1] is first[5]
-    monkeypatch.setattr(synthetic, "MEMO_BYTES", first[0].nbytes + first[1].nbytes)
+    monkeypatch.setattr(synthetic_speech, "MEMO_BYTES", first[0].nbytes + first[1].nbytes)
     bounded = SyntheticSpeechCorpus(2, 3, seconds=(0.3, 0.5), seed=4)
     again = [bounded[i] for i in range(6)]
     assert bounded[0] is again[0] and bounded[1] is again[1]

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from cpc_fast.data.synthetic_emotion import (
+from cpc_fast.data.corpora.synthetic_emotion import (
     SyntheticEmotionConfig,
     SyntheticEmotionCorpus,
     _speaker_style,

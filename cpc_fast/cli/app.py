@@ -1,15 +1,20 @@
 """The ``cpc-fast`` typer application and its entry point.
 
 Commands live in sibling modules (``info``, ``pretrain``, ...) and register themselves on
-``app``; ``main`` turns user mistakes into one line on stderr and exit status 2.
+``app``; ``main`` turns user mistakes into one line on stderr and exit status 2, worded for
+the command line: the library names its arguments in backticks (```batch_size```), which
+become the command's flags (``--batch-size``).
 """
 
 from __future__ import annotations
 
+import re
 import sys
+from collections.abc import Mapping
 
 import typer
 
+from cpc_fast.cli.options import FLAGS
 from cpc_fast.errors import UserInputError
 
 app = typer.Typer(
@@ -21,6 +26,7 @@ app = typer.Typer(
 )
 
 _argv: list[str] = []
+_ARGUMENT = re.compile(r"`([A-Za-z_][\w.]*)(?:=([^`]*))?`")
 
 
 def invoked_argv() -> list[str]:
@@ -28,18 +34,24 @@ def invoked_argv() -> list[str]:
     return list(_argv)
 
 
-def relaunched(gpus: int) -> bool:
-    """With ``--gpus N > 1`` outside a launcher, re-runs this command as N processes (blocking)
-    and returns True; otherwise returns False and this process does the work."""
-    from cpc_fast.training import distributed
+def command_line_wording(message: str, flags: Mapping[str, str]) -> str:
+    """``message`` with each backticked argument as the command's flag: ```lr``` -> ``--lr``,
+    ```path=PATH``` -> ``--data PATH``, ```strict=True``` -> ``--strict``,
+    ```strict=False``` -> ``without --strict``; other names lose their backticks."""
 
-    if not distributed.needs_launch(gpus):
-        return False
-    argv = invoked_argv()
-    if not argv:
-        raise UserInputError("--gpus N > 1 relaunches the command line: run it as cpc-fast")
-    distributed.launch(gpus, argv)
-    return True
+    def flag(match: re.Match) -> str:
+        name, value = match.group(1), match.group(2)
+        known = flags.get(name.rpartition(".")[2])
+        if known is None:
+            return name if value is None else f"{name}={value}"
+        on, _, off = known.partition("/")
+        if value == "True":
+            return on
+        if value == "False":
+            return off or f"without {on}"
+        return on if value is None else f"{on} {value}"
+
+    return _ARGUMENT.sub(flag, message)
 
 
 @app.callback()
@@ -59,5 +71,6 @@ def main(argv: list[str] | None = None) -> None:
     try:
         app(args=_argv, prog_name="cpc-fast")
     except (UserInputError, FileNotFoundError, NotADirectoryError, IsADirectoryError) as exc:
-        typer.echo(f"error: {exc}", err=True)
+        flags = FLAGS.get(_argv[0], {}) if _argv else {}
+        typer.echo(f"error: {command_line_wording(str(exc), flags)}", err=True)
         raise SystemExit(2) from None

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from cpc_fast import demo as pipeline
 from cpc_fast.cli.app import app
 
 
@@ -29,19 +31,15 @@ def demo(
 ) -> None:
     """Pre-train a tiny CPC, train Sup/jointCPC/miniCPC/preCPC under cross-validation and draw
     the figures, all on synthetic data on this machine's CPU (under 10 minutes)."""
-    from cpc_fast.demo import run_demo, summary_text
-
     out = out or Path("cpc_fast_demo_quick" if quick else "cpc_fast_demo")
     if restart:
         _clear(out)
-    result = run_demo(out, quick=quick, progress=not quiet)
-    typer.echo(summary_text(result))
+    result = pipeline.run_demo(out, quick=quick, progress=not quiet)
+    typer.echo(pipeline.summary_text(result))
 
 
 def _clear(out: Path) -> None:
     """Removes only what the demo writes, so a mistyped --out cannot wipe other files."""
-    import shutil
-
     for name in ("cpc", "experiment"):
         shutil.rmtree(out / name, ignore_errors=True)
     for name in ("results.md", "results.json", "tsne.png", "training_curves.png", "demo.json"):

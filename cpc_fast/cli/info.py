@@ -7,6 +7,7 @@ import json
 import typer
 
 from cpc_fast.cli.app import app
+from cpc_fast.env import collect_info
 
 
 @app.command()
@@ -14,8 +15,6 @@ def info(
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
     """Show versions, whether the C++ extension is built and whether the fused GPU loss can run."""
-    from cpc_fast.env import collect_info
-
     report = collect_info()
     if as_json:
         typer.echo(json.dumps(report, indent=2))

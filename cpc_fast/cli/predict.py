@@ -9,7 +9,16 @@ from typing import Annotated
 import typer
 
 from cpc_fast.cli.app import app
+from cpc_fast.cli.options import FLAGS
+from cpc_fast.data.audio import read_audio
+from cpc_fast.data.corpora import open_emotion_corpus
+from cpc_fast.emotion.model_io import load_cpc_checked, load_model
+from cpc_fast.emotion.visualize import cpc_representations
+from cpc_fast.emotion.visualize import visualize as draw
 from cpc_fast.errors import UserInputError
+
+FLAGS["predict"] = {"cpc_path": "--cpc", "folder": "--model"}
+FLAGS["visualize"] = {"root": "--root", "dataset": "--dataset", "subset": "--subset"}
 
 
 @app.command()
@@ -24,9 +33,6 @@ def predict(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """Activation, valence and dominance of each FILE, on the training labels' scale."""
-    from cpc_fast.data.audio import read_audio
-    from cpc_fast.emotion.model_io import load_model
-
     emotion_model = load_model(model, cpc_path=cpc)
     rows = []
     for path in files:
@@ -66,24 +72,16 @@ def visualize(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """t-SNE of utterance representations coloured by categorical emotion (the paper's Fig. 1)."""
-    from cpc_fast.emotion.corpora import load_corpus
-    from cpc_fast.emotion.visualize import cpc_representations
-    from cpc_fast.emotion.visualize import visualize as draw
-
     if (model is None) == (pretrained is None):
         raise UserInputError("give exactly one of --model DIR or --pretrained RUN_DIR")
     if max_utterances < 5:
         raise UserInputError("--max-utterances must be at least 5")
-    corpus = load_corpus(dataset, root, subset=subset, synthetic_size=synthetic_size)
+    corpus = open_emotion_corpus(dataset, root, subset=subset, synthetic_size=synthetic_size)
     if model is not None:
-        from cpc_fast.emotion.model_io import load_model
-
         emotion_model = load_model(model)
         represent = emotion_model.embed
         title = f"{corpus.name}: recognizer embeddings ({emotion_model.config['setup']})"
     else:
-        from cpc_fast.emotion.model_io import load_cpc_checked
-
         represent = cpc_representations(load_cpc_checked(pretrained))
         title = f"{corpus.name}: mean CPC context ({pretrained.name})"
     path, points, _ = draw(

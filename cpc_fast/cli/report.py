@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from cpc_fast.cli.app import app
+from cpc_fast.emotion.report import render_markdown, write_report
 
 
 @app.command()
@@ -17,7 +18,5 @@ def report(
     ],
 ) -> None:
     """Re-aggregate the finished runs of FOLDER; rewrite and print results.md / results.json."""
-    from cpc_fast.emotion.report import render_markdown, write_report
-
     results = write_report(folder)
     typer.echo(render_markdown(results))

@@ -57,7 +57,7 @@ _warned_missing = False
 
 def _load_extension() -> tuple[Any, str]:
     try:
-        from cpc_fast import _C
+        from cpc_fast import _C  # optional: built by setup.py when a compiler is there
     except ImportError as exc:
         return None, f"the C++ extension cpc_fast._C is not built ({exc})"
     version = getattr(_C, "API_VERSION", None)

@@ -1,14 +1,16 @@
 """Runs the paper's emotion experiments: setups x folds x runs, then the results table.
 
-    from cpc_fast.emotion import ExperimentConfig, run_experiment
-    results = run_experiment(ExperimentConfig.tiny(setups=("sup", "joint"), out="exp"))
+    from cpc_fast.config import experiment
+    from cpc_fast.emotion.experiment import run_experiment
+    results = run_experiment(experiment.tiny(setups=("sup", "joint"), out="exp"))
 
 or ``cpc-fast experiment --dataset synthetic --preset tiny --setups sup,joint --out exp``.
 
 For every setup, fold and run (seed = ``seed + 100 (run − 1) + fold index``) a recognizer is
 trained (:mod:`cpc_fast.emotion.train`) and its folder ``<out>/<setup>/<fold>/run<r>`` gets
 the best model, its test predictions, metrics and a ``done`` marker written last; a re-run of
-the same command skips every folder with ``done``. Inputs per setup:
+the same command skips every folder with ``done`` and resumes an unfinished one from its
+last epoch (``state.pt``, removed when the unit is done). Inputs per setup:
 
 Every recognizer standardises its input with the training split's per-dimension frame mean
 and std (fixed buffers saved with the model, see :mod:`cpc_fast.models.recognizer`).
@@ -16,7 +18,7 @@ and std (fixed buffers saved with the model, see :mod:`cpc_fast.models.recognize
 * ``sup``: LFBE;
 * ``joint``: raw audio through a fresh CPC (``cpc_preset`` sizes), trained with the
   recognizer on CCC loss + λ · InfoNCE (:mod:`cpc_fast.emotion.joint`);
-* ``mini``: per fold, a CPC pre-trained (``cpc_fast.training.pretrain``) on that fold's
+* ``mini``: per fold, a CPC pre-trained (:mod:`cpc_fast.training.pretrain`) on that fold's
   training audio only, in ``<out>/mini/<fold>/cpc``, shared by the fold's runs; frozen;
 * ``pre``: the CPC of ``--pretrained``, frozen.
 
@@ -24,7 +26,7 @@ Frozen CPC contexts and LFBE are extracted once into the feature cache (``<out>/
 default), keyed by the weights' digest and the corpus's fingerprint.
 
 Launch: ``--gpus N`` (N > 1) re-runs the command as N processes (see
-:mod:`cpc_fast.training.distributed`); rank 0 alone writes files and shows progress.
+:mod:`cpc_fast.cli.launch`); rank 0 alone writes files and shows progress.
 """
 
 from __future__ import annotations
@@ -37,9 +39,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from cpc_fast.data.emotion import EmotionCorpus, Fold, LabelScaler
-from cpc_fast.emotion.config import RESUMABLE_FIELDS, ExperimentConfig
-from cpc_fast.emotion.corpora import corpus_for, folds_for
+from cpc_fast.config.base import differences
+from cpc_fast.config.experiment import ExperimentConfig
+from cpc_fast.data.corpora import open_emotion_corpus
+from cpc_fast.data.labelled import EmotionCorpus, Fold, LabelScaler
 from cpc_fast.emotion.joint import JointModel
 from cpc_fast.emotion.model_io import load_cpc_checked, save_model
 from cpc_fast.emotion.report import write_predictions, write_report
@@ -53,11 +56,16 @@ from cpc_fast.emotion.train import (
 )
 from cpc_fast.errors import UserInputError
 from cpc_fast.features.cache import FeatureSet, frame_statistics, module_digest
-from cpc_fast.features.extract import cpc_context_features, lfbe_features
+from cpc_fast.features.extract import cpc_context_features, cpc_contexts, lfbe_features
 from cpc_fast.features.lfbe import LFBEConfig
+from cpc_fast.io.atomic import read_json, write_json
+from cpc_fast.io.metrics import MetricsLogger, truncate_metrics
+from cpc_fast.models.cpc import CPCModel
+from cpc_fast.models.loading import load_cpc
 from cpc_fast.models.recognizer import EmotionRecognizer, RecognizerConfig
-from cpc_fast.training.checkpoint import read_json, write_json
+from cpc_fast.training.checkpointer import Checkpointer
 from cpc_fast.training.distributed import DistEnv, barrier, broadcast_object, init
+from cpc_fast.training.pretrain import pretrain
 
 # What a (setup, fold, run) folder holds besides ``done`` (written last).
 UNIT_FILES = ("metrics.csv", "model.safetensors", "config.json", "predictions.csv", "result.json")
@@ -79,29 +87,40 @@ class _WaveView:
         return self.corpus.wave(self.indices[i])
 
 
-def pretrain_config(config: ExperimentConfig):
-    """The CPC pre-training preset (``cpc_preset``) that sizes the CPC of joint and mini and
-    drives mini's pre-training; ``mini_epochs`` overrides its length."""
-    from cpc_fast.training.config import preset
+def open_corpus(config: ExperimentConfig) -> EmotionCorpus:
+    """The labelled corpus ``config`` names (through the corpus registry)."""
+    return open_emotion_corpus(
+        config.dataset,
+        config.root,
+        subset=config.subset,
+        test_set=config.test_set,
+        skip_bad=config.skip_bad,
+        synthetic_size=config.synthetic_size,
+        data_seed=config.data_seed,
+    )
 
-    return preset(config.cpc_preset).replace(epochs=config.mini_epochs)
+
+def _selected_folds(corpus: EmotionCorpus, config: ExperimentConfig) -> list[Fold]:
+    """The corpus's folds, restricted to ``config.folds`` (1-based) when given."""
+    folds = corpus.folds(config.validation, seed=config.split_seed)
+    if config.folds is None:
+        return folds
+    too_big = [f for f in config.folds if f > len(folds)]
+    if too_big:
+        raise UserInputError(f"`folds` {too_big}: {corpus.name} has {len(folds)} fold(s)")
+    return [folds[f - 1] for f in sorted(set(config.folds))]
 
 
 def _check_folder(out: Path, config: ExperimentConfig, manifest: dict[str, Any]) -> None:
     """Refuses to mix runs of different settings in one folder; writes experiment.json."""
     path = out / "experiment.json"
     if path.is_file():
-        old = read_json(path)
-        old_config, new_config = old.get("config", {}), manifest["config"]
-        differ = sorted(
-            k
-            for k in set(old_config) | set(new_config)
-            if k not in RESUMABLE_FIELDS and old_config.get(k) != new_config.get(k)
-        )
+        old_config = read_json(path).get("config", {})
+        differ = differences(ExperimentConfig, old_config, manifest["config"])
         if differ:
-            what = ", ".join(f"{k}: {old_config.get(k)!r} -> {new_config.get(k)!r}" for k in differ)
+            what = ", ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in differ)
             raise UserInputError(
-                f"{out} holds an experiment with other settings ({what}); use a new --out folder"
+                f"{out} holds an experiment with other settings ({what}); use a new `out` folder"
             )
     write_json(path, manifest)
 
@@ -113,12 +132,12 @@ class _Runner:
         self.progress = progress and env.is_main
         self.out = Path(config.out)
         self.cache_dir = Path(config.cache_dir) if config.cache_dir else self.out / "cache"
-        self.corpus = corpus_for(config)
+        self.corpus = open_corpus(config)
         numbers = {
             f.name: k for k, f in enumerate(self.corpus.folds(config.validation, config.split_seed))
         }
         # (index among ALL the corpus's folds, fold): seeds do not depend on --folds
-        self.folds = [(numbers[f.name], f) for f in folds_for(self.corpus, config)]
+        self.folds = [(numbers[f.name], f) for f in _selected_folds(self.corpus, config)]
         self._pretrained: tuple[torch.nn.Module, str] | None = None
 
     # -- inputs --------------------------------------------------------------------------
@@ -159,13 +178,9 @@ class _Runner:
         return (*self._pretrained, path)
 
     def mini_cpc(self, fold: Fold) -> tuple[torch.nn.Module, str, Path]:
-        from cpc_fast.models import load_cpc
-        from cpc_fast.training.pretrain import pretrain
-
         run_dir = self.out / "mini" / fold.name / "cpc"
-        config = pretrain_config(self.config)
         path = pretrain(
-            config,
+            self.config.pretrain_config(),
             _WaveView(self.corpus, fold.train, f"{fold.name} training audio"),
             _WaveView(self.corpus, fold.validation, f"{fold.name} validation audio"),
             run_dir,
@@ -187,9 +202,7 @@ class _Runner:
         joint = setup == "joint"
         cpc = None
         if joint:
-            from cpc_fast.models.cpc import CPCModel
-
-            cpc = CPCModel(pretrain_config(cfg).model)
+            cpc = CPCModel(cfg.pretrain_config().model)
             data = WaveBatches(self.corpus, targets, hop=cpc.frame_hop)
             recognizer = EmotionRecognizer(RecognizerConfig(input_dim=cpc.config.context_dim))
             stats = frame_statistics(self._initial_contexts(cpc, fold.train))
@@ -209,17 +222,17 @@ class _Runner:
             weight_decay=cfg.weight_decay,
             seed=seed,
             joint_lambda=cfg.joint_lambda,
-            num_negatives=cpc.config.num_negatives if joint else 50,
-            temperature=cpc.config.temperature if joint else 1.0,
-            exclude_positive=cpc.config.exclude_positive if joint else False,
         )
+        checkpoint = Checkpointer(unit, self.env)
+        resume = checkpoint.exists()
         logger = None
         if self.env.is_main:
-            from cpc_fast.training.metrics import MetricsLogger
-
             unit.mkdir(parents=True, exist_ok=True)
-            for name in UNIT_FILES:  # an interrupted attempt's leftovers: this one starts over
-                (unit / name).unlink(missing_ok=True)
+            if resume:  # rows logged after the checkpoint's epoch are logged again
+                truncate_metrics(unit / "metrics.csv", checkpoint.saved("epoch"))
+            else:  # an interrupted attempt's leftovers, from before its first checkpoint
+                for name in UNIT_FILES:
+                    (unit / name).unlink(missing_ok=True)
             logger = MetricsLogger(unit, tensorboard=False)
         bar = None
         if self.progress:
@@ -247,6 +260,7 @@ class _Runner:
                 joint=joint,
                 log=logger.log if logger else None,
                 on_epoch=on_epoch,
+                checkpoint=checkpoint,
             )
         finally:
             if bar is not None:
@@ -287,13 +301,12 @@ class _Runner:
             write_predictions(unit / "predictions.csv", ids, pred, labels)
             write_json(unit / "result.json", summary)
             (unit / "done").write_text(f"{time.strftime('%Y-%m-%dT%H:%M:%S')}\n")
+        checkpoint.remove()  # the unit is done: nothing to resume
         barrier()
         return summary
 
     def _initial_contexts(self, cpc: torch.nn.Module, train: tuple[int, ...]):
         """Contexts of the freshly initialised CPC on (up to 256) training utterances."""
-        from cpc_fast.features.extract import cpc_contexts
-
         cpc.eval()
         for i in train[:: max(1, len(train) // 256)]:
             yield cpc_contexts(cpc, self.corpus.wave(i), torch.device("cpu"))
@@ -381,4 +394,4 @@ def run_experiment(
     return _Runner(config, env, progress).run()
 
 
-__all__ = ["pretrain_config", "run_experiment"]
+__all__ = ["open_corpus", "run_experiment"]

@@ -27,20 +27,21 @@ from typing import Any
 import numpy as np
 import torch
 
-from cpc_fast.data.emotion import LabelScaler
+from cpc_fast.data.labelled import LabelScaler
 from cpc_fast.errors import UserInputError
 from cpc_fast.features.cache import module_digest
 from cpc_fast.features.lfbe import LFBE, LFBEConfig
+from cpc_fast.io.atomic import write_json
+from cpc_fast.io.checkpoint import WEIGHTS_NAME, load_weights, save_weights
+from cpc_fast.models.cpc import CPCConfig, CPCModel
+from cpc_fast.models.loading import load_cpc
 from cpc_fast.models.recognizer import EmotionRecognizer, RecognizerConfig
-from cpc_fast.training.checkpoint import WEIGHTS_NAME, load_weights, save_weights, write_json
 
 KIND = "emotion-recognizer"
 
 
 def load_cpc_checked(path: str | os.PathLike, digest: str | None = None) -> torch.nn.Module:
     """``load_cpc(path)``, verifying the weight digest when one is given."""
-    from cpc_fast.models import load_cpc
-
     path = Path(path)
     if not path.exists():
         raise UserInputError(f"CPC checkpoint {path} does not exist")
@@ -142,12 +143,10 @@ def load_model(
         if not path.exists():
             raise UserInputError(
                 f"{weights}: the frozen CPC it was trained on, {path}, is gone; pass its new "
-                "location with --cpc PATH"
+                "location with `cpc_path=PATH`"
             )
         front_end = load_cpc_checked(path, reference["digest"])
     elif features["kind"] == "joint":
-        from cpc_fast.models.cpc import CPCConfig, CPCModel
-
         front_end = CPCModel(CPCConfig.from_dict(features["cpc_config"]))
         front_end.load_state_dict(_strip(state, "cpc."))
     else:

@@ -28,10 +28,10 @@ from typing import Any
 
 import numpy as np
 
-from cpc_fast.emotion.config import SETUP_NAMES, SETUPS
+from cpc_fast.config.experiment import SETUP_NAMES, SETUPS
 from cpc_fast.emotion.train import ccc_scores
 from cpc_fast.errors import UserInputError
-from cpc_fast.training.checkpoint import atomic_write, read_json, write_json
+from cpc_fast.io.atomic import atomic_write, read_json, write_json
 
 METRICS = ("ccc_avg", "ccc_act", "ccc_val", "ccc_dom")
 SCORE_RULE = (

@@ -30,26 +30,29 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data.distributed import DistributedSampler
 
-from cpc_fast.data.emotion import EmotionCorpus
+from cpc_fast.data.batching import pad_collate
+from cpc_fast.data.labelled import EmotionCorpus
 from cpc_fast.features.cache import FeatureSet
 from cpc_fast.losses.ccc import ccc, ccc_loss
+from cpc_fast.losses.padded_info_nce import masked_cpc_info_nce
 from cpc_fast.models.loading import unwrap
+from cpc_fast.training.checkpointer import Checkpointer
 from cpc_fast.training.distributed import DistEnv, wrap_ddp
 
 Batch = tuple[tuple[torch.Tensor, ...], torch.Tensor]
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainSettings:
+    """How :func:`fit` trains one recognizer (from the experiment's configuration); the joint
+    setup's InfoNCE takes its settings from the CPC model's own config."""
+
     epochs: int = 50
     batch_size: int = 32
     lr: float = 2e-4
     weight_decay: float = 1e-5
     seed: int = 0
     joint_lambda: float = 1.0
-    num_negatives: int = 50
-    temperature: float = 1.0
-    exclude_positive: bool = False
     eval_frames: int = 32768  # frames per evaluation batch (feature setups)
 
 
@@ -87,8 +90,6 @@ class WaveBatches:
         return self._lengths[index]
 
     def batch(self, indices: Sequence[int]) -> Batch:
-        from cpc_fast.data.batching import pad_collate
-
         # No rounding up to a multiple of the hop: a lone utterance then runs exactly as in
         # `cpc-fast predict` (zero samples past its end would change its last frame).
         wave, lengths = pad_collate([self.corpus.wave(i) for i in indices])
@@ -176,6 +177,18 @@ def predict_indices(
     return np.stack([by_index[i] for i in indices]).astype(np.float64)
 
 
+@dataclass
+class FitProgress:
+    """Where a recognizer's training is, after an epoch: saved in state.pt as a whole."""
+
+    epoch: int = 0
+    best_epoch: int = -1
+    best_validation: dict[str, float] = field(default_factory=lambda: {"ccc_avg": -math.inf})
+    best_state: dict[str, torch.Tensor] = field(default_factory=dict)  # weights, on the CPU
+    history: list[dict[str, float]] = field(default_factory=list)
+    seconds: float = 0.0  # training time before this process took over
+
+
 def fit(
     model: nn.Module,
     data: FeatureBatches | WaveBatches,
@@ -187,13 +200,14 @@ def fit(
     joint: bool = False,
     log: Callable[[int, str, dict[str, float]], None] | None = None,
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+    checkpoint: Checkpointer | None = None,
 ) -> tuple[nn.Module, FitResult]:
     """Trains ``model`` in place; returns it with the best validation epoch's weights loaded.
 
     ``log(epoch, split, values)`` receives the per-epoch metrics (rank 0 should pass one).
+    With a ``checkpoint``, every epoch ends with a checkpoint and a run that finds one
+    resumes after its epoch, exactly (the joint setup's negatives included).
     """
-    from cpc_fast.emotion.joint import masked_cpc_info_nce
-
     start = time.perf_counter()
     torch.manual_seed(settings.seed)
     model = model.to(env.device)
@@ -208,12 +222,17 @@ def fit(
         shuffle=True,
         seed=settings.seed,
     )
+    # The joint setup's negatives: a generator of each rank's own.
     generator = torch.Generator(device=env.device).manual_seed(settings.seed + env.rank)
+    progress = FitProgress()
+    if checkpoint is not None and checkpoint.exists():
+        progress, rank_state = checkpoint.load(model, optimizer, FitProgress)
+        generator.set_state(rank_state["generator"])
+    earlier_seconds = progress.seconds
     validation_targets = data.targets[list(validation)]
-    best_state, best_epoch, best_scores = None, -1, {"ccc_avg": -math.inf}
-    history = []
     names = ("loss", "ccc_loss", "info_nce") if joint else ("loss", "ccc_loss")
-    for epoch in range(1, settings.epochs + 1):
+    for epoch in range(progress.epoch + 1, settings.epochs + 1):
+        # This epoch's order: the DistributedSampler's shuffle of (seed, epoch), one shard each.
         sampler.set_epoch(epoch)
         order = [train[i] for i in sampler]
         train_model.train()
@@ -224,24 +243,18 @@ def fit(
             chunk = order[begin : begin + settings.batch_size]
             if len(chunk) < 2:
                 continue  # a CCC needs two samples; same on every rank (equal shard sizes)
+            # The batch on the device: features or waves, and z-scored labels.
             inputs, y = data.batch(chunk)
             inputs = tuple(t.to(env.device, non_blocking=True) for t in inputs)
             y = y.to(env.device, non_blocking=True)
+            # CCC loss, plus λ · InfoNCE over the valid frames for the joint setup.
             pred, out = _forward(train_model, inputs, joint)
             loss_ccc = ccc_loss(pred.float(), y)
             loss = loss_ccc
             if joint:
-                frames = inputs[1] // unwrap(model).cpc.frame_hop
-                nce = masked_cpc_info_nce(
-                    out.predictions,
-                    out.z,
-                    frames,
-                    settings.num_negatives,
-                    settings.temperature,
-                    exclude_positive=settings.exclude_positive,
-                    generator=generator,
-                )
+                nce = _joint_info_nce(unwrap(model).cpc, out, inputs[1], generator)
                 loss = loss + settings.joint_lambda * nce
+            # Backward and Adam.
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -249,6 +262,7 @@ def fit(
             totals += torch.stack([t.detach() for t in terms]).double()
             steps += 1
         train_metrics = {k: v / max(steps, 1) for k, v in zip(names, totals.tolist(), strict=True)}
+        # Validation: CCC over the whole set; the best epoch's weights are kept.
         pred = predict_indices(
             model, data, validation, env, joint=joint, eval_frames=settings.eval_frames
         )
@@ -256,20 +270,48 @@ def fit(
         if log is not None:
             log(epoch, "train", train_metrics)
             log(epoch, "validation", scores)
-        history.append(
+        progress.history.append(
             {"epoch": epoch, **train_metrics, **{f"val_{k}": v for k, v in scores.items()}}
         )
-        if scores["ccc_avg"] > best_scores["ccc_avg"] or best_state is None:
-            best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-            best_epoch, best_scores = epoch, scores
+        if scores["ccc_avg"] > progress.best_validation["ccc_avg"] or not progress.best_state:
+            progress.best_state = {
+                k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()
+            }
+            progress.best_epoch, progress.best_validation = epoch, scores
+        # The checkpoint: a run killed from here on resumes with the next epoch.
+        progress.epoch = epoch
+        progress.seconds = earlier_seconds + time.perf_counter() - start
+        if checkpoint is not None:
+            checkpoint.save(
+                model, optimizer, progress, rank_state={"generator": generator.get_state()}
+            )
         if on_epoch is not None:
             on_epoch(epoch, scores)
-    model.load_state_dict(best_state)
-    return model, FitResult(best_epoch, best_scores, history, time.perf_counter() - start)
+    model.load_state_dict(progress.best_state)
+    seconds = earlier_seconds + time.perf_counter() - start
+    return model, FitResult(
+        progress.best_epoch, progress.best_validation, progress.history, seconds
+    )
+
+
+def _joint_info_nce(cpc, out, samples: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """The joint setup's InfoNCE over the valid frames of a zero-padded batch, with the CPC
+    model's own loss settings."""
+    config = cpc.config
+    return masked_cpc_info_nce(
+        out.predictions,
+        out.z,
+        samples // cpc.frame_hop,
+        config.num_negatives,
+        config.temperature,
+        exclude_positive=config.exclude_positive,
+        generator=generator,
+    )
 
 
 __all__ = [
     "FeatureBatches",
+    "FitProgress",
     "FitResult",
     "TrainSettings",
     "WaveBatches",

@@ -17,9 +17,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
-from cpc_fast.data.emotion import EmotionCorpus
+from cpc_fast.data.labelled import EmotionCorpus
 from cpc_fast.errors import UserInputError
+from cpc_fast.features.extract import cpc_contexts
 
 EMOTION_NAMES = {
     # IEMOCAP
@@ -48,8 +50,9 @@ EMOTION_NAMES = {
 }
 
 
-def _require_viz():
-    try:
+def require_viz():
+    """(pyplot, TSNE), or a :class:`UserInputError` saying how to install them."""
+    try:  # the optional `viz` extra: imported only when a figure is drawn
         import matplotlib
 
         matplotlib.use("Agg")
@@ -75,8 +78,6 @@ def pick_utterances(corpus: EmotionCorpus, max_utterances: int, seed: int = 0) -
 
 def cpc_representations(model: torch.nn.Module) -> Callable[[np.ndarray], np.ndarray]:
     """wave (n,) -> mean over time of the CPC contexts, (context_dim,)."""
-    from cpc_fast.features.extract import cpc_contexts
-
     device = next(model.parameters()).device
     model.eval()
     return lambda wave: cpc_contexts(model, wave, device).mean(axis=0)
@@ -84,7 +85,7 @@ def cpc_representations(model: torch.nn.Module) -> Callable[[np.ndarray], np.nda
 
 def tsne_2d(vectors: np.ndarray, seed: int = 0, perplexity: float = 30.0) -> np.ndarray:
     """(N, D) -> (N, 2) t-SNE of the standardised vectors."""
-    _, TSNE = _require_viz()
+    _, TSNE = require_viz()
     n = vectors.shape[0]
     if n < 5:
         raise UserInputError(f"t-SNE needs at least 5 utterances, got {n}")
@@ -95,7 +96,7 @@ def tsne_2d(vectors: np.ndarray, seed: int = 0, perplexity: float = 30.0) -> np.
 
 def plot_tsne(points: np.ndarray, emotions: list[str], out: str | os.PathLike, title: str) -> Path:
     """Scatter of (N, 2) points coloured by emotion, saved to ``out`` (PNG, PDF, SVG...)."""
-    plt, _ = _require_viz()
+    plt, _ = require_viz()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(6.4, 5.4), dpi=150)
@@ -126,9 +127,7 @@ def visualize(
     progress: bool = False,
 ) -> tuple[Path, np.ndarray, list[int]]:
     """Writes the figure; returns (path, (N, 2) points, the utterance indices plotted)."""
-    from tqdm.auto import tqdm
-
-    _require_viz()
+    require_viz()
     indices = pick_utterances(corpus, max_utterances, seed)
     loop = tqdm(indices, desc="representations", unit="utt", disable=not progress, leave=False)
     vectors = np.stack([np.asarray(represent(corpus.wave(i)), np.float64) for i in loop])

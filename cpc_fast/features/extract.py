@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable
 import numpy as np
 import torch
 
-from cpc_fast.data.emotion import EmotionCorpus
+from cpc_fast.data.labelled import EmotionCorpus
 from cpc_fast.errors import UserInputError
 from cpc_fast.features.cache import FeatureSet, cached_features, module_digest
 from cpc_fast.features.lfbe import LFBE, LFBEConfig

@@ -121,7 +121,7 @@ def info_nce(
     if reduction not in REDUCTIONS:
         raise UserInputError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
 
-    fused = _resolve_backend(backend, queries, keys) == "fused"
+    fused = resolve_backend(backend, queries, keys) == "fused"
     if check_indices or not fused:
         check_index_range(pos_index, keys.shape[0], "pos_index")
         check_index_range(neg_index, keys.shape[0], "neg_index")
@@ -185,7 +185,7 @@ def cpc_info_nce(
         raise UserInputError("give either seed or generator, not both")
     if design is not None and design not in DESIGNS:
         raise UserInputError(f"design must be one of {DESIGNS}, got {design!r}")
-    fused = _resolve_backend(backend, predictions, z) == "fused"
+    fused = resolve_backend(backend, predictions, z) == "fused"
     if neg_index is not None:
         N = check_neg_index(neg_index, B, K, L, check_range=check_indices or not fused)
     else:
@@ -302,7 +302,10 @@ def _sample(B, K, L, N, device, generator, seed, exclude_positive) -> torch.Tens
     )
 
 
-def _resolve_backend(backend: str | None, *tensors: torch.Tensor) -> str:
+def resolve_backend(backend: str | None, *tensors: torch.Tensor) -> str:
+    """ "fused" or "reference" for these tensors: the ``backend`` argument, else
+    ``CPC_FAST_LOSS_BACKEND``, else fused when it can run (said once in the log when not).
+    A backend that was asked for and cannot run raises :class:`UserInputError`."""
     global _said_fallback
     source = "backend argument"
     if backend is None and os.environ.get(BACKEND_ENV):
@@ -488,6 +491,7 @@ __all__ = [
     "fused_status",
     "info_nce",
     "philox_negatives",
+    "resolve_backend",
     "sample_negatives",
     "summarise_cpc_rows",
 ]

@@ -1,7 +1,7 @@
 """Negative sampling for CPC's InfoNCE: N frames drawn uniformly from the same sequence.
 
-Two generators, one contract (indices are frame numbers within the row's own sequence, drawn
-independently for every (b, k, t) and every draw j):
+Every sampler draws independently for every row and every draw j, uniformly over the row's
+own sequence. For equal-length (B, K, L) batches, as frame numbers:
 
 - :func:`sample_negatives` — ``torch.randint`` with an optional ``torch.Generator``; used by
   the reference backend and by the fused backend's explicit-index designs.
@@ -11,9 +11,18 @@ independently for every (b, k, t) and every draw j):
 
 Both map uniform integers onto ``[0, L)`` (``randint`` exactly; Philox by a 32-bit
 multiply-shift, whose bias is below L / 2**32, i.e. < 3e-7 for L = 1000).
+
+For zero-padded batches of variable length (``cpc_fast.losses.padded_info_nce``), uniform
+over each utterance's L_b valid frames only:
+
+- :func:`padded_negatives` — (B, K, L, N) frame numbers in the padded layout;
+- :func:`within_sequence_negatives` — (M, N) rows of the concatenated valid frames, for the
+  flattened rows.
 """
 
 from __future__ import annotations
+
+from typing import Protocol
 
 import torch
 
@@ -21,6 +30,15 @@ from cpc_fast.errors import UserInputError
 
 # The kernels number Philox counters (row * ceil(N / 4) + g) in int32.
 PHILOX_COUNTER_LIMIT = 2**31
+
+
+class SequenceRows(Protocol):
+    """Where the flattened rows of a padded batch sit (``padded_info_nce.ValidRows``)."""
+
+    pos_index: torch.Tensor  # (M,) key row of each row's positive
+    row_sequence: torch.Tensor  # (M,) sequence b of each row
+    offsets: torch.Tensor  # (B,) first key row of each sequence
+    lengths: torch.Tensor  # (B,) valid frames of each sequence
 
 
 def sample_negatives(
@@ -86,6 +104,57 @@ def philox_key(seed: int) -> int:
     """The 64-bit Philox key the kernels use for ``seed`` (any Python int; negative ones wrap
     the same way everywhere)."""
     return int(seed) & (2**63 - 1)
+
+
+def padded_negatives(
+    frame_lengths: torch.Tensor,
+    K: int,
+    L: int,
+    num_negatives: int,
+    *,
+    exclude_positive: bool = False,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """(B, K, L, N) frame indices, uniform over each utterance's own L_b valid frames.
+
+    Row (b, k, t) draws from frames 0 .. L_b − 1 (or, with ``exclude_positive``, the L_b − 1
+    frames other than its positive t + k + 1); rows past the end of their utterance get
+    draws too, which the loss ignores.
+    """
+    lengths = frame_lengths.long()
+    B = lengths.shape[0]
+    span = lengths.view(B, 1, 1, 1) - int(exclude_positive)  # (B, 1, 1, 1)
+    u = torch.rand((B, K, L, num_negatives), device=lengths.device, generator=generator)
+    frame = torch.minimum((u * span).long(), (span - 1).clamp(min=0))
+    if exclude_positive:
+        pos = torch.arange(L, device=lengths.device).view(1, 1, L, 1) + torch.arange(
+            1, K + 1, device=lengths.device
+        ).view(1, K, 1, 1)
+        frame = frame + (frame >= pos).long()  # skip over the positive
+    return frame
+
+
+def within_sequence_negatives(
+    rows: SequenceRows,
+    num_negatives: int,
+    *,
+    exclude_positive: bool = False,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """(M, N) key indices for the flattened rows of a padded batch, uniform over each row's
+    own sequence (all its frames, or the others than its positive with ``exclude_positive``)."""
+    M = rows.pos_index.shape[0]
+    span = rows.lengths[rows.row_sequence]  # (M,) frames of the row's sequence
+    if exclude_positive:
+        span = span - 1
+    u = torch.rand((M, num_negatives), device=span.device, generator=generator)
+    frame = torch.minimum((u * span.unsqueeze(1)).long(), (span - 1).unsqueeze(1))  # (M, N)
+    start = rows.offsets[rows.row_sequence].unsqueeze(1)  # (M, 1)
+    index = start + frame
+    if exclude_positive:
+        # Values at or past the positive move up by one: the L_b − 1 other frames, uniformly.
+        index = index + (index >= rows.pos_index.unsqueeze(1)).long()
+    return index
 
 
 def check_neg_index(

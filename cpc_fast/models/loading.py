@@ -15,8 +15,8 @@ import torch
 from torch import nn
 
 from cpc_fast.errors import UserInputError
+from cpc_fast.io.checkpoint import WEIGHTS_NAME, load_weights, save_weights
 from cpc_fast.models.cpc import CPCConfig, CPCModel
-from cpc_fast.training.checkpoint import WEIGHTS_NAME, load_weights, save_weights
 
 CPC_KIND = "cpc"
 

@@ -1,13 +1,12 @@
 """Process launching and process-group setup shared by every training command.
 
-Launch rules (the same for ``pretrain`` and ``experiment``):
-
 * Under an existing launcher (``LOCAL_RANK`` in the environment, e.g. ``torchrun`` or
-  SLURM + torchrun), the process joins the group it was given and never relaunches. So
+  SLURM + torchrun), :func:`init` joins the group it was given. So
   ``torchrun --nnodes 2 --nproc-per-node 8 -m cpc_fast pretrain ...`` works across nodes.
-* ``--gpus N`` with ``N > 1`` re-runs the same command line as ``N`` local processes through
-  torchrun's launcher, in this process, with a standalone rendezvous on a free port.
-* ``--gpus 0``, or no CUDA device, runs on the CPU; several CPU processes use gloo.
+* :func:`launch` re-runs a command line as N local processes through torchrun's launcher,
+  in this process, with a standalone rendezvous on a free port (``--gpus N``, see
+  :mod:`cpc_fast.cli.launch`).
+* ``gpus=0``, or no CUDA device, runs on the CPU; several CPU processes use gloo.
 """
 
 from __future__ import annotations
@@ -20,6 +19,7 @@ from typing import TypeVar
 
 import torch
 import torch.distributed as dist
+from torch.distributed.run import get_args_parser, run
 
 from cpc_fast.errors import UserInputError
 
@@ -55,8 +55,6 @@ def launch(num_processes: int, argv: list[str]) -> None:
 
     Blocks until every worker exits; raises ``RuntimeError`` naming the failed rank.
     """
-    from torch.distributed.run import get_args_parser, run
-
     if num_processes < 2:
         raise ValueError("launch() is for two or more processes")
     args = get_args_parser().parse_args(
@@ -72,22 +70,6 @@ def launch(num_processes: int, argv: list[str]) -> None:
         run(args)
     except Exception as exc:  # torchrun's ChildFailedError carries a long per-rank report
         raise RuntimeError(f"a worker process failed: {exc}") from exc
-
-
-def needs_launch(gpus: int) -> bool:
-    """True when this call must spawn workers instead of training in-process.
-
-    Refuses a ``--gpus`` that is negative or larger than the GPUs visible here: more local
-    processes than devices would share GPUs silently. Under a launcher the launcher decides.
-    """
-    if gpus < 0:
-        raise UserInputError(f"--gpus must be 0 or more, got {gpus}")
-    if under_launcher():
-        return False
-    visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    if visible and gpus > visible:
-        raise UserInputError(f"--gpus {gpus} asks for more GPUs than the {visible} visible here")
-    return gpus > 1
 
 
 def init(gpus: int, timeout_minutes: float = 30.0) -> DistEnv:
@@ -152,6 +134,15 @@ def broadcast_object(obj: object, src: int = 0) -> object:
     box = [obj]
     dist.broadcast_object_list(box, src=src)
     return box[0]
+
+
+def gather_to_main(env: DistEnv, obj: T) -> list[T] | None:
+    """Every rank's ``obj`` on rank 0, in rank order (None on the other ranks)."""
+    if not env.distributed:
+        return [obj]
+    gathered: list[T] | None = [None] * env.world_size if env.is_main else None  # type: ignore[list-item]
+    dist.gather_object(obj, gathered, dst=0)
+    return gathered
 
 
 def on_main_then_broadcast(env: DistEnv, compute: Callable[[], T]) -> T:

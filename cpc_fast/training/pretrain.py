@@ -2,11 +2,12 @@
 
 In Python::
 
-    from cpc_fast.training.pretrain import pretrain, preset
-    from cpc_fast.data.synthetic import SyntheticSpeechCorpus
+    from cpc_fast.config.pretrain import tiny
+    from cpc_fast.data.corpora.synthetic_speech import SyntheticSpeechCorpus
+     import pretrain
 
     train = SyntheticSpeechCorpus(8, 24, seconds=(0.5, 1.5))
-    run = pretrain(preset("tiny").replace(max_steps=200), train, train.held_out(1), "runs/t")
+    run = pretrain(tiny(max_steps=200), train, train.held_out(1), "runs/t")
     model = cpc_fast.load_cpc(run)  # (B, T) -> context (B, floor(T / 160), C)
 
 From the shell (see ``cpc-fast pretrain --help``)::
@@ -19,8 +20,8 @@ Every rank trains on its own block of each global batch (``EpochSampler``), DDP 
 the gradients, rank 0 alone reads the checkpoint, logs, shows progress and writes files (the
 run folder need not be on a filesystem that other nodes see). The run folder holds
 ``model.safetensors`` (weights + CPCConfig), ``state.pt`` (weights, optimizer, position,
-RNG states; ``torch.load(weights_only=True)``), ``config.json``, ``metrics.csv`` and, at
-the end, ``summary.json``. Everything random (initialisation, epoch order, random crops,
+RNG states; :mod:`cpc_fast.training.checkpointer`), ``config.json``, ``metrics.csv`` and,
+at the end, ``summary.json``. Everything random (initialisation, epoch order, random crops,
 negatives) derives from the seed, the step and the rank, so a run killed at any point and
 started again with the same command continues from its last checkpoint and ends at the
 same step count with the same weights as one that was never interrupted.
@@ -28,171 +29,43 @@ same step count with the same weights as one that was never interrupted.
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import random
-import shutil
-import sys
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
-from cpc_fast import __version__
-from cpc_fast.data.pretrain_data import EpochSampler, ShardSampler, WindowCollate, WindowDataset
+from cpc_fast.config.pretrain import PretrainConfig
+from cpc_fast.data.samplers import EpochSampler
 from cpc_fast.errors import UserInputError
-from cpc_fast.losses.info_nce import CPCInfoNCEOutput, cpc_info_nce
-from cpc_fast.models.cpc import CPCConfig, CPCModel
-from cpc_fast.models.loading import save_cpc, unwrap
+from cpc_fast.io.atomic import write_json
+from cpc_fast.io.metrics import MetricsLogger, truncate_metrics
+from cpc_fast.models.cpc import CPCModel
+from cpc_fast.models.loading import save_cpc
 from cpc_fast.training import distributed
-from cpc_fast.training.checkpoint import (
-    CONFIG_NAME,
-    STATE_NAME,
-    WEIGHTS_NAME,
-    load_state,
-    read_json,
-    save_state,
-    write_json,
+from cpc_fast.training.checkpointer import Checkpointer
+from cpc_fast.training.console import Console
+from cpc_fast.training.data import train_windows, window_loader
+from cpc_fast.training.run_folder import (
+    METRICS_NAME,
+    SUMMARY_NAME,
+    prepare_run_folder,
+    run_record,
 )
-from cpc_fast.training.config import (
-    DataConfig,
-    PretrainConfig,
-    config_differences,
-    paper,
-    preset,
-    tiny,
-)
-from cpc_fast.training.distributed import wrap_ddp
-from cpc_fast.training.metrics import MetricsLogger, truncate_metrics
+from cpc_fast.training.seeds import derive_seed
+from cpc_fast.training.step import autocast_dtype, make_optimizer, train_step
+from cpc_fast.training.validate import CPCValidator, Every, metric_sums, step_metrics
 
 logger = logging.getLogger(__name__)
 
-SUMMARY_NAME = "summary.json"
-METRICS_NAME = "metrics.csv"
-_STATE_FORMAT = 1
-# What --restart removes: only files this module writes, never the folder itself.
-_RUN_FILES = (WEIGHTS_NAME, STATE_NAME, CONFIG_NAME, METRICS_NAME, SUMMARY_NAME)
-
-
-def derive_seed(*parts: object) -> int:
-    """A 63-bit seed from any parts (stable across processes and Python versions)."""
-    digest = hashlib.blake2b("/".join(map(str, parts)).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") & (2**63 - 1)
-
-
-def autocast_dtype(config: PretrainConfig, device: torch.device) -> torch.dtype | None:
-    """bfloat16 on CUDA when ``config.bf16`` is True, or None and the GPU supports it."""
-    if device.type != "cuda":
-        if config.bf16:
-            logger.info("bf16 autocast is for CUDA; training in float32 on %s", device)
-        return None
-    if config.bf16 is None:
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
-    return torch.bfloat16 if config.bf16 else None
-
-
-def _autocast(device: torch.device, dtype: torch.dtype | None):
-    """bf16 autocast on ``device`` when ``dtype`` is set, else no autocast."""
-    if dtype is None:
-        return nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-def _step_metrics(sums: torch.Tensor, K: int) -> dict[str, float]:
-    """Sums [loss, loss_k (K), accuracy_k (K), count] (2K + 2,) -> the means that are logged."""
-    values = (sums[:-1] / sums[-1].clamp(min=1)).tolist()
-    metrics = {"loss": values[0], "accuracy": float(np.mean(values[K + 1 :]))}
-    for k in range(K):
-        metrics[f"loss_step_{k + 1}"] = values[1 + k]
-        metrics[f"accuracy_step_{k + 1}"] = values[K + 1 + k]
-    return metrics
-
-
-def train_step(
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    wave: torch.Tensor,
-    config: CPCConfig,
-    *,
-    seed: int | None = None,
-    neg_index: torch.Tensor | None = None,
-    amp_dtype: torch.dtype | None = None,
-    weight: float = 1.0,
-) -> CPCInfoNCEOutput:
-    """One optimizer step on ``wave`` (B, T); returns the detached loss, per-step losses and
-    accuracies. Negatives come from ``neg_index`` (B, K, L, N) if given, else from ``seed``.
-    ``weight`` scales the loss (0 for a rank whose batch was entirely unreadable, so it
-    still joins the gradient all-reduce)."""
-    with _autocast(wave.device, amp_dtype):
-        out = model(wave)
-    result = cpc_info_nce(
-        out.predictions,
-        out.z,
-        num_negatives=config.num_negatives,
-        temperature=config.temperature,
-        neg_index=neg_index,
-        seed=None if neg_index is not None else seed,
-        exclude_positive=config.exclude_positive,
-    )
-    optimizer.zero_grad(set_to_none=True)
-    (result.loss * weight if weight != 1.0 else result.loss).backward()
-    optimizer.step()
-    return CPCInfoNCEOutput(*(t.detach() for t in result))
-
-
-def make_optimizer(model: torch.nn.Module, config: PretrainConfig) -> torch.optim.Adam:
-    """Adam with the paper's settings (weight decay as an L2 term, as the paper's PyTorch)."""
-    return torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-
-
-def _rng_state() -> dict[str, Any]:
-    """torch/numpy/python RNG states as tensors and plain values (weights_only-loadable)."""
-    np_state = np.random.get_state(legacy=False)  # noqa: NPY002 (saving the global RNG)
-    py_version, py_state, py_gauss = random.getstate()
-    state = {
-        "torch": torch.get_rng_state(),
-        "numpy_key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
-        "numpy_pos": int(np_state["state"]["pos"]),
-        "numpy_has_gauss": int(np_state["has_gauss"]),
-        "numpy_gauss": float(np_state["gauss"]),
-        "python_version": int(py_version),
-        "python_state": torch.tensor(py_state, dtype=torch.int64),
-        "python_gauss": py_gauss,
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(  # noqa: NPY002 (restoring the global RNG)
-        {
-            "bit_generator": "MT19937",
-            "state": {
-                "key": state["numpy_key"].numpy().astype(np.uint32),
-                "pos": state["numpy_pos"],
-            },
-            "has_gauss": state["numpy_has_gauss"],
-            "gauss": state["numpy_gauss"],
-        }
-    )
-    py_state = tuple(int(v) for v in state["python_state"].tolist())
-    random.setstate((state["python_version"], py_state, state["python_gauss"]))
-    if "cuda" in state and torch.cuda.is_available():
-        if len(state["cuda"]) == torch.cuda.device_count():
-            torch.cuda.set_rng_state_all(state["cuda"])
-
 
 @dataclass
-class _Progress:
-    """Counters that survive a restart (saved in state.pt)."""
+class Progress:
+    """Where a run is: saved in state.pt as a whole, restored as a whole."""
 
     step: int = 0
     epoch: int = 0
@@ -203,33 +76,33 @@ class _Progress:
     last_valid: dict[str, float] = field(default_factory=dict)
 
 
-class _Reporter:
-    """Info lines on rank 0 when ``progress``; warnings always (rank-prefixed under DDP)."""
+class _Reader:
+    """Moves batches to the device; warns about and counts the items skipped when read, or
+    stops at the first one with ``strict``."""
 
-    def __init__(self, env: distributed.DistEnv, progress: bool) -> None:
-        self.env = env
-        self.verbose = env.is_main and progress
-        self.bar = None
+    def __init__(self, config: PretrainConfig, env: distributed.DistEnv, console: Console):
+        self.config, self.env, self.console = config, env, console
+        self.new_skips = 0  # on this rank since the last sync
 
-    def info(self, message: str) -> None:
-        if self.verbose:
-            self._write(message, sys.stdout)
+    def __call__(self, batch: dict[str, Any]) -> tuple[torch.Tensor, float]:
+        """The batch's (B, window) waves on the device and its loss weight."""
+        for why in batch["skipped"]:
+            if self.config.strict:
+                raise UserInputError(f"{why} (with `strict=False` it would be skipped)")
+            self.console.warn(f"skipping {why}")
+            self.new_skips += 1
+        wave = batch["wave"]
+        if wave is None:  # nothing readable: join the all-reduce with a zero-weight step
+            return torch.zeros(1, self.config.window_samples, device=self.env.device), 0.0
+        return wave.to(self.env.device, non_blocking=True), 1.0
 
-    def warn(self, message: str) -> None:
+    def sync(self) -> int:
+        """Every rank's skips since the last call, summed (a collective under DDP)."""
+        count = torch.tensor([float(self.new_skips)], device=self.env.device)
         if self.env.distributed:
-            message = f"[rank {self.env.rank}] {message}"
-        if self.verbose or (self.env.distributed and not self.env.is_main):
-            self._write(f"warning: {message}", sys.stderr)
-        else:
-            logger.warning(message)
-
-    def _write(self, message: str, stream) -> None:
-        from tqdm.auto import tqdm
-
-        if self.bar is not None:
-            tqdm.write(message, file=stream)
-        else:
-            print(message, file=stream, flush=True)
+            dist.all_reduce(count)
+        self.new_skips = 0
+        return int(count.item())
 
 
 def pretrain(
@@ -245,7 +118,7 @@ def pretrain(
     """Trains a CPC model on ``train_set`` and returns the run folder.
 
     Args:
-        config: the run (:func:`paper`, :func:`tiny` or your own :class:`PretrainConfig`).
+        config: the run (``cpc_fast.config.pretrain.paper()``, ``tiny()`` or your own).
         train_set, valid_set: any datasets of 1-D 16-kHz waveforms (float32/float64 numpy,
             or int16) of any length of at least one 160-sample frame; ``valid_set`` may be
             None or empty (no validation). A dataset with a ``skipped`` list (files left out
@@ -266,461 +139,276 @@ def pretrain(
     own_env = env is None
     if own_env:
         env = distributed.init(1 if torch.cuda.is_available() else 0)
+    valid_set = valid_set if valid_set is not None and len(valid_set) > 0 else None
     try:
-        return _Trainer(config, train_set, valid_set, Path(out_dir), env, progress).run(restart)
+        return _train(config, train_set, valid_set, Path(out_dir), env, progress, restart)
     finally:
         if own_env:
             distributed.shutdown()
 
 
-class _Trainer:
-    def __init__(
-        self,
-        config: PretrainConfig,
-        train_set: Dataset,
-        valid_set: Dataset | None,
-        run_dir: Path,
-        env: distributed.DistEnv,
-        progress: bool,
-    ) -> None:
-        self.config = config
-        self.train_set = train_set
-        self.valid_set = valid_set if valid_set is not None and len(valid_set) > 0 else None
-        self.run_dir = run_dir
-        self.env = env
-        self.report = _Reporter(env, progress)
-        self.amp_dtype = autocast_dtype(config, env.device)
-        self.window = config.window_samples
-        self.state = _Progress()
-        self.last_saved = -1
-        self.last_validated = -1
-        self._new_skips = 0  # read-time skips on this rank since the last all-reduce
-        self._acc = torch.zeros(0)  # train-metric sums of the current log interval
-        self._interval_audio = 0.0
-        self._interval_seconds = 0.0
+@dataclass
+class _Run:
+    """What stays fixed while a run trains."""
 
-    # ----------------------------------------------------------------- run folder
-    def _run_record(self) -> dict[str, Any]:
-        return {
-            "config": self.config.to_dict(),
-            "train_items": len(self.train_set),
-            "valid_items": 0 if self.valid_set is None else len(self.valid_set),
-            "train_data": getattr(self.train_set, "description", type(self.train_set).__name__),
-            "world_size": self.env.world_size,
-            "cpc_fast_version": __version__,
-            "torch_version": torch.__version__,
-        }
+    config: PretrainConfig
+    train_set: Dataset
+    valid_set: Dataset | None
+    run_dir: Path
+    env: distributed.DistEnv
+    console: Console
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    checkpoint: Checkpointer
+    sampler: EpochSampler
+    amp_dtype: torch.dtype | None
+    metrics: MetricsLogger | None = None  # rank 0 only
 
-    def _prepare_folder(self, restart: bool) -> bool:
-        """Rank 0 checks the folder; every rank learns whether to resume (or the error)."""
-        return bool(
-            distributed.on_main_then_broadcast(self.env, lambda: self._check_folder(restart))
-        )
+    def log(self, step: int, split: str, values: dict[str, float]) -> None:
+        if self.metrics is not None:
+            self.metrics.log(step, split, values)
 
-    def _check_folder(self, restart: bool) -> bool:
-        run = self.run_dir
-        if run.exists() and not run.is_dir():
-            raise UserInputError(f"{run}: --out must be a folder, this is a file")
-        run.mkdir(parents=True, exist_ok=True)
-        if restart:
-            for name in _RUN_FILES:
-                (run / name).unlink(missing_ok=True)
-            shutil.rmtree(run / "tensorboard", ignore_errors=True)
-        record = self._run_record()
-        resume = (run / STATE_NAME).is_file()
-        if resume:
-            if not (run / CONFIG_NAME).is_file():
-                raise UserInputError(
-                    f"{run}: has {STATE_NAME} but no {CONFIG_NAME}; use --restart to start over"
-                )
-            saved = read_json(run / CONFIG_NAME)
-            diffs = config_differences(saved.get("config", {}), record["config"])
-            if saved.get("train_items") != record["train_items"]:
-                diffs.append(
-                    f"train_items ({saved.get('train_items')} then, {record['train_items']} now)"
-                )
-            if diffs:
-                raise UserInputError(
-                    f"{run}: holds a run with a different configuration ({', '.join(diffs)}); "
-                    "use another --out, or --restart to overwrite it"
-                )
-        write_json(run / CONFIG_NAME, record)
-        return resume
 
-    # ----------------------------------------------------------------- checkpoints
-    def _save(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
-        self._sync_counters()
-        if self.env.is_main:
-            st = self.state
-            save_cpc(model, self.run_dir / WEIGHTS_NAME)
-            save_state(
-                self.run_dir / STATE_NAME,
-                {
-                    "format": _STATE_FORMAT,
-                    "model": unwrap(model).state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "step": st.step,
-                    "epoch": st.epoch,
-                    "consumed": st.consumed,
-                    "audio_seconds": st.audio_seconds,
-                    "skipped": st.skipped,
-                    "train_seconds": st.train_seconds,
-                    "last_valid": dict(st.last_valid),
-                    "world_size": self.env.world_size,
-                    "rng": _rng_state(),
-                },
+def _train(config, train_set, valid_set, run_dir, env, progress, restart) -> Path:
+    console = Console(env, progress)
+    record = run_record(config, train_set, valid_set, env)
+    resume = distributed.on_main_then_broadcast(
+        env, lambda: prepare_run_folder(run_dir, record, restart)
+    )
+    with torch.random.fork_rng(devices=[]):  # leave the caller's RNG as it was
+        torch.manual_seed(derive_seed(config.seed, "init"))
+        model = CPCModel(config.model)
+    model = model.to(env.device)
+    optimizer = make_optimizer(model, config)
+    checkpoint = Checkpointer(run_dir, env, save_weights=save_cpc)
+    state = Progress()
+    if resume:
+        state, saved = checkpoint.load(model, optimizer, Progress)
+        world_size = saved["world_size"]
+        if world_size != env.world_size:
+            console.info(
+                f"resuming a {world_size}-process run with {env.world_size} processes: the "
+                "global batch changes from here on"
             )
-        self.last_saved = self.state.step
-
-    def _load(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
-        """Rank 0 reads state.pt and sends it to every rank (no shared filesystem needed)."""
-        saved = distributed.on_main_then_broadcast(self.env, self._read_state)
-        unwrap(model).load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        self.state = _Progress(
-            step=int(saved["step"]),
-            epoch=int(saved["epoch"]),
-            consumed=int(saved["consumed"]),
-            audio_seconds=float(saved["audio_seconds"]),
-            skipped=int(saved["skipped"]),
-            train_seconds=float(saved["train_seconds"]),
-            last_valid=dict(saved["last_valid"]),
+    if env.device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed window shapes
+    model = distributed.wrap_ddp(model, env)
+    model.train()
+    sampler = EpochSampler(
+        len(train_set),
+        config.batch_size,
+        world_size=env.world_size,
+        rank=env.rank,
+        seed=derive_seed(config.seed, "order"),
+    )
+    run = _Run(
+        config,
+        train_set,
+        valid_set,
+        run_dir,
+        env,
+        console,
+        model,
+        optimizer,
+        checkpoint,
+        sampler,
+        autocast_dtype(config, env.device),
+    )
+    total = _total_steps(state, sampler, config)
+    if resume and state.step >= total:
+        console.info(
+            f"{run_dir}: already complete at step {state.step} "
+            "(raise `max_steps` or `epochs` to train longer)"
         )
-        _set_rng_state(saved["rng"])
-        self.last_saved = self.state.step
-        if saved["world_size"] != self.env.world_size:
-            self.report.info(
-                f"resuming a {saved['world_size']}-process run with {self.env.world_size} "
-                "processes: the global batch changes from here on"
-            )
-
-    def _read_state(self) -> dict[str, Any]:
-        saved = load_state(self.run_dir / STATE_NAME)
-        if saved.get("format") != _STATE_FORMAT:
-            raise UserInputError(
-                f"{self.run_dir / STATE_NAME}: written by another version; use --restart"
-            )
-        return saved
-
-    def _sync_counters(self) -> None:
-        """Adds every rank's new read-time skips into the shared count."""
-        if self.env.distributed:
-            local = torch.tensor([float(self._new_skips)], device=self.env.device)
-            dist.all_reduce(local)
-            self.state.skipped += int(local.item())
-        else:
-            self.state.skipped += self._new_skips
-        self._new_skips = 0
-
-    # ----------------------------------------------------------------- data
-    def _windows(self, dataset: Dataset) -> WindowDataset:
-        return WindowDataset(
-            dataset,
-            self.window,
-            crop=self.config.crop,
-            seed=self.config.seed,
-            min_samples=self.config.min_samples,
-        )
-
-    def _loader(self, dataset: Dataset, sampler, batch_size: int) -> DataLoader:
-        workers = self.config.workers
-        return DataLoader(
-            dataset,
-            batch_size=batch_size,
-            sampler=sampler,
-            num_workers=workers,
-            collate_fn=WindowCollate(self.window, normalize=self.config.normalize),
-            pin_memory=self.env.device.type == "cuda",
-            prefetch_factor=4 if workers > 0 else None,
-        )
-
-    def _take(self, batch: dict[str, Any]) -> tuple[torch.Tensor, float]:
-        """The batch on the device and its loss weight, after reporting skipped items."""
-        for why in batch["skipped"]:
-            if self.config.strict:
-                raise UserInputError(f"{why} (without --strict it would be skipped)")
-            self.report.warn(f"skipping {why}")
-            self._new_skips += 1
-        wave = batch["wave"]
-        if wave is None:  # nothing readable: join the all-reduce with a zero-weight step
-            return torch.zeros(1, self.window, device=self.env.device), 0.0
-        return wave.to(self.env.device, non_blocking=True), 1.0
-
-    # ----------------------------------------------------------------- validation
-    @torch.no_grad()
-    def _validate(self, model: torch.nn.Module) -> dict[str, float]:
-        cfg, env = self.config, self.env
-        net = unwrap(model)
-        net.eval()
-        sampler = ShardSampler(
-            len(self.valid_set), cfg.batch_size, world_size=env.world_size, rank=env.rank
-        )
-        loader = self._loader(self._windows(self.valid_set), sampler, cfg.batch_size)
-        K = cfg.model.prediction_steps
-        sums = torch.zeros(2 * K + 2, dtype=torch.float64, device=env.device)
-        for j, batch in enumerate(loader):
-            wave, weight = self._take(batch)
-            if weight == 0.0:
-                continue
-            with _autocast(env.device, self.amp_dtype):
-                out = net(wave)
-            # Fixed negatives per batch: validations at different steps are comparable.
-            res = cpc_info_nce(
-                out.predictions,
-                out.z,
-                num_negatives=cfg.model.num_negatives,
-                temperature=cfg.model.temperature,
-                seed=derive_seed(cfg.seed, "valid", j * env.world_size + env.rank),
-                exclude_positive=cfg.model.exclude_positive,
-            )
-            rows = wave.shape[0]
-            sums += torch.cat(
-                [
-                    res.loss.reshape(1) * rows,
-                    res.loss_per_step * rows,
-                    res.accuracy_per_step * rows,
-                    torch.tensor([rows], device=env.device),
-                ]
-            ).double()
-        if env.distributed:
-            dist.all_reduce(sums)
-        net.train()
-        metrics = _step_metrics(sums, K)
-        self.last_validated = self.state.step
-        self.state.last_valid = metrics
-        return metrics
-
-    # ----------------------------------------------------------------- the loop
-    def run(self, restart: bool) -> Path:
-        cfg, env = self.config, self.env
-        resume = self._prepare_folder(restart)
-        with torch.random.fork_rng(devices=[]):  # leave the caller's RNG as it was
-            torch.manual_seed(derive_seed(cfg.seed, "init"))
-            model = CPCModel(cfg.model)
-        model = model.to(env.device)
-        optimizer = make_optimizer(model, cfg)
-        if resume:
-            self._load(model, optimizer)
-        if env.device.type == "cuda":
-            torch.backends.cudnn.benchmark = True  # fixed window shapes
-        model = wrap_ddp(model, env)
-        model.train()
-
-        sampler = EpochSampler(
-            len(self.train_set),
-            cfg.batch_size,
-            world_size=env.world_size,
-            rank=env.rank,
-            seed=derive_seed(cfg.seed, "order"),
-        )
-        train_windows = self._windows(self.train_set)
-        total = self._total_steps(sampler)
-        if resume and self.state.step >= total:
-            self.report.info(
-                f"{self.run_dir}: already complete at step {self.state.step} "
-                "(raise --max-steps or --epochs to train longer)"
-            )
-            if not (self.run_dir / SUMMARY_NAME).is_file():  # killed before writing it
-                self._summarise()
-            return self.run_dir
-        metrics = None
-        if env.is_main:
-            # Steps after the checkpoint are trained again: drop what a killed run logged
-            # for them (before the logger opens the file for appending).
-            truncate_metrics(self.run_dir / METRICS_NAME, self.state.step)
-            metrics = MetricsLogger(self.run_dir)
-        self._announce(resume, sampler, total)
-        try:
-            self._loop(model, optimizer, sampler, train_windows, total, metrics)
-            return self._finish(model, optimizer, metrics)
-        finally:
-            if metrics is not None:
-                metrics.close()
-
-    def _total_steps(self, sampler: EpochSampler) -> int:
-        st, cfg = self.state, self.config
-        if st.epoch >= cfg.epochs:
-            total = st.step
-        else:
-            sampler.set_position(st.epoch, st.consumed)
-            rest = (
-                sampler.steps_remaining() + (cfg.epochs - st.epoch - 1) * sampler.steps_per_epoch()
-            )
-            total = st.step + rest
-        if cfg.max_steps is not None:
-            total = min(total, cfg.max_steps)
-        return max(total, st.step)
-
-    def _announce(self, resume: bool, sampler: EpochSampler, total: int) -> None:
-        cfg, st = self.config, self.state
-        where = f"resuming at step {st.step}" if resume else "starting"
-        per_step = cfg.batch_size * self.env.world_size
-        self.report.info(
-            f"{where}: {len(self.train_set)} training utterances, {sampler.steps_per_epoch()} "
-            f"steps/epoch of {self.env.world_size} x {cfg.batch_size} windows of "
-            f"{cfg.window_seconds:g} s ({per_step * cfg.window_seconds:g} s of audio/step), "
-            f"{total} steps in all, on {self.env.device}"
-            + (f" with {self.amp_dtype} autocast" if self.amp_dtype is not None else "")
-        )
-        skipped = getattr(self.train_set, "skipped", [])
-        if skipped:
-            self.report.info(f"{len(skipped)} files were skipped while indexing")
-
-    def _loop(self, model, optimizer, sampler, train_windows, total, metrics) -> None:
-        from tqdm.auto import tqdm
-
-        cfg, env, st = self.config, self.env, self.state
-        bar = tqdm(
-            total=total,
-            initial=st.step,
-            unit="step",
-            dynamic_ncols=True,
-            disable=not self.report.verbose,
-        )
-        self.report.bar = bar if self.report.verbose else None
-        window_seconds = self.window / cfg.model.sample_rate
-        # Per-log-interval sums of [loss, loss_k..., accuracy_k..., steps], on the device so
-        # that no step waits for the GPU.
-        self._acc = torch.zeros(2 * cfg.model.prediction_steps + 2, dtype=torch.float64)
-        self._acc = self._acc.to(env.device)
-        # Throughput: training time includes waiting for data, not logging, validation or
-        # checkpoints (the clock restarts after them).
-        self._interval_audio, self._interval_seconds = 0.0, 0.0
-        since = time.perf_counter()
-        try:
-            while st.step < total and st.epoch < cfg.epochs:
-                sampler.set_position(st.epoch, st.consumed)
-                train_windows.set_epoch(st.epoch)
-                for batch in self._loader(train_windows, sampler, cfg.batch_size):
-                    wave, weight = self._take(batch)
-                    out = train_step(
-                        model,
-                        optimizer,
-                        wave,
-                        cfg.model,
-                        seed=derive_seed(cfg.seed, "negatives", st.step, env.rank),
-                        amp_dtype=self.amp_dtype,
-                        weight=weight,
-                    )
-                    if weight:
-                        self._accumulate(out)
-                        audio = wave.shape[0] * window_seconds * env.world_size
-                        st.audio_seconds += audio
-                        self._interval_audio += audio
-                    st.step += 1
-                    st.consumed += sampler.global_batch
-                    epoch_done = st.consumed >= sampler.num_items
-                    if epoch_done:
-                        st.epoch, st.consumed = st.epoch + 1, 0
-                    elapsed = time.perf_counter() - since
-                    st.train_seconds += elapsed
-                    self._interval_seconds += elapsed
-                    bar.update(1)
-                    self._events(model, optimizer, metrics, bar, epoch_done, st.step >= total)
-                    since = time.perf_counter()
-                    if st.step >= total:
-                        break
-        finally:
-            bar.close()
-            self.report.bar = None
-
-    def _accumulate(self, out: CPCInfoNCEOutput) -> None:
-        one = torch.ones(1, device=self._acc.device)
-        parts = [out.loss.reshape(1), out.loss_per_step, out.accuracy_per_step, one]
-        self._acc += torch.cat(parts).double()
-
-    def _events(self, model, optimizer, metrics, bar, epoch_done: bool, last: bool) -> None:
-        """Logging, validation and checkpoints due after a step (the same on every rank)."""
-        cfg, step = self.config, self.state.step
-        if step % cfg.log_every == 0 or last:
-            speed = self._interval_audio / max(self._interval_seconds, 1e-9)
-            self._log_train(self._acc, speed, metrics, bar)
-            self._acc.zero_()
-            self._interval_audio, self._interval_seconds = 0.0, 0.0
-        boundary = epoch_done or last
-        due = (cfg.valid_every and step % cfg.valid_every == 0) or (
-            not cfg.valid_every and boundary
-        )
-        if self.valid_set is not None and due:
-            values = self._validate(model)
-            if metrics is not None:
-                metrics.log(step, "valid", values)
-            self.report.info(
-                f"step {step}: validation loss {values['loss']:.4f}, "
-                f"accuracy {values['accuracy']:.3f}"
-            )
-        if (cfg.save_every and step % cfg.save_every == 0) or (not cfg.save_every and boundary):
-            self._save(model, optimizer)
-
-    def _log_train(self, acc: torch.Tensor, speed: float, metrics, bar) -> None:
-        if self.env.distributed:
-            dist.all_reduce(acc)
-        row = _step_metrics(acc, self.config.model.prediction_steps)
-        row["audio_seconds_per_second"] = speed
-        row["epoch"] = self.state.epoch + self.state.consumed / len(self.train_set)
-        if metrics is not None:
-            metrics.log(self.state.step, "train", row)
-        bar.set_postfix(
-            loss=f"{row['loss']:.3f}", acc=f"{row['accuracy']:.3f}", audio=f"{speed:.0f} s/s"
-        )
-
-    def _finish(self, model, optimizer, metrics) -> Path:
-        st = self.state
-        if self.valid_set is not None and self.last_validated != st.step:
-            values = self._validate(model)
-            if metrics is not None:
-                metrics.log(st.step, "valid", values)
-        # Only rank-independent conditions may gate a collective (_save all-reduces).
-        if self.last_saved != st.step:
-            self._save(model, optimizer)
-        self._sync_counters()
-        self._summarise()
+        if not (run_dir / SUMMARY_NAME).is_file():  # killed before writing it
+            _summarise(run, state)
+        return run_dir
+    if env.is_main:
+        # Steps after the checkpoint are trained again: drop what a killed run logged
+        # for them (before the logger opens the file for appending).
+        truncate_metrics(run_dir / METRICS_NAME, state.step)
+        run.metrics = MetricsLogger(run_dir)
+    try:
+        _announce(run, state, total, resume)
+        _loop(run, state, total, last_saved=state.step if resume else -1)
+        _summarise(run, state)
         distributed.barrier()
-        return self.run_dir
+        return run_dir
+    finally:
+        if run.metrics is not None:
+            run.metrics.close()
 
-    def _summarise(self) -> None:
-        """Writes summary.json and prints the summary line (rank 0)."""
-        st = self.state
-        summary = {
-            "steps": st.step,
-            "epochs": st.epoch + st.consumed / len(self.train_set),
-            "audio_hours": st.audio_seconds / 3600.0,
-            "skipped_files_indexing": len(getattr(self.train_set, "skipped", [])),
-            "skipped_files_reading": st.skipped,
-            "train_seconds": st.train_seconds,
-            "audio_seconds_per_second": st.audio_seconds / max(st.train_seconds, 1e-9),
-            "world_size": self.env.world_size,
-            "device": str(self.env.device),
-            "final_validation": st.last_valid,
-        }
-        if self.env.is_main:
-            write_json(self.run_dir / SUMMARY_NAME, summary)
-            valid = st.last_valid
-            self.report.info(
-                f"done: {summary['steps']} steps, {summary['epochs']:.2f} epochs, "
-                f"{summary['audio_hours']:.2f} h of audio at "
-                f"{summary['audio_seconds_per_second']:.0f} s/s, skipped files: "
-                f"{summary['skipped_files_indexing']} when indexing + "
-                f"{summary['skipped_files_reading']} when reading"
-                + (
-                    f"; validation loss {valid['loss']:.4f}, accuracy {valid['accuracy']:.3f}"
-                    if valid
-                    else ""
+
+def _loop(run: _Run, state: Progress, total: int, last_saved: int) -> None:
+    """Trains from ``state`` to step ``total``, then validates and saves the last step."""
+    config, env = run.config, run.env
+    read = _Reader(config, env, run.console)
+    windows = train_windows(run.train_set, config)
+    validate = None
+    if run.valid_set is not None:
+        valid_windows = train_windows(run.valid_set, config)
+        validate = CPCValidator(run.valid_set, config, env, run.amp_dtype, valid_windows)
+    log_due, valid_due, save_due = (
+        Every(config.log_every),
+        Every(config.valid_every),
+        Every(config.save_every),
+    )
+    K = config.model.prediction_steps
+    window_seconds = config.window_samples / config.model.sample_rate
+    # Train-metric sums of the log interval, on the device so that no step waits for the GPU.
+    sums = torch.zeros(2 * K + 2, dtype=torch.float64, device=env.device)
+    # Throughput counts time in training steps (waiting for data included), not logging,
+    # validation or checkpoints: the clock restarts after them.
+    interval_audio = interval_seconds = 0.0
+    last_validated = -1
+
+    def run_validation() -> dict[str, float]:
+        nonlocal last_validated
+        state.last_valid, last_validated = validate(run.model, read), state.step
+        run.log(state.step, "valid", state.last_valid)
+        return state.last_valid
+
+    def save() -> None:
+        nonlocal last_saved
+        state.skipped += read.sync()
+        run.checkpoint.save(run.model, run.optimizer, state)
+        last_saved = state.step
+
+    bar = run.console.progress_bar(total, state.step)
+    since = time.perf_counter()
+    try:
+        while state.step < total and state.epoch < config.epochs:
+            run.sampler.set_position(state.epoch, state.consumed)
+            windows.set_epoch(state.epoch)
+            for batch in window_loader(windows, run.sampler, config, env):
+                # The batch on the device; unreadable items are warned about and counted.
+                wave, weight = read(batch)
+                # Forward, InfoNCE with negatives fresh for each step and rank, backward, Adam.
+                seed = derive_seed(config.seed, "negatives", state.step, env.rank)
+                out = train_step(
+                    run.model,
+                    run.optimizer,
+                    wave,
+                    config.model,
+                    seed=seed,
+                    amp_dtype=run.amp_dtype,
+                    weight=weight,
                 )
-                + f" -> {self.run_dir}"
-            )
+                if weight:
+                    sums += metric_sums(out)
+                    audio = wave.shape[0] * window_seconds * env.world_size
+                    state.audio_seconds += audio
+                    interval_audio += audio
+                # Advance the position: the epoch order resumes from `consumed`.
+                state.step += 1
+                state.consumed += run.sampler.global_batch
+                epoch_done = state.consumed >= run.sampler.num_items
+                if epoch_done:
+                    state.epoch, state.consumed = state.epoch + 1, 0
+                elapsed = time.perf_counter() - since
+                state.train_seconds += elapsed
+                interval_seconds += elapsed
+                bar.update(1)
+                last = state.step >= total
+                # Train metrics, validation and the checkpoint when due (the same on every rank).
+                if log_due.due(state.step, False) or last:
+                    if env.distributed:
+                        dist.all_reduce(sums)
+                    row = step_metrics(sums, K)
+                    row["audio_seconds_per_second"] = interval_audio / max(interval_seconds, 1e-9)
+                    row["epoch"] = state.epoch + state.consumed / len(run.train_set)
+                    run.log(state.step, "train", row)
+                    bar.set_postfix(
+                        loss=f"{row['loss']:.3f}",
+                        acc=f"{row['accuracy']:.3f}",
+                        audio=f"{row['audio_seconds_per_second']:.0f} s/s",
+                    )
+                    sums.zero_()
+                    interval_audio = interval_seconds = 0.0
+                if validate is not None and valid_due.due(state.step, epoch_done or last):
+                    values = run_validation()
+                    run.console.info(
+                        f"step {state.step}: validation loss {values['loss']:.4f}, "
+                        f"accuracy {values['accuracy']:.3f}"
+                    )
+                if save_due.due(state.step, epoch_done or last):
+                    save()
+                since = time.perf_counter()
+                if last:
+                    break
+    finally:
+        bar.close()
+        run.console.bar = None
+    if validate is not None and last_validated != state.step:
+        run_validation()
+    # Only rank-independent conditions may gate a collective (saving all-reduces).
+    if last_saved != state.step:
+        save()
+    state.skipped += read.sync()
 
 
-__all__ = [
-    "DataConfig",
-    "PretrainConfig",
-    "autocast_dtype",
-    "derive_seed",
-    "make_optimizer",
-    "paper",
-    "preset",
-    "pretrain",
-    "tiny",
-    "train_step",
-    "wrap_ddp",
-]
+def _total_steps(state: Progress, sampler: EpochSampler, config: PretrainConfig) -> int:
+    if state.epoch >= config.epochs:
+        total = state.step
+    else:
+        sampler.set_position(state.epoch, state.consumed)
+        rest = (
+            sampler.steps_remaining()
+            + (config.epochs - state.epoch - 1) * sampler.steps_per_epoch()
+        )
+        total = state.step + rest
+    if config.max_steps is not None:
+        total = min(total, config.max_steps)
+    return max(total, state.step)
+
+
+def _announce(run: _Run, state: Progress, total: int, resume: bool) -> None:
+    config, env = run.config, run.env
+    where = f"resuming at step {state.step}" if resume else "starting"
+    per_step = config.batch_size * env.world_size
+    run.console.info(
+        f"{where}: {len(run.train_set)} training utterances, {run.sampler.steps_per_epoch()} "
+        f"steps/epoch of {env.world_size} x {config.batch_size} windows of "
+        f"{config.window_seconds:g} s ({per_step * config.window_seconds:g} s of audio/step), "
+        f"{total} steps in all, on {env.device}"
+        + (f" with {run.amp_dtype} autocast" if run.amp_dtype is not None else "")
+    )
+    skipped = getattr(run.train_set, "skipped", [])
+    if skipped:
+        run.console.info(f"{len(skipped)} files were skipped while indexing")
+
+
+def _summarise(run: _Run, state: Progress) -> None:
+    """Writes summary.json and prints the summary line (rank 0)."""
+    summary = {
+        "steps": state.step,
+        "epochs": state.epoch + state.consumed / len(run.train_set),
+        "audio_hours": state.audio_seconds / 3600.0,
+        "skipped_files_indexing": len(getattr(run.train_set, "skipped", [])),
+        "skipped_files_reading": state.skipped,
+        "train_seconds": state.train_seconds,
+        "audio_seconds_per_second": state.audio_seconds / max(state.train_seconds, 1e-9),
+        "world_size": run.env.world_size,
+        "device": str(run.env.device),
+        "final_validation": state.last_valid,
+    }
+    if not run.env.is_main:
+        return
+    write_json(run.run_dir / SUMMARY_NAME, summary)
+    valid = state.last_valid
+    run.console.info(
+        f"done: {summary['steps']} steps, {summary['epochs']:.2f} epochs, "
+        f"{summary['audio_hours']:.2f} h of audio at "
+        f"{summary['audio_seconds_per_second']:.0f} s/s, skipped files: "
+        f"{summary['skipped_files_indexing']} when indexing + "
+        f"{summary['skipped_files_reading']} when reading"
+        + (
+            f"; validation loss {valid['loss']:.4f}, accuracy {valid['accuracy']:.3f}"
+            if valid
+            else ""
+        )
+        + f" -> {run.run_dir}"
+    )
+
+
+__all__ = ["Progress", "pretrain"]

@@ -5,7 +5,7 @@ Shared by the LibriSpeech and folder loaders. Files are checked with ``audio_inf
 header only, no decoding): a wrong sample rate, several channels, an unreadable header, no
 samples, or fewer than ``min_samples`` make a :class:`SkippedFile` with the reason, unless
 ``strict`` (then :class:`UserInputError` naming the file). Reading happens in DataLoader
-workers; what fails there is handled by :mod:`cpc_fast.data.pretrain_data`.
+workers; what fails there is handled by :mod:`cpc_fast.data.windows`.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 from torch.utils.data import Dataset
 
+from cpc_fast.data.audio import audio_info, read_audio
 from cpc_fast.errors import UserInputError
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
@@ -52,8 +53,6 @@ def probe(
     min_samples: int = 160,
 ) -> int | str:
     """Checks a file's header: its sample count if usable, else the reason it is not."""
-    from cpc_fast.data.audio import audio_info
-
     try:
         info = audio_info(path)
     except (UserInputError, OSError) as exc:
@@ -94,7 +93,7 @@ def check_files(
         if isinstance(result, str):
             bad = SkippedFile(str(path), result)
             if strict:
-                raise UserInputError(f"{bad} (without --strict it would be skipped)")
+                raise UserInputError(f"{bad} (with `strict=False` it would be skipped)")
             skipped.append(bad)
             if warn is not None:
                 warn(f"skipping {bad}")
@@ -150,8 +149,6 @@ class AudioFileDataset(Dataset):
         return len(self.items)
 
     def __getitem__(self, index: int) -> np.ndarray:
-        from cpc_fast.data.audio import read_audio
-
         return read_audio(self.items[index].path, sample_rate=self.sample_rate)
 
     @property

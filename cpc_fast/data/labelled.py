@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cpc_fast.data.audio import audio_info, read_audio
 from cpc_fast.errors import UserInputError
 
 DIMENSIONS = ("activation", "valence", "dominance")
@@ -84,7 +85,7 @@ class BadRows:
             more = len(self.problems) - len(listed)
             lines = "\n  ".join(listed) + (f"\n  ... and {more} more" if more else "")
             raise UserInputError(
-                f"{self.what}: {len(self.problems)} bad row(s) (fix them, or pass --skip-bad "
+                f"{self.what}: {len(self.problems)} bad row(s) (fix them, or pass `skip_bad=True` "
                 f"to skip and count them):\n  {lines}"
             )
         return list(self.problems)
@@ -93,8 +94,6 @@ class BadRows:
 def check_audio(path: Path, source: str, bad: BadRows) -> bool:
     """True when ``path`` is a readable 16 kHz mono file of at least one 10 ms frame;
     otherwise records why (from the header only: nothing is decoded)."""
-    from cpc_fast.data.audio import audio_info
-
     if not path.is_file():
         bad.add(source, f"audio file {path} does not exist")
         return False
@@ -158,8 +157,6 @@ class EmotionCorpus:
 
     def wave(self, index: int) -> np.ndarray:
         """The (n,) float32 16 kHz waveform of record ``index``."""
-        from cpc_fast.data.audio import read_audio
-
         path = self.records[index].path
         if path is None:
             raise ValueError(f"{self.name}: record {index} has no audio file")
@@ -183,7 +180,7 @@ class EmotionCorpus:
         """The corpus's evaluation protocol as a list of folds (see the module docstring)."""
         if validation not in VALIDATION_MODES:
             raise UserInputError(
-                f"--validation must be one of {', '.join(VALIDATION_MODES)}, got {validation!r}"
+                f"`validation` must be one of {', '.join(VALIDATION_MODES)}, got {validation!r}"
             )
         if self.protocol == "sessions":
             return _session_folds(self, validation, seed)
@@ -248,13 +245,13 @@ def _speaker_holdout(corpus: EmotionCorpus, indices: Sequence[int], seed: int) -
         if speaker is None:
             raise UserInputError(
                 f"{corpus.name}: no validation rows and no speaker column to carve them by "
-                "speaker; add split=validation rows, a speaker column, or use --validation random"
+                "speaker; add split=validation rows, a speaker column, or use `validation=random`"
             )
         by_speaker.setdefault(speaker, []).append(i)
     if len(by_speaker) < 2:
         raise UserInputError(
             f"{corpus.name}: only one training speaker, cannot hold one out for validation; "
-            "use --validation random"
+            "use `validation=random`"
         )
     order = sorted(by_speaker)
     np.random.default_rng(seed).shuffle(order)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from cpc_fast.data.emotion import BadRows, EmotionCorpus, EmotionRecord, check_audio, parse_score
+from cpc_fast.data.labelled import BadRows, EmotionCorpus, EmotionRecord, check_audio, parse_score
 from cpc_fast.errors import UserInputError
 
 PAPER_CATEGORIES = ("neu", "hap", "exc", "ang", "sad")
@@ -39,7 +39,7 @@ def resolve_subset(subset: str) -> frozenset[str] | None:
         return None
     codes = frozenset(c.strip() for c in subset.split(",") if c.strip())
     if not codes:
-        raise UserInputError(f"--subset: expected paper, all or a comma list, got {subset!r}")
+        raise UserInputError(f"`subset`: expected paper, all or a comma list, got {subset!r}")
     return codes
 
 
@@ -49,7 +49,7 @@ def _session_dirs(root: Path) -> list[Path]:
     sessions = sorted(p for p in root.glob("Session[0-9]*") if p.is_dir())
     if not sessions:
         raise UserInputError(
-            f"{root}: no Session1..Session5 folders; --root must be IEMOCAP_full_release"
+            f"{root}: no Session1..Session5 folders; `root` must be IEMOCAP_full_release"
         )
     return sessions
 

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from cpc_fast.data.audio_files import AudioFileDataset, AudioItem, check_files, split_items
+from cpc_fast.data.file_index import AudioFileDataset, AudioItem, check_files, split_items
 from cpc_fast.errors import UserInputError
 
 DEFAULT_SUBSET = "train-clean-100"
@@ -100,7 +100,7 @@ def resolve_subsets(root: str | os.PathLike, subset: str | None = None) -> list[
         if len(found) == 1:
             return [corpus / found[0]]
         raise UserInputError(
-            f"{corpus}: several subsets ({', '.join(found)}); choose with --subset"
+            f"{corpus}: several subsets ({', '.join(found)}); choose with `subset`"
         )
     wanted = [s.strip() for s in subset.split(",") if s.strip()]
     missing = [s for s in wanted if s not in found]

@@ -6,7 +6,7 @@ Header and columns: ``path,activation,valence,dominance,split[,speaker,emotion]`
 * ``activation``, ``valence``, ``dominance``: finite numbers on any scale (reports keep it).
 * ``split``: ``train``, ``validation`` (also ``valid``, ``dev``, ``development``) or ``test``.
   Without validation rows, validation is carved from the training rows (see
-  :mod:`cpc_fast.data.emotion`).
+  :mod:`cpc_fast.data.labelled`).
 * ``speaker`` and ``emotion`` are optional; ``emotion`` colours ``cpc-fast visualize``.
 
 ``--root`` is the CSV itself, or a folder holding ``manifest.csv``.
@@ -17,7 +17,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from cpc_fast.data.emotion import BadRows, EmotionCorpus, EmotionRecord, check_audio, parse_score
+from cpc_fast.data.labelled import BadRows, EmotionCorpus, EmotionRecord, check_audio, parse_score
 from cpc_fast.errors import UserInputError
 
 REQUIRED = ("path", "activation", "valence", "dominance", "split")

@@ -5,7 +5,7 @@ tests and the demo run anywhere without downloads. Item ``i`` belongs to speaker
 ``i // utterances_per_speaker``; its length, mild neutral prosody variation and samples all
 derive from ``(seed, speaker, utterance)``, so every index is reproducible in any worker, in
 any order. Speakers alternate female/male, with voices from
-:func:`cpc_fast.data.synth.voice_for_speaker`.
+:func:`cpc_fast.data.speech_synth.voice_for_speaker`.
 
 Usage::
 
@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 from torch.utils.data import Dataset
 
-from cpc_fast.data.synth import SAMPLE_RATE, Prosody, Voice, synthesize, voice_for_speaker
+from cpc_fast.data.speech_synth import SAMPLE_RATE, Prosody, Voice, synthesize, voice_for_speaker
 from cpc_fast.errors import UserInputError
 
 # Generated items are kept while their total stays under this: a small corpus (the tiny
@@ -33,7 +33,7 @@ class SyntheticSpeechCorpus(Dataset):
 
     Attributes:
         speakers: the speaker ids ("synth-000", ...), index order.
-        voices: their :class:`~cpc_fast.data.synth.Voice`.
+        voices: their :class:`~cpc_fast.data.speech_synth.Voice`.
         skipped: always empty (nothing here can be bad); present for the run summary.
         description: one line saying what this is (recorded in config.json).
     """

@@ -12,7 +12,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from cpc_fast.training.checkpoint import atomic_write
+from cpc_fast.io.atomic import atomic_write
 
 
 class MetricsLogger:
@@ -35,7 +35,7 @@ class MetricsLogger:
         self._tb = None
         if tensorboard:
             try:
-                from torch.utils.tensorboard import SummaryWriter
+                from torch.utils.tensorboard import SummaryWriter  # the optional `tb` extra
 
                 self._tb = SummaryWriter(log_dir=str(self.folder / "tensorboard"))
             except Exception:  # tensorboard is an optional extra

@@ -16,7 +16,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from cpc_fast.data.emotion import BadRows, EmotionCorpus, EmotionRecord, check_audio, parse_score
+from cpc_fast.data.labelled import BadRows, EmotionCorpus, EmotionRecord, check_audio, parse_score
 from cpc_fast.errors import UserInputError
 
 LABEL_FILES = ("labels_consensus.csv", "labels_concensus.csv")
@@ -43,7 +43,7 @@ def load_msp_podcast(
     """Reads the consensus labels and checks audio headers; bad rows raise unless ``skip_bad``."""
     root = Path(root)
     if test_set not in TEST_SETS:
-        raise UserInputError(f"--test-set must be one of {', '.join(TEST_SETS)}, got {test_set!r}")
+        raise UserInputError(f"`test_set` must be one of {', '.join(TEST_SETS)}, got {test_set!r}")
     label_file = find_label_file(root)
     bad = BadRows(f"MSP-Podcast {label_file}")
     records: list[EmotionRecord] = []

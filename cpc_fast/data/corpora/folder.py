@@ -13,7 +13,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from cpc_fast.data.audio_files import (
+from cpc_fast.data.file_index import (
     AUDIO_SUFFIXES,
     AudioFileDataset,
     check_files,
