@@ -140,16 +140,33 @@ def _launch_all(
     pos = torch.randint(0, M, (M,), generator=g, dtype=index_dtype)[None, None]
     negs = torch.randint(0, M, (M, N), generator=g, dtype=index_dtype)[None, None]
     general = launchers.Candidates(pos, negs, N, 0, False)
-    paths = ["general", "cpc", "philox", "philox-exclude"]
-    for path, (qq, keys), cand in zip(
-        paths, [flat, (q, z), (q, z), (q, z)], [general, *cpc], strict=True
-    ):
+    # CPC_audio: negatives from the whole batch (keys (1, B·L, D)), shared by the K steps.
+    shared = torch.randint(0, B * L, (B, 1, L, N), generator=g, dtype=index_dtype)
+    batch = launchers.Candidates(None, shared.expand(B, K, L, N), N, 0, False, L, True)
+    plain = launchers.PLAIN
+    paths = {  # path -> ((queries, keys), candidates, scoring)
+        "general": (flat, general, plain),
+        "cpc": ((q, z), cpc[0], plain),
+        "philox": ((q, z), cpc[1], plain),
+        "philox-exclude": ((q, z), cpc[2], plain),
+        # wav2vec 2.0: cosine similarity, negatives equal to the positive masked by value.
+        "general-cosine-value": (flat, general, launchers.Scoring(True, "value")),
+        "general-index-tie": (flat, general, launchers.Scoring(False, "index", True)),
+        "cpc-batch-tie": (
+            (q, z.reshape(1, B * L, D)),
+            batch,
+            launchers.Scoring(False, "none", True),
+        ),
+    }
+    for path, ((qq, keys), cand, scoring) in paths.items():
         labels[0] = f"{path}|{tag}"
-        launchers.gather_forward(qq, keys, cand, 1.0)
+        launchers.gather_forward(qq, keys, cand, 1.0, scoring)
         grads = grad[:1, :1, :M] if cand.pos is not None else grad
         lses = lse[:1, :1, :M] if cand.pos is not None else lse
         for deterministic in (False, True):
-            launchers.gather_backward(qq, keys, cand, 1.0, lses, grads, deterministic)
+            launchers.gather_backward(
+                qq, keys, cand, 1.0, lses, grads, deterministic, scoring=scoring
+            )
     for path, cand in zip(["dense", "dense-philox"], cpc[:2], strict=True):
         labels[0] = f"{path}|{tag}"
         launchers.dense_forward(q, z, cand, 1.0)

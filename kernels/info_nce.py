@@ -77,8 +77,13 @@ def n_groups(N: int) -> int:
 class Candidates(NamedTuple):
     """Where a row's candidates come from.
 
-    pos: (1, 1, M) explicit positives, or None for CPC (frame t + k + 1).
-    neg: (B, K, L, N) explicit frame/key indices, or None to draw them in-kernel from seed.
+    pos: (1, 1, M) explicit positives (IGNORE_INDEX drops the row), or None for CPC: frame
+        t + k + 1 of the row's sequence, rows with t + k + 1 >= seq_len left out.
+    neg: (B, K, L, N) explicit key rows (any strides: a stride 0 over K shares them between
+        steps), or None to draw them in-kernel from seed (frames of the row's own sequence).
+    seq_len: CPC frames per sequence; 0 means keys.shape[1].
+    batch_keys: CPC keys are the whole batch's frames (1, B * seq_len, D): positives are
+        offset by b * seq_len and negatives index the whole batch.
     """
 
     pos: torch.Tensor | None
@@ -86,6 +91,22 @@ class Candidates(NamedTuple):
     N: int
     seed: int
     exclude_positive: bool
+    seq_len: int = 0
+    batch_keys: bool = False
+
+
+class Scoring(NamedTuple):
+    """How candidates are scored (gather designs): dot or cosine similarity; which negatives
+    equal to the positive get -inf ("none", "index", "value"); whether a tie is correct."""
+
+    cosine: bool = False
+    mask: str = "none"
+    correct_on_tie: bool = False
+
+
+PLAIN = Scoring()  # dot product, nothing masked, strict correctness: CPC's
+MASKS = {"none": 0, "index": 1, "value": 2}
+IGNORE_INDEX = -100  # the kernels' IGNORE (indexing.py): PyTorch's ignore_index
 
 
 def _pos_stride(c: Candidates) -> int:
@@ -94,6 +115,12 @@ def _pos_stride(c: Candidates) -> int:
 
 def _neg_strides(c: Candidates) -> tuple[int, int, int, int]:
     return tuple(c.neg.stride()) if c.neg is not None else (0, 0, 0, 0)
+
+
+def _batch_strides(x: torch.Tensor, B: int) -> tuple[int, ...]:
+    """Strides of keys (or their gradient) (Bk, Lk, D); one key set shared by B > 1 sequences
+    (batch keys) is read with batch stride 0."""
+    return (x.stride(0) if x.shape[0] == B else 0, *x.stride()[1:])
 
 
 def interpreted() -> bool:
@@ -117,29 +144,43 @@ def _row_outputs(q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Ten
     return lse, torch.empty_like(lse), torch.empty((B, K, L), dtype=torch.int8, device=q.device)
 
 
+def _seq_len(cand: Candidates, keys: torch.Tensor) -> int:
+    return cand.seq_len or keys.shape[1]
+
+
+def _gather_launch(q, keys, cand: Candidates, scale: float, scoring: Scoring):
+    """The gather kernels' shared arguments: (index tensors, sizes and strides, constants)."""
+    B, K, L, D = q.shape
+    seq_len = _seq_len(cand, keys)
+    indices = (cand.pos if cand.pos is not None else _dummy(q),
+               cand.neg if cand.neg is not None else _dummy(q))  # fmt: skip
+    sizes = (
+        K, L, D, cand.N, n_groups(cand.N), keys.shape[1], seq_len,
+        seq_len if cand.batch_keys else 0, cand.seed, scale,
+        *q.stride(), *_batch_strides(keys, B), _pos_stride(cand), *_neg_strides(cand),
+    )  # fmt: skip
+    cfg = gather_config(D)
+    meta = dict(
+        CPC=cand.pos is None, SAMPLED=cand.neg is None, EXCLUDE_POS=cand.exclude_positive,
+        COSINE=scoring.cosine, MASK=MASKS[scoring.mask], BLOCK_M=cfg.BLOCK_M,
+        BLOCK_D=cfg.BLOCK_D, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )  # fmt: skip
+    return indices, sizes, meta, (triton.cdiv(L, cfg.BLOCK_M), K, B)
+
+
 def gather_forward(
     q: torch.Tensor,  # (B, K, L, D) any strides
-    keys: torch.Tensor,  # (B, Lk, D) any strides
+    keys: torch.Tensor,  # (B, Lk, D), or (1, Lk, D) shared by all sequences; any strides
     cand: Candidates,
     scale: float,
+    scoring: Scoring = PLAIN,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Designs (a)/(b) forward -> (loss (B, K, L) fp32, correct (B, K, L) bool, lse fp32)."""
-    B, K, L, D = q.shape
     lse, loss, correct = _row_outputs(q)
-    cfg = gather_config(D)
-    grid = (triton.cdiv(L, cfg.BLOCK_M), K, B)
+    indices, sizes, meta, grid = _gather_launch(q, keys, cand, scale, scoring)
     with _on_device(q):
-        _info_nce_fwd_kernel[grid](
-            q, keys,
-            cand.pos if cand.pos is not None else _dummy(q),
-            cand.neg if cand.neg is not None else _dummy(q),
-            lse, loss, correct,
-            K, L, D, cand.N, n_groups(cand.N), keys.shape[1], cand.seed, scale,
-            *q.stride(), *keys.stride(), _pos_stride(cand), *_neg_strides(cand),
-            CPC=cand.pos is None, SAMPLED=cand.neg is None, EXCLUDE_POS=cand.exclude_positive,
-            BLOCK_M=cfg.BLOCK_M, BLOCK_D=cfg.BLOCK_D, num_warps=cfg.num_warps,
-            num_stages=cfg.num_stages,
-        )  # fmt: skip
+        _info_nce_fwd_kernel[grid](q, keys, *indices, lse, loss, correct, *sizes,
+                                   ON_TIE=scoring.correct_on_tie, **meta)  # fmt: skip
     return loss, correct.bool(), lse
 
 
@@ -152,10 +193,10 @@ def gather_backward(
     grad: torch.Tensor,  # (B, K, L) fp32 contiguous: d total / d loss_row
     deterministic: bool,
     need_dk: bool = True,
+    scoring: Scoring = PLAIN,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Designs (a)/(b) backward -> (dq like q, dk (B, Lk, D) in keys' dtype, or None when
+    """Designs (a)/(b) backward -> (dq like q, dk like keys in keys' dtype, or None when
     ``need_dk`` is False: then neither atomics nor the segment pass run)."""
-    B, K, L, D = q.shape
     dq = torch.empty_like(q)  # keeps q's strides when they are dense (the permuted CPC view)
     atomic = need_dk and not deterministic
     if atomic:
@@ -163,72 +204,95 @@ def gather_backward(
     else:
         dk = torch.empty(keys.shape if need_dk else (1, 1, 1), dtype=keys.dtype,
                          device=keys.device)  # fmt: skip
-    cfg = gather_config(D)
-    grid = (triton.cdiv(L, cfg.BLOCK_M), K, B)
+    indices, sizes, meta, grid = _gather_launch(q, keys, cand, scale, scoring)
     with _on_device(q):
         _info_nce_bwd_kernel[grid](
-            q, keys,
-            cand.pos if cand.pos is not None else _dummy(q),
-            cand.neg if cand.neg is not None else _dummy(q),
-            lse, grad, dq, dk,
-            K, L, D, cand.N, n_groups(cand.N), keys.shape[1], cand.seed, scale,
-            *q.stride(), *keys.stride(), _pos_stride(cand), *_neg_strides(cand),
-            *dq.stride(), *dk.stride(),
-            CPC=cand.pos is None, SAMPLED=cand.neg is None, EXCLUDE_POS=cand.exclude_positive,
-            ATOMIC=atomic, BLOCK_M=cfg.BLOCK_M, BLOCK_D=cfg.BLOCK_D, num_warps=cfg.num_warps,
-            num_stages=cfg.num_stages,
+            q, keys, *indices, lse, grad, dq, dk, *sizes, *dq.stride(),
+            *_batch_strides(dk, q.shape[0]), ATOMIC=atomic, **meta,
         )  # fmt: skip
         if not need_dk:
             return dq, None
         if atomic:
             return dq, dk.to(keys.dtype)
-        _segment_dk(q, keys, cand, scale, lse, grad, dk)
+        _segment_dk(q, keys, cand, scale, scoring, lse, grad, dk)
     return dq, dk
 
 
-def _segment_dk(q, keys, cand, scale, lse, grad, dk) -> None:
+def _segment_dk(q, keys, cand, scale, scoring, lse, grad, dk) -> None:
     """Deterministic d_keys: group every (row, candidate) by key row with a stable sort."""
     B, K, L, D = q.shape
-    Lk = keys.shape[1]
-    index = candidate_keys(cand, B, K, L, q.device)  # (B, K, L, N + 1) key rows in sequence b
-    batch = torch.arange(B, device=q.device).view(B, 1, 1, 1)
-    flat = index + batch * Lk
-    # Entries with no key row park after the last one, outside every segment: CPC rows past
-    # the end of the sequence, and indices out of range (their rows' lse is NaN already).
-    parked = (index < 0) | (index >= Lk)
-    if cand.pos is None:
-        t = torch.arange(L, device=q.device).view(1, 1, L, 1)
-        k = torch.arange(K, device=q.device).view(1, K, 1, 1)
-        parked = parked | (t + k + 1 >= L)
-    flat = torch.where(parked, B * Lk, flat)
-    flat = flat.view(-1).to(torch.int32)  # B * Lk + 1 < 2**31: half the sort's key bytes
+    Bk, Lk = keys.shape[:2]
+    index = candidate_keys(cand, B, K, L, q.device, _seq_len(cand, keys))  # (B, K, L, N + 1)
+    flat = index
+    if Bk > 1:  # one key set per sequence
+        flat = index + torch.arange(B, device=q.device).view(B, 1, 1, 1) * Lk
+    # Entries with no key row park after the last one, outside every segment: rows with no
+    # positive (CPC rows past the end, ignored rows) and indices out of range (their rows'
+    # lse is NaN already).
+    parked = (index < 0) | (index >= Lk) | ~_rows_with_positive(cand, B, K, L, keys)
+    flat = torch.where(parked, Bk * Lk, flat)
+    flat = flat.view(-1).to(torch.int32)  # Bk * Lk + 1 < 2**31: half the sort's key bytes
     sorted_flat, order = torch.sort(flat, stable=True)
     # Segment starts by binary search: unlike bincount, no device sync for the output size.
-    bounds = torch.arange(B * Lk + 1, dtype=torch.int32, device=q.device)
-    seg = torch.searchsorted(sorted_flat, bounds)  # (B * Lk + 1,) int64
+    bounds = torch.arange(Bk * Lk + 1, dtype=torch.int32, device=q.device)
+    seg = torch.searchsorted(sorted_flat, bounds)  # (Bk * Lk + 1,) int64
+    seq_len = _seq_len(cand, keys)
     cfg = segment_config(D)
-    _dk_segment_kernel[(B * Lk,)](
-        q, keys, lse, grad, order, seg, dk,
-        K, L, D, Lk, cand.N + 1, scale,
-        *q.stride(), *keys.stride(), *dk.stride(),
+    _dk_segment_kernel[(Bk * Lk,)](
+        q, keys, cand.pos if cand.pos is not None else _dummy(q), lse, grad, order, seg, dk,
+        K, L, D, Lk, cand.N + 1, seq_len if cand.batch_keys else 0, scale,
+        *q.stride(), *keys.stride(), _pos_stride(cand), *dk.stride(),
+        CPC=cand.pos is None, COSINE=scoring.cosine, MASK=MASKS[scoring.mask],
         BLOCK_E=cfg.BLOCK_M, BLOCK_D=cfg.BLOCK_D, num_warps=cfg.num_warps,
         num_stages=cfg.num_stages,
     )  # fmt: skip
 
 
-def candidate_keys(cand: Candidates, B: int, K: int, L: int, device) -> torch.Tensor:
-    """(B, K, L, N + 1) int64 key rows (within the row's sequence), positive first."""
+def _rows_with_positive(cand: Candidates, B, K, L, keys) -> torch.Tensor:
+    """(B, K, L, 1) bool: the rows that count (CPC: t + k + 1 < seq_len; else not ignored)."""
+    if cand.pos is not None:
+        return (cand.pos != IGNORE_INDEX).view(B, K, L, 1)
+    t = torch.arange(L, device=keys.device).view(1, 1, L, 1)
+    k = torch.arange(K, device=keys.device).view(1, K, 1, 1)
+    return t + k + 1 < _seq_len(cand, keys)
+
+
+def candidate_keys(
+    cand: Candidates, B: int, K: int, L: int, device, seq_len: int | None = None
+) -> torch.Tensor:
+    """(B, K, L, N + 1) int64 key rows, positive first: within the row's sequence, or of the
+    whole batch with ``cand.batch_keys``. ``seq_len`` (CPC): frames per sequence, default L."""
+    seq_len = seq_len or cand.seq_len or L
     if cand.pos is None:
         t = torch.arange(L, device=device).view(1, 1, L, 1)
         k = torch.arange(K, device=device).view(1, K, 1, 1)
         pos = (t + k + 1).expand(B, K, L, 1)
+        if cand.batch_keys:
+            pos = pos + torch.arange(B, device=device).view(B, 1, 1, 1) * seq_len
     else:
         pos = cand.pos.long().view(B, K, L, 1)
     if cand.neg is None:
-        neg = materialize_negatives(cand.seed, B, K, L, cand.N, device, cand.exclude_positive)
+        neg = materialize_negatives(
+            cand.seed, B, K, L, cand.N, device, cand.exclude_positive, n_frames=seq_len
+        )
     else:
-        neg = cand.neg.long()
+        neg = cand.neg.long().expand(B, K, L, cand.N)
     return torch.cat([pos, neg], 3)
+
+
+def _dense_launch(q, z, cand: Candidates, scale: float):
+    """The dense kernels' shared arguments: (negatives, sizes and strides, constants, cfg)."""
+    B, K, L, D = q.shape
+    cfg = dense_config(D)
+    sizes = (K, L, D, cand.N, n_groups(cand.N), cand.seed, scale,
+             *q.stride(), *z.stride(), *_neg_strides(cand))  # fmt: skip
+    meta = dict(
+        SAMPLED=cand.neg is None, EXCLUDE_POS=cand.exclude_positive,
+        IEEE=q.dtype == torch.float32, F32_DOT=interpreted(), BLOCK_M=cfg.BLOCK_M,
+        BLOCK_F=cfg.BLOCK_F, BLOCK_D=cfg.BLOCK_D, num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages,
+    )  # fmt: skip
+    return cand.neg if cand.neg is not None else _dummy(q), sizes, meta, cfg
 
 
 def dense_forward(
@@ -236,23 +300,16 @@ def dense_forward(
     z: torch.Tensor,  # (B, L, D), same dtype as q
     cand: Candidates,
     scale: float,
+    correct_on_tie: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Design (c) forward (CPC only) -> (loss, correct, lse), each (B, K, L)."""
-    B, K, L, D = q.shape
+    B, K, L, _ = q.shape
     lse, loss, correct = _row_outputs(q)
-    cfg = dense_config(D)
-    grid = (triton.cdiv(L, cfg.BLOCK_M), K, B)
+    neg, sizes, meta, cfg = _dense_launch(q, z, cand, scale)
     with _on_device(q):
-        _dense_fwd_kernel[grid](
-            q, z, cand.neg if cand.neg is not None else _dummy(q),
-            lse, loss, correct,
-            K, L, D, cand.N, n_groups(cand.N), cand.seed, scale,
-            *q.stride(), *z.stride(), *_neg_strides(cand),
-            SAMPLED=cand.neg is None, EXCLUDE_POS=cand.exclude_positive,
-            IEEE=q.dtype == torch.float32, F32_DOT=interpreted(),
-            BLOCK_M=cfg.BLOCK_M, BLOCK_F=cfg.BLOCK_F, BLOCK_D=cfg.BLOCK_D,
-            num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-        )  # fmt: skip
+        _dense_fwd_kernel[(triton.cdiv(L, cfg.BLOCK_M), K, B)](
+            q, z, neg, lse, loss, correct, *sizes, ON_TIE=correct_on_tie, **meta
+        )
     return loss, correct.bool(), lse
 
 
@@ -268,54 +325,39 @@ def dense_backward(
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """Design (c) backward -> (dq like q, dz (B, L, D)), each None when not needed (its
     kernel is skipped); deterministic by construction."""
-    B, K, L, D = q.shape
+    B, K, L, _ = q.shape
     dq = torch.empty_like(q) if need_dq else None
     dz = torch.empty(z.shape, dtype=z.dtype, device=z.device) if need_dz else None
-    cfg = dense_config(D)
-    neg = cand.neg if cand.neg is not None else _dummy(q)
-    common = (
-        K,
-        L,
-        D,
-        cand.N,
-        n_groups(cand.N),
-        cand.seed,
-        scale,
-        *q.stride(),
-        *z.stride(),
-        *_neg_strides(cand),
-    )
-    meta = dict(
-        SAMPLED=cand.neg is None,
-        EXCLUDE_POS=cand.exclude_positive,
-        IEEE=q.dtype == torch.float32,
-        F32_DOT=interpreted(),
-        BLOCK_M=cfg.BLOCK_M,
-        BLOCK_F=cfg.BLOCK_F,
-        BLOCK_D=cfg.BLOCK_D,
-        num_warps=cfg.num_warps,
-        num_stages=cfg.num_stages,
-    )
+    neg, sizes, meta, cfg = _dense_launch(q, z, cand, scale)
     with _on_device(q):
         if need_dq:
             _dense_bwd_dq_kernel[(triton.cdiv(L, cfg.BLOCK_M), K, B)](
-                q, z, neg, lse, grad, dq, *common, *dq.stride(), **meta
+                q, z, neg, lse, grad, dq, *sizes, *dq.stride(), **meta
             )
         if need_dz:
             _dense_bwd_dz_kernel[(triton.cdiv(L, cfg.BLOCK_F), B)](
-                q, z, neg, lse, grad, dz, *common, *dz.stride(), **meta
+                q, z, neg, lse, grad, dz, *dz.stride(), *sizes, **meta
             )
     return dq, dz
 
 
 def materialize_negatives(
-    seed: int, B: int, K: int, L: int, N: int, device: torch.device, exclude_positive: bool
+    seed: int,
+    B: int,
+    K: int,
+    L: int,
+    N: int,
+    device: torch.device,
+    exclude_positive: bool,
+    n_frames: int | None = None,
 ) -> torch.Tensor:
-    """The (B, K, L, N) int64 frames the SAMPLED kernels draw for ``seed``."""
+    """The (B, K, L, N) int64 frames the SAMPLED kernels draw for ``seed`` (L rows per step,
+    from sequences of ``n_frames`` frames, default L)."""
     out = torch.empty((B, K, L, N), dtype=torch.int64, device=device)
     block = 64
     with _on_device(out):
         _materialize_negatives_kernel[(triton.cdiv(L, block), K, B)](
-            out, K, L, N, n_groups(N), seed, EXCLUDE_POS=exclude_positive, BLOCK_M=block
-        )
+            out, K, L, N, n_groups(N), n_frames or L, seed, EXCLUDE_POS=exclude_positive,
+            BLOCK_M=block,
+        )  # fmt: skip
     return out

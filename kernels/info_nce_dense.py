@@ -20,7 +20,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .indexing import bk_base, row_ptrs
+from .indexing import bk_base, row_ptrs, store_row_outputs
 from .sampling import negatives4
 
 # Kernels are laid out by hand (argument groups per line), as in the Triton tutorials.
@@ -74,6 +74,25 @@ def _load_tile(base, rows, stride_row, n_rows, offs_d, stride_d, D):
 
 
 @triton.jit
+def _row_tile(q_ptr, z_ptr, neg_ptr, K, L, D, stride_qb, stride_qk, stride_qt, stride_qd,
+              stride_zb, stride_nb, stride_nk, stride_nt, BLOCK_M: tl.constexpr,
+              BLOCK_D: tl.constexpr):
+    """A row-block program's rows (b, k, t), their positives and ids, and its query tile."""
+    pid_t = tl.program_id(0)
+    k = tl.program_id(1)
+    b = tl.program_id(2)
+    offs_t = pid_t * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    row_mask = offs_t < L - k - 1
+    row = (b * K + k) * L + offs_t
+    neg_row = row_ptrs(neg_ptr, b, k, offs_t, stride_nb, stride_nk, stride_nt)
+    q = _load_tile(bk_base(q_ptr, b, k, stride_qb, stride_qk), offs_t, stride_qt,
+                   L - k - 1, offs_d, stride_qd, D)
+    return b, k, offs_t, offs_d, row_mask, offs_t + k + 1, row, neg_row, q, bk_base(
+        z_ptr, b, 0, stride_zb, 0)
+
+
+@triton.jit
 def _dense_fwd_kernel(
     q_ptr, z_ptr, neg_ptr,
     lse_ptr, loss_ptr, correct_ptr,  # (B, K, L) contiguous
@@ -82,20 +101,11 @@ def _dense_fwd_kernel(
     stride_zb, stride_zt, stride_zd,
     stride_nb, stride_nk, stride_nt, stride_nn,
     SAMPLED: tl.constexpr, EXCLUDE_POS: tl.constexpr, IEEE: tl.constexpr, F32_DOT: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_F: tl.constexpr, BLOCK_D: tl.constexpr,
+    ON_TIE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_F: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    pid_t = tl.program_id(0)
-    k = tl.program_id(1)
-    b = tl.program_id(2)
-    offs_t = pid_t * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, BLOCK_D)
-    row_mask = offs_t < L - k - 1
-    pos = offs_t + k + 1
-    row = (b * K + k) * L + offs_t
-    neg_row = row_ptrs(neg_ptr, b, k, offs_t, stride_nb, stride_nk, stride_nt)
-    q = _load_tile(bk_base(q_ptr, b, k, stride_qb, stride_qk), offs_t, stride_qt,
-                   L - k - 1, offs_d, stride_qd, D)
-    z_base = bk_base(z_ptr, b, 0, stride_zb, 0)
+    b, k, offs_t, offs_d, row_mask, pos, row, neg_row, q, z_base = _row_tile(
+        q_ptr, z_ptr, neg_ptr, K, L, D, stride_qb, stride_qk, stride_qt, stride_qd, stride_zb,
+        stride_nb, stride_nk, stride_nt, BLOCK_M, BLOCK_D)
     bad = offs_t < 0
 
     m = tl.full((BLOCK_M,), _NEG_BIG, tl.float32)
@@ -113,7 +123,9 @@ def _dense_fwd_kernel(
         is_pos = offs_f[None, :] == pos[:, None]
         w = cnt.to(tl.float32) + is_pos.to(tl.float32)
         s_pos += tl.sum(tl.where(is_pos, s, 0.0), axis=1)
-        neg_max = tl.maximum(neg_max, tl.max(tl.where(cnt > 0, s, float("-inf")), axis=1))
+        # The positive's own frame drawn as a negative ties (``tied``), outside the max.
+        neg_max = tl.maximum(neg_max, tl.max(tl.where((cnt > 0) & ~is_pos, s, float("-inf")),
+                                             axis=1))
         tied = tied | (tl.sum((is_pos & (cnt > 0)).to(tl.int32), axis=1) > 0)
         m_new = tl.maximum(m, tl.max(tl.where(w > 0, s, _NEG_BIG), axis=1))
         # Exponentiate only drawn frames: undrawn ones may sit far above the running max.
@@ -121,13 +133,9 @@ def _dense_fwd_kernel(
         l = l * tl.exp(m - m_new) + tl.sum(p, axis=1)
         m = m_new
 
-    lse = m + tl.log(tl.where(row_mask, l, 1.0))  # rows past the end have no candidates
-    lse = tl.where(bad, float("nan"), lse)  # backward turns it into NaN gradients
-    out_mask = offs_t < L
-    tl.store(lse_ptr + row, lse, mask=out_mask)
-    tl.store(loss_ptr + row, tl.where(row_mask, lse - s_pos, 0.0), mask=out_mask)
-    correct = (s_pos > neg_max) & ~tied & ~bad & row_mask
-    tl.store(correct_ptr + row, correct.to(tl.int8), mask=out_mask)
+    # Rows past the end have no candidates; a bad index's NaN lse gives NaN gradients.
+    store_row_outputs(lse_ptr, loss_ptr, correct_ptr, row, offs_t < L, row_mask,
+                      m + tl.log(tl.where(row_mask, l, 1.0)), s_pos, neg_max, tied, bad, ON_TIE)
 
 
 @triton.jit
@@ -156,18 +164,9 @@ def _dense_bwd_dq_kernel(
     BLOCK_M: tl.constexpr, BLOCK_F: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     """One program per (row block, k, b): dq = dS z over all frame blocks."""
-    pid_t = tl.program_id(0)
-    k = tl.program_id(1)
-    b = tl.program_id(2)
-    offs_t = pid_t * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, BLOCK_D)
-    row_mask = offs_t < L - k - 1
-    pos = offs_t + k + 1
-    row = (b * K + k) * L + offs_t
-    neg_row = row_ptrs(neg_ptr, b, k, offs_t, stride_nb, stride_nk, stride_nt)
-    q = _load_tile(bk_base(q_ptr, b, k, stride_qb, stride_qk), offs_t, stride_qt,
-                   L - k - 1, offs_d, stride_qd, D)
-    z_base = bk_base(z_ptr, b, 0, stride_zb, 0)
+    b, k, offs_t, offs_d, row_mask, pos, row, neg_row, q, z_base = _row_tile(
+        q_ptr, z_ptr, neg_ptr, K, L, D, stride_qb, stride_qk, stride_qt, stride_qd, stride_zb,
+        stride_nb, stride_nk, stride_nt, BLOCK_M, BLOCK_D)
     g = tl.load(grad_ptr + row, mask=row_mask, other=0.0) * scale
     lse = tl.load(lse_ptr + row, mask=row_mask, other=0.0)
 
@@ -189,12 +188,12 @@ def _dense_bwd_dq_kernel(
 
 @triton.jit
 def _dense_bwd_dz_kernel(
-    q_ptr, z_ptr, neg_ptr, lse_ptr, grad_ptr, dz_ptr,
+    q_ptr, z_ptr, neg_ptr, lse_ptr, grad_ptr,
+    dz_ptr, stride_dzb, stride_dzt, stride_dzd,  # the output (B, L, D), written once
     K, L, D, N, n_groups, seed, scale,
     stride_qb, stride_qk, stride_qt, stride_qd,
     stride_zb, stride_zt, stride_zd,
     stride_nb, stride_nk, stride_nt, stride_nn,
-    stride_dzb, stride_dzt, stride_dzd,
     SAMPLED: tl.constexpr, EXCLUDE_POS: tl.constexpr, IEEE: tl.constexpr, F32_DOT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_F: tl.constexpr, BLOCK_D: tl.constexpr,
 ):

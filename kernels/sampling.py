@@ -63,9 +63,10 @@ def negatives4(neg_row, stride_nn, row_mask, g, N, seed, row, n_groups, n_frames
 
 
 @triton.jit
-def _materialize_negatives_kernel(out_ptr, K, L, N, n_groups, seed,
+def _materialize_negatives_kernel(out_ptr, K, L, N, n_groups, n_frames, seed,
                                   EXCLUDE_POS: tl.constexpr, BLOCK_M: tl.constexpr):
-    """out (B, K, L, N) int64 contiguous: the draws SAMPLED kernels make for ``seed``."""
+    """out (B, K, L, N) int64 contiguous: the draws SAMPLED kernels make for ``seed`` over
+    sequences of ``n_frames`` frames (L rows per step, L <= n_frames)."""
     pid_t = tl.program_id(0)
     k = tl.program_id(1)
     b = tl.program_id(2)
@@ -76,7 +77,8 @@ def _materialize_negatives_kernel(out_ptr, K, L, N, n_groups, seed,
     out = out_ptr + row.to(tl.int64) * N
     for g in range(0, n_groups):
         i0, i1, i2, i3, a0, a1, a2, a3, _ = negatives4(out, 0, row_mask, g, N, seed, row,
-                                                       n_groups, L, pos, True, EXCLUDE_POS)
+                                                       n_groups, n_frames, pos, True,
+                                                       EXCLUDE_POS)
         j = 4 * g
         tl.store(out + j, i0.to(tl.int64), mask=row_mask & a0)
         tl.store(out + j + 1, i1.to(tl.int64), mask=row_mask & a1)

@@ -21,7 +21,7 @@ if not torch.cuda.is_available():  # as tests/conftest.py: compiled kernels on a
     os.environ.setdefault("TRITON_INTERPRET", "1")
 sys.path.insert(0, os.path.dirname(__file__))
 
-from test_info_nce_oracle import oracle_cpc, oracle_rows  # noqa: E402
+from info_nce_oracle import oracle_cpc, oracle_rows  # noqa: E402
 
 from cpc_fast.losses import cpc_info_nce, philox_negatives  # noqa: E402
 from cpc_fast.losses.info_nce import info_nce  # noqa: E402

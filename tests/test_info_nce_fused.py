@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_info_nce_oracle import oracle_cpc, oracle_rows
+from info_nce_oracle import oracle_cpc, oracle_rows
 
 from cpc_fast.errors import UserInputError
 from cpc_fast.losses import cpc_info_nce, philox_negatives

@@ -1,9 +1,10 @@
 """The fused InfoNCE as an autograd citizen, and its behaviour on bad indices.
 
 Double backward, indices changed in place before backward, inputs that do not need a
-gradient, non-uniform and non-contiguous upstream gradients, ``torch.compile`` around the
-loss, and out-of-range indices (a clear error by default; NaN rows, never an out-of-bounds
-read, without the host-side check). Interpreted on CPU (small shapes), compiled on a GPU.
+gradient, non-uniform and non-contiguous upstream gradients, ``torch.compile`` through the
+loss (``test_info_nce_compile.py`` has more), and out-of-range indices (a clear error by
+default; NaN rows, never an out-of-bounds read, without the check). Interpreted on CPU
+(small shapes), compiled on a GPU.
 """
 
 from __future__ import annotations
@@ -13,11 +14,12 @@ import os
 import pytest
 import torch
 from cpc_fast.kernels import info_nce as launchers
+from info_nce_oracle import oracle_rows
 from test_info_nce_fused import DESIGNS, DEVICE, _cpc_inputs, _oracle
-from test_info_nce_oracle import oracle_rows
 
 from cpc_fast.errors import UserInputError
 from cpc_fast.losses import cpc_info_nce
+from cpc_fast.losses._fused import FusedOptions, fused_rows
 from cpc_fast.losses.info_nce import info_nce
 
 pytestmark = pytest.mark.skipif(
@@ -99,8 +101,8 @@ def test_reduction_none_with_a_non_uniform_strided_upstream_gradient(determinist
 
 @pytest.mark.parametrize("design", ["gather", "philox"])
 def test_fused_loss_inside_a_compiled_function(design):
-    # Dynamo cannot trace the Triton launchers: the loss must run eagerly inside a compiled
-    # model (a graph break), with the same value and gradients.
+    # The loss is a custom op: Dynamo traces through it (no graph break: fullgraph=True),
+    # with the same value and gradients as eagerly.
     torch._dynamo.reset()
     B, K, L, D, N = SHAPE
     pred, z, neg = _cpc_inputs(*SHAPE)
@@ -110,7 +112,7 @@ def test_fused_loss_inside_a_compiled_function(design):
         out = cpc_info_nce(torch.tanh(p), zz * 2, backend="fused", design=design, **kwargs)
         return out.loss * 3
 
-    compiled = torch.compile(step, backend="eager")
+    compiled = torch.compile(step, backend="eager", fullgraph=True)
     got = compiled(pred, z)
     g_got = torch.autograd.grad(got, [pred, z])
     want = step(pred, z)
@@ -135,10 +137,10 @@ def test_more_query_rows_than_int32_row_ids_is_a_clear_error():
 def test_out_of_range_indices_are_a_clear_error_by_default():
     pred, z, neg = _cpc_inputs(*SHAPE)
     neg[1, 2, 3, 4] = SHAPE[2]
-    with pytest.raises(UserInputError, match=f"neg_index holds index {SHAPE[2]}"):
+    with pytest.raises(UserInputError, match=f"`neg_index` holds index {SHAPE[2]}"):
         cpc_info_nce(pred, z, neg_index=neg, backend="fused", design="gather")
     q, keys, pos, negs = _general_inputs()
-    with pytest.raises(UserInputError, match="pos_index holds index -1"):
+    with pytest.raises(UserInputError, match="`pos_index` holds index -1"):
         info_nce(q, keys, pos - pos - 1, negs, backend="fused")
 
 
@@ -167,16 +169,12 @@ def test_unchecked_out_of_range_cpc_index_gives_nan_not_a_wrong_number(design):
 
 
 def _fused_rows(pred, z, neg, design):
-    """Per-row fused losses (B, K, L) through the autograd Functions."""
-    from cpc_fast.kernels.info_nce import Candidates
-
-    from cpc_fast.losses._fused import DenseCPCInfoNCE, GatherInfoNCE
-
-    cand = Candidates(None, neg, neg.shape[3], 0, False)
+    """Per-row fused losses (B, K, L) through the custom op, unchecked."""
+    L = z.shape[1]
+    kind = "dense" if design == "dense" else "gather"
+    options = FusedOptions(neg.shape[3], 1.0, seq_len=L, design=kind, check_indices=False)
     with torch.no_grad():
-        if design == "dense":
-            return DenseCPCInfoNCE.apply(pred, z, cand, 1.0)[0]
-        return GatherInfoNCE.apply(pred, z, cand, 1.0, False)[0]
+        return fused_rows(pred, z, None, neg, None, options)[0]
 
 
 @pytest.mark.parametrize("deterministic", [False, True])
@@ -222,7 +220,7 @@ def test_fused_loss_in_an_inductor_compiled_model_on_cuda():
         pred = head(torch.relu(zz)).view(B, L, K, D).permute(0, 2, 1, 3)
         return cpc_info_nce(pred, zz, num_negatives=N, seed=3, backend="fused").loss
 
-    got = torch.compile(step)(z)
+    got = torch.compile(step, fullgraph=True)(z)
     g_got = torch.autograd.grad(got, [z, head.weight])
     want = step(z)
     g_want = torch.autograd.grad(want, [z, head.weight])

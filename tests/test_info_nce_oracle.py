@@ -1,58 +1,11 @@
-"""The float64 oracle every InfoNCE test compares against, written from the formula alone.
-
-It shares no code with ``cpc_fast.losses`` or ``cpc_fast.kernels``: rows are flattened by
-explicit loops over (b, k, t) and each row's N + 1 scores are plain float64 dot products.
-"""
+"""The float64 oracle (``info_nce_oracle.py``) on rows computed by hand."""
 
 from __future__ import annotations
 
 import math
 
 import torch
-
-
-def oracle_rows(q, keys, pos, neg, temperature=1.0):
-    """q (M, D), keys (Nk, D), pos (M,), neg (M, N) -> float64 loss (M,), correct (M,)."""
-    q64, k64 = q.double(), keys.double()
-    idx = torch.cat([pos.long().view(-1, 1), neg.long()], 1)  # (M, N + 1)
-    scores = (k64[idx] * q64.unsqueeze(1)).sum(-1) / temperature
-    loss = torch.logsumexp(scores, 1) - scores[:, 0]
-    correct = scores[:, 0] > scores[:, 1:].max(1).values
-    return loss, correct, scores
-
-
-def cpc_flat(B, K, L):
-    """Valid (b, k, t) triples in row order."""
-    return [(b, k, t) for b in range(B) for k in range(K) for t in range(L) if t + k + 1 < L]
-
-
-def oracle_cpc(predictions, z, neg_index, temperature=1.0):
-    """float64 (loss, loss_per_step, accuracy_per_step, row losses dict) for the CPC form."""
-    B, K, L, D = predictions.shape
-    rows = cpc_flat(B, K, L)
-    q = torch.stack([predictions[b, k, t] for b, k, t in rows])
-    keys = z.reshape(B * L, D) if z.is_contiguous() else z.contiguous().view(B * L, D)
-    pos = torch.tensor([b * L + t + k + 1 for b, k, t in rows])
-    neg = torch.stack([neg_index[b, k, t].long() + b * L for b, k, t in rows])
-    loss, correct, _ = oracle_rows(q, keys, pos, neg, temperature)
-    step = torch.tensor([k for _, k, _ in rows])
-    per_step = torch.stack(
-        [
-            loss[step == k].mean()
-            if (step == k).any()
-            else torch.tensor(math.nan, dtype=torch.float64)
-            for k in range(K)
-        ]
-    )
-    acc = torch.stack(
-        [
-            correct[step == k].double().mean()
-            if (step == k).any()
-            else torch.tensor(math.nan, dtype=torch.float64)
-            for k in range(K)
-        ]
-    )
-    return loss.mean(), per_step, acc, loss, correct
+from info_nce_oracle import cpc_flat, oracle_cpc, oracle_rows
 
 
 def test_oracle_on_a_hand_computed_row():
@@ -77,9 +30,37 @@ def test_oracle_cpc_counts_only_rows_inside_the_sequence():
     B, K, L, D = 1, 3, 3, 2
     rows = cpc_flat(B, K, L)
     assert rows == [(0, 0, 0), (0, 0, 1), (0, 1, 0)]
+    assert cpc_flat(1, 2, 2, 4) == [(0, 0, 0), (0, 0, 1), (0, 1, 0), (0, 1, 1)]
     pred = torch.randn(B, K, L, D, dtype=torch.float64)
     z = torch.randn(B, L, D, dtype=torch.float64)
     neg = torch.zeros(B, K, L, 1, dtype=torch.long)
     loss, per_step, acc, _, _ = oracle_cpc(pred, z, neg)
     assert torch.isnan(per_step[2]) and torch.isnan(acc[2])
     assert torch.isfinite(loss)
+
+
+def test_oracle_cosine_masking_and_ignored_rows_by_hand():
+    q = torch.tensor([[3.0, 4.0], [1.0, 0.0], [1.0, 1.0]])
+    keys = torch.tensor([[6.0, 8.0], [0.0, 2.0], [6.0, 8.0]])  # rows 0 and 2 equal by value
+    pos = torch.tensor([0, 2, -100])
+    neg = torch.tensor([[2, 1], [0, 0], [1, 1]])
+    loss, correct, scores = oracle_rows(
+        q, keys, pos, neg, 0.5, similarity="cosine", mask_duplicates="value"
+    )
+    # Row 0: cos(q, keys[0]) = 1; keys[2] equals the positive -> masked; cos(q, keys[1]) = 0.8.
+    expected = math.log(math.exp(2.0) + math.exp(1.6)) - 2.0
+    assert abs(loss[0].item() - expected) < 1e-12 and scores[0, 1] == -math.inf
+    # Row 1: both negatives equal the positive by value: loss 0, and correct.
+    assert loss[1].item() == 0.0 and correct[1]
+    assert loss[2].item() == 0.0 and not correct[2]  # ignored
+    loss_i, _, scores_i = oracle_rows(q, keys, pos, neg, mask_duplicates="index")
+    assert scores_i[1, 1] > -math.inf and scores_i[0, 1] > -math.inf  # other indices kept
+
+
+def test_oracle_tie_conventions():
+    q = torch.tensor([[1.0, 0.0]])
+    keys = torch.tensor([[2.0, 0.0], [2.0, 0.0], [0.0, 1.0]])  # key 1 equals key 0 by value
+    pos, neg = torch.tensor([0]), torch.tensor([[1, 2]])
+    assert not oracle_rows(q, keys, pos, neg)[1].item()
+    assert oracle_rows(q, keys, pos, neg, correct_on_tie=True)[1].item()
+    assert oracle_rows(q, keys, pos, neg, mask_duplicates="value")[1].item()

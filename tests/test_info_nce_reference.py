@@ -6,7 +6,7 @@ import logging
 
 import pytest
 import torch
-from test_info_nce_oracle import oracle_cpc, oracle_rows
+from info_nce_oracle import oracle_cpc, oracle_rows
 
 import cpc_fast
 from cpc_fast.errors import UserInputError
@@ -18,6 +18,7 @@ from cpc_fast.losses import (
     fused_status,
     sample_negatives,
 )
+from cpc_fast.losses import backend as backend_module
 from cpc_fast.losses import info_nce as info_nce_module
 from cpc_fast.losses import info_nce_reference as ref
 from cpc_fast.losses.info_nce import info_nce
@@ -170,7 +171,7 @@ def test_steps_beyond_the_sequence_report_nan():
         ({"neg_index": torch.zeros(1, 2, 5, 3)}, "int32 or int64"),
         ({"neg_index": torch.zeros(1, 2, 4, 3, dtype=torch.long)}, "shape"),
         ({"num_negatives": 0}, "num_negatives"),
-        ({"seed": 1, "generator": torch.Generator()}, "either seed or generator"),
+        ({"seed": 1, "generator": torch.Generator()}, "either `seed` or `generator`"),
         ({"backend": "cuda"}, "backend"),
         ({"design": "fast"}, "design"),
     ],
@@ -184,18 +185,18 @@ def test_bad_arguments_raise_user_input_error(kwargs, match):
 def test_bad_general_arguments_raise():
     q, keys = torch.randn(4, 3), torch.randn(5, 3)
     pos, neg = torch.zeros(4, dtype=torch.long), torch.zeros(4, 2, dtype=torch.long)
-    with pytest.raises(UserInputError, match="pos_index holds index 5"):
+    with pytest.raises(UserInputError, match="`pos_index` holds index 5"):
         info_nce(q, keys, pos + 5, neg, backend="reference")
     with pytest.raises(UserInputError, match="reduction"):
         info_nce(q, keys, pos, neg, reduction="max", backend="reference")
     with pytest.raises(UserInputError, match="D=4"):
         info_nce(q, torch.randn(5, 4), pos, neg, backend="reference")
-    with pytest.raises(UserInputError, match="neg_index must have shape"):
+    with pytest.raises(UserInputError, match="`neg_index` must have shape"):
         info_nce(q, keys, pos, neg[:3], backend="reference")
     with pytest.raises(UserInputError, match="reduction"):  # at construction, not first call
         InfoNCELoss(reduction="avg")
     # The reference has no safe path for a bad index: it checks even when told not to.
-    with pytest.raises(UserInputError, match="neg_index holds index 5"):
+    with pytest.raises(UserInputError, match="`neg_index` holds index 5"):
         info_nce(q, keys, pos, neg + 5, backend="reference", check_indices=False)
 
 
@@ -209,7 +210,7 @@ def test_backend_selection(monkeypatch, caplog):
     cpc_info_nce(pred, z, neg_index=neg)
     monkeypatch.delenv("CPC_FAST_LOSS_BACKEND")
     # CPU tensors: auto picks the reference and says so once.
-    monkeypatch.setattr(info_nce_module, "_said_fallback", False)
+    monkeypatch.setattr(backend_module, "_said_fallback", False)
     with caplog.at_level(logging.INFO, logger="cpc_fast.losses.info_nce"):
         cpc_info_nce(pred, z, neg_index=neg)
         cpc_info_nce(pred, z, neg_index=neg)

@@ -3,9 +3,10 @@
 The interpreter accepts code the compiler rejects (and the reverse), so the interpreted
 correctness tests alone do not prove the kernels build. ``cpc_fast.kernels.aot`` records the
 launchers' real launches (paper shape, and an edge shape where K, N and the seed are 1,
-which Triton compiles as constants) and compiles them with Triton's own specialisation. The
-compile runs once per session in a subprocess with ``TRITON_INTERPRET`` unset (the
-interpreter replaces ``triton.jit``).
+which Triton compiles as constants), in every mode (cosine similarity, negatives masked by
+index or value, ties counted, whole-batch keys), and compiles them with Triton's own
+specialisation. The compile runs once per session in a subprocess with ``TRITON_INTERPRET``
+unset (the interpreter replaces ``triton.jit``).
 """
 
 from __future__ import annotations
@@ -51,6 +52,11 @@ def test_every_kernel_compiles_for_sm90_in_every_dtype(sm90_build):
             assert any(n.startswith(f"{kernel}[{dtype},") for n in names), (kernel, dtype)
     for path in ("philox", "philox-exclude"):
         assert f"materialize[i64,{path},D=128]" in names
+    # The modes of the drop-in loss: wav2vec 2.0's cosine + value masking, index masking with
+    # ties counted, CPC_audio's whole-batch keys; atomic and deterministic backward.
+    for path in ("general-cosine-value", "general-index-tie", "cpc-batch-tie"):
+        for kernel in ("gather_fwd", "gather_bwd", "dk_segment"):
+            assert any(n.startswith(f"{kernel}[fp32,{path},") for n in names), (kernel, path)
     # Launch-time specialisation as on a GPU: K = N = seed = 1 became constants.
     edge = [n for n in names if n.endswith(",edge]")]
     assert {n.split("[")[0] for n in edge} == {*KERNELS, "materialize"}

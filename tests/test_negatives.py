@@ -1,7 +1,9 @@
 """Negative sampling: range, same sequence, uniformity (chi-square), independence, seeds.
 
 Both samplers are checked: ``sample_negatives`` (torch.randint) and ``philox_negatives``
-(the draws the fused kernels make in-kernel; run by Triton's interpreter on CPU).
+(the draws the fused kernels make in-kernel; run by Triton's interpreter on CPU), and
+``sample_negatives`` across the batch (CPC_audio's) and for a window of T < L rows. The
+wav2vec 2.0 sampler over masked frames is checked in ``test_wav2vec2.py``.
 """
 
 from __future__ import annotations
@@ -186,7 +188,33 @@ def test_philox_draws_are_bit_exact_philox4x32_10(exclude):
 
 
 def test_bad_sizes_raise():
-    with pytest.raises(UserInputError, match="L >= 1"):
+    with pytest.raises(UserInputError, match="`L` >= 1"):
         sample_negatives(1, 1, 0, 3)
     with pytest.raises(UserInputError, match="exclude_positive"):
         sample_negatives(1, 1, 1, 3, exclude_positive=True)
+
+
+@pytest.mark.parametrize("exclude", [False, True])
+def test_across_the_batch_uniform_over_every_frame(exclude):
+    T = L - K  # CPC_audio's window
+    g = torch.Generator().manual_seed(6)
+    idx = sample_negatives(B, K, L, N, generator=g, exclude_positive=exclude, rows=T,
+                           across_batch=True)  # fmt: skip
+    assert idx.shape == (B, K, T, N) and idx.min() >= 0 and idx.max() < B * L
+    pos = _positions()[:, :, :T] + torch.arange(B).view(B, 1, 1, 1) * L
+    if exclude:
+        assert not (idx == pos).any()
+        rank = idx - (idx > pos).long()
+        assert _chi2(torch.bincount(rank.view(-1), minlength=B * L - 1)) < _chi2_critical(B * L - 2)
+    else:
+        assert (idx == pos).any()  # may coincide with the positive, as in CPC_audio
+        counts = torch.bincount(idx.view(-1), minlength=B * L)
+        assert _chi2(counts) < _chi2_critical(B * L - 1)
+    # Another sequence's frames are drawn as often as the row's own.
+    other = (idx // L != torch.arange(B).view(B, 1, 1, 1)).double().mean().item()
+    assert abs(other - (B - 1) / B) < 0.02
+
+
+def test_a_window_of_rows_draws_from_all_frames():
+    idx = sample_negatives(B, K, L, N, generator=torch.Generator().manual_seed(7), rows=5)
+    assert idx.shape == (B, K, 5, N) and idx.max() == L - 1 and idx.min() == 0

@@ -1,123 +1,188 @@
-"""Autograd Functions over the Triton kernels (``cpc_fast.kernels``): per-row InfoNCE.
+"""The Triton kernels (``cpc_fast.kernels``) as ``torch.library`` custom ops: per-row InfoNCE.
 
-Both Functions map (queries, keys) to per-row losses (B, K, L) fp32 and a non-differentiable
-correctness mask; reductions happen outside in plain PyTorch, so autograd hands backward the
-per-row gradient whatever the reduction was.
+``cpc_fast::fused_info_nce`` maps queries (B, K, L, D) and keys to per-row losses (B, K, L)
+fp32, a correctness mask and the per-row logsumexp; ``cpc_fast::fused_info_nce_backward``
+computes the gradients. Each has a fake (meta) implementation, and the forward op a
+registered autograd formula, so ``torch.compile`` traces through them without a graph break
+(flash-attention's pattern) and ``torch.library.opcheck`` checks them. Reductions happen
+outside in plain PyTorch, so autograd hands backward the per-row gradient whatever the
+reduction was.
 
-- Autocast: wrapped with ``torch.amp.custom_fwd/custom_bwd(device_type="cuda")`` without
-  ``cast_inputs``. The kernels read fp32, bf16 or fp16 as given and always accumulate scores,
-  logsumexp and gradients in fp32, so casting inputs up would only double the bytes the
-  kernels gather; backward runs under the same autocast state as forward.
-- Index tensors are saved with ``save_for_backward`` like the inputs, so changing them in
-  place between forward and backward is an autograd error, not a gradient for other indices.
-- No double backward: the kernels have no derivative of their own. With ``create_graph=True``
-  the gradients come back marked so that differentiating them again (gradient penalties,
-  Hessian-vector products) raises, instead of silently dropping this loss's second-order
-  term. (``once_differentiable`` is not enough: it only reacts to an upstream gradient that
-  requires grad, and the upstream gradient of a loss is a constant.)
+- Everything that is not a tensor travels as :class:`FusedOptions` (an op takes it flat).
+- Autocast: the ops take inputs as given (no casting). The kernels read fp32, bf16 or fp16
+  and always accumulate scores, logsumexp and gradients in fp32, so casting inputs up would
+  only double the bytes the kernels gather.
+- Index tensors are saved for backward like the inputs, so changing them in place between
+  forward and backward is an autograd error, not a gradient for other indices.
+- No double backward: the kernels have no derivative of their own. The backward op's
+  autograd formula raises, so differentiating the gradients again (gradient penalties,
+  Hessian-vector products) is an error instead of silently dropping this loss's
+  second-order term.
 - Gradients are computed only for the inputs that need them (``ctx.needs_input_grad``): with
   frozen keys (a target network) no d_keys atomics or sort run at all.
+- Given indices are range-checked inside the op (``check_indices``: one ``aminmax`` and one
+  device sync each), so the check runs in compiled graphs too.
 """
 
 from __future__ import annotations
 
+from typing import NamedTuple, get_type_hints
+
 import torch
+from torch import Tensor
 
 from cpc_fast.kernels.info_nce import (
+    IGNORE_INDEX,
     Candidates,
+    Scoring,
     dense_backward,
     dense_forward,
     gather_backward,
     gather_forward,
 )
+from cpc_fast.losses.negatives import check_index_range
 
 _NO_DOUBLE_BACKWARD = (
     "the fused InfoNCE has no double backward (its backward is a Triton kernel); use "
-    "backend='reference' for second-order gradients"
+    "`backend='reference'` for second-order gradients"
 )
 
 
-class _FirstOrderOnly(torch.autograd.Function):
-    """Identity on a gradient, tied to the inputs it depends on; its backward raises."""
+class FusedOptions(NamedTuple):
+    """How a fused call finds and scores its candidates: everything but the tensors."""
 
-    @staticmethod
-    def forward(ctx, grad, *inputs):
-        return grad.view_as(grad)
-
-    @staticmethod
-    def backward(ctx, *_):
-        raise RuntimeError(_NO_DOUBLE_BACKWARD)
-
-
-def _first_order(grads, inputs):
-    """Marks the gradients when backward builds a graph (create_graph=True)."""
-    if not torch.is_grad_enabled() or not any(t.requires_grad for t in inputs):
-        return grads
-    return tuple(None if g is None else _FirstOrderOnly.apply(g, *inputs) for g in grads)
+    N: int  # negatives per row
+    scale: float  # 1 / temperature
+    exclude_positive: bool = False  # in-kernel draws skip the positive
+    seq_len: int = 0  # CPC frames per sequence (0: keys.shape[1])
+    batch_keys: bool = False  # CPC keys are the whole batch's frames
+    cosine: bool = False
+    mask: str = "none"  # or "index", "value"
+    correct_on_tie: bool = False
+    design: str = "gather"  # given or Philox negatives; or "dense"
+    deterministic: bool = False
+    check_indices: bool = True
 
 
-def _save(ctx, q, keys, lse, cand: Candidates) -> None:
-    ctx.save_for_backward(q, keys, lse, cand.pos, cand.neg)
-    ctx.cand = cand._replace(pos=None, neg=None)  # tensors travel through saved_tensors
+_OPTIONS = ", ".join(f"{t.__name__} {n}" for n, t in get_type_hints(FusedOptions).items())
+_TENSORS = "Tensor q, Tensor keys, Tensor? pos, Tensor? neg, Tensor? seed"
 
 
-def _restore(ctx) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Candidates]:
-    q, keys, lse, pos, neg = ctx.saved_tensors
-    return q, keys, lse, ctx.cand._replace(pos=pos, neg=neg)
+def _candidates(pos, neg, seed, o: FusedOptions) -> Candidates:
+    philox_seed = int(seed) if seed is not None else 0
+    return Candidates(pos, neg, o.N, philox_seed, o.exclude_positive, o.seq_len, o.batch_keys)
 
 
-class GatherInfoNCE(torch.autograd.Function):
-    """Designs (a) and (b): q (B, K, L, D), keys (B, Lk, D) -> loss, correct (B, K, L)."""
-
-    @staticmethod
-    @torch.amp.custom_fwd(device_type="cuda")
-    def forward(ctx, q, keys, cand: Candidates, scale: float, deterministic: bool):
-        loss, correct, lse = gather_forward(q, keys, cand, scale)
-        _save(ctx, q, keys, lse, cand)
-        ctx.scale, ctx.deterministic = scale, deterministic
-        ctx.mark_non_differentiable(correct)
-        return loss, correct
-
-    @staticmethod
-    @torch.amp.custom_bwd(device_type="cuda")
-    def backward(ctx, grad_loss, _grad_correct):
-        q, keys, lse, cand = _restore(ctx)
-        need_dq, need_dk = ctx.needs_input_grad[:2]
-        with torch.no_grad():
-            dq, dk = gather_backward(
-                q,
-                keys,
-                cand,
-                ctx.scale,
-                lse,
-                grad_loss.float().contiguous(),
-                ctx.deterministic,
-                need_dk=need_dk,
-            )
-        dq, dk = _first_order((dq if need_dq else None, dk), (q, keys))
-        return dq, dk, None, None, None
+def _check_ranges(keys: Tensor, pos: Tensor | None, neg: Tensor | None) -> None:
+    Lk = keys.shape[1]
+    if pos is not None:
+        check_index_range(pos[pos != IGNORE_INDEX], Lk, "pos_index")
+    if neg is not None:
+        check_index_range(neg, Lk, "neg_index")
 
 
-class DenseCPCInfoNCE(torch.autograd.Function):
-    """Design (c): predictions (B, K, L, D), z (B, L, D) -> loss, correct (B, K, L)."""
+@torch.library.custom_op(
+    "cpc_fast::fused_info_nce",
+    mutates_args=(),
+    schema=f"({_TENSORS}, {_OPTIONS}) -> (Tensor, Tensor, Tensor)",
+)
+def fused_info_nce(q, keys, pos, neg, seed, *options):
+    """q (B, K, L, D), keys (B or 1, Lk, D) -> loss (B, K, L) fp32, correct bool, lse fp32."""
+    o = FusedOptions(*options)
+    if o.check_indices:
+        _check_ranges(keys, pos, neg)
+    cand = _candidates(pos, neg, seed, o)
+    if o.design == "dense":
+        return dense_forward(q, keys, cand, o.scale, o.correct_on_tie)
+    return gather_forward(q, keys, cand, o.scale, Scoring(o.cosine, o.mask, o.correct_on_tie))
 
-    @staticmethod
-    @torch.amp.custom_fwd(device_type="cuda")
-    def forward(ctx, q, z, cand: Candidates, scale: float):
-        loss, correct, lse = dense_forward(q, z, cand, scale)
-        _save(ctx, q, z, lse, cand)
-        ctx.scale = scale
-        ctx.mark_non_differentiable(correct)
-        return loss, correct
 
-    @staticmethod
-    @torch.amp.custom_bwd(device_type="cuda")
-    def backward(ctx, grad_loss, _grad_correct):
-        q, z, lse, cand = _restore(ctx)
-        need_dq, need_dz = ctx.needs_input_grad[:2]
-        with torch.no_grad():
-            dq, dz = dense_backward(
-                q, z, cand, ctx.scale, lse, grad_loss.float().contiguous(), need_dq, need_dz
-            )
-        dq, dz = _first_order((dq, dz), (q, z))
-        return dq, dz, None, None
+@fused_info_nce.register_fake
+def _(q, keys, pos, neg, seed, *options):
+    rows = q.shape[:3]
+    loss = q.new_empty(rows, dtype=torch.float32)
+    return loss, q.new_empty(rows, dtype=torch.bool), torch.empty_like(loss)
+
+
+@torch.library.custom_op(
+    "cpc_fast::fused_info_nce_backward",
+    mutates_args=(),
+    schema=(
+        f"(Tensor grad, {_TENSORS}, Tensor lse, {_OPTIONS}, bool need_dq, bool need_dk) "
+        "-> (Tensor, Tensor)"
+    ),
+)
+def fused_info_nce_backward(grad, q, keys, pos, neg, seed, lse, *options_and_needs):
+    """-> (dq like q, dk (keys' shape, contiguous)); an empty tensor for one not needed."""
+    *options, need_dq, need_dk = options_and_needs
+    o = FusedOptions(*options)
+    cand = _candidates(pos, neg, seed, o)
+    if o.design == "dense":
+        dq, dk = dense_backward(q, keys, cand, o.scale, lse, grad, need_dq, need_dk)
+    else:
+        scoring = Scoring(o.cosine, o.mask, o.correct_on_tie)
+        dq, dk = gather_backward(
+            q, keys, cand, o.scale, lse, grad, o.deterministic, need_dk, scoring
+        )
+    return _or_empty(dq, need_dq, q), _or_empty(dk, need_dk, q)
+
+
+def _or_empty(grad: Tensor | None, needed: bool, like: Tensor) -> Tensor:
+    return grad if needed else like.new_empty(0)
+
+
+@fused_info_nce_backward.register_fake
+def _(grad, q, keys, pos, neg, seed, lse, *options_and_needs):
+    need_dq, need_dk = options_and_needs[-2:]
+    dq = torch.empty_like(q) if need_dq else q.new_empty(0)
+    return dq, keys.new_empty(keys.shape) if need_dk else q.new_empty(0)
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    q, keys, pos, neg, seed, *options = inputs
+    ctx.save_for_backward(q, keys, pos, neg, seed, output[2])
+    ctx.options = options
+
+
+def _backward(ctx, grad_loss, _grad_correct, _grad_lse):
+    q, keys, pos, neg, seed, lse = ctx.saved_tensors
+    need_dq, need_dk = ctx.needs_input_grad[:2]
+    dq, dk = fused_info_nce_backward(
+        grad_loss.float().contiguous(),
+        q,
+        keys,
+        pos,
+        neg,
+        seed,
+        lse,
+        *ctx.options,
+        need_dq,
+        need_dk,
+    )
+    none = (None,) * (3 + len(ctx.options))
+    return (dq if need_dq else None, dk if need_dk else None, *none)
+
+
+fused_info_nce.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _refuse_double_backward(ctx, *grads):
+    raise RuntimeError(_NO_DOUBLE_BACKWARD)
+
+
+fused_info_nce_backward.register_autograd(
+    _refuse_double_backward, setup_context=lambda ctx, inputs, output: None
+)
+
+
+def fused_rows(
+    q: Tensor,
+    keys: Tensor,
+    pos: Tensor | None,
+    neg: Tensor | None,
+    seed: Tensor | None,
+    options: FusedOptions,
+) -> tuple[Tensor, Tensor]:
+    """Per-row (loss, correct), each (B, K, L), through the custom op."""
+    loss, correct, _ = fused_info_nce(q, keys, pos, neg, seed, *options)
+    return loss, correct

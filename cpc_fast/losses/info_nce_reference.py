@@ -2,153 +2,328 @@
 
 The same maths as the fused kernels in ``cpc_fast.kernels`` (diff them side by side):
 
-    s_j  = <q, c_j> / τ,   c_0 = keys[pos], c_j = keys[neg_j] (j = 1..N)
+    s_j  = sim(q, c_j) / τ,   c_0 = keys[pos], c_j = keys[neg_j] (j = 1..N)
+    sim  = <q, c>, or <q, c> / (max(|q|, eps) max(|c|, eps)) (cosine, eps = 1e-8, torch's)
+    s_j  = -inf for a negative masked as equal to the positive (by index or by value)
     loss = logsumexp_j(s_j) - s_0
-    correct = s_0 > max_{j >= 1} s_j        (strictly; a negative that IS the positive ties)
+    correct = s_0 > max_{j >= 1} s_j and no kept negative equals the positive (a tie),
+              or s_0 >= every kept negative that is not a tie (``correct_on_tie``)
 
-Every score and logsumexp is computed in float32 (float64 when an input is float64), with
-autocast disabled, whatever the input dtype.
+A row whose positive is ``IGNORE_INDEX`` (-100, PyTorch's ``ignore_index``) has loss 0, is
+not correct and gets no gradient. Every score and logsumexp is computed in float32 (float64
+when an input is float64), with autocast disabled, whatever the input dtype.
+
+The general form is the custom op ``cpc_fast::reference_info_nce`` (a fake implementation
+and an autograd formula, so ``torch.compile`` traces it without a graph break). Its
+backward recomputes the scores in plain differentiable PyTorch, so second-order gradients
+work. The CPC form (:func:`cpc_info_nce_rows_reference`) is plain autograd.
 
 Memory: :func:`cpc_info_nce_rows_reference` works one prediction step k at a time and scores
 each step's rows against all L frames of their own sequence with one (T x D)(D x L) matmul,
 then gathers the N + 1 scores it needs. Its peak is one (B, T, L) score block per step, far
 below 1/K of the naive dense gather (:func:`cpc_info_nce_naive`, which materialises a
 (B, K, L, N + 1, D) candidate tensor: 2.5 GB in float32 at the paper's shape). Very long
-sequences fall back to gathering the candidates per step, so the cost never grows as L².
+sequences (or negatives from the whole batch) fall back to gathering the candidates per
+step, so the cost never grows as L².
 """
 
 from __future__ import annotations
 
+from typing import NamedTuple, get_type_hints
+
 import torch
+from torch import Tensor
+
+from cpc_fast.losses.negatives import IGNORE_INDEX, check_index_range
 
 # Rows per chunk are chosen so one chunk's scores or candidates stay near this many elements.
 _CHUNK_ELEMENTS = 1 << 23
 # Scoring against all L frames costs ~2·L·D flops per row instead of gathering N + 1 keys;
 # above this ratio of L to N + 1 the gather is cheaper on a CPU.
 _DENSE_MAX_RATIO = 40
+COSINE_EPS = 1e-8  # torch.nn.functional.cosine_similarity's default
 
 
-def compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
+class ReferenceOptions(NamedTuple):
+    """How the general reference scores its candidates: everything but the tensors."""
+
+    scale: float  # 1 / temperature
+    cosine: bool
+    mask: str  # "none", "index" or "value"
+    correct_on_tie: bool
+
+
+def compute_dtype(*tensors: Tensor) -> torch.dtype:
     """float64 when any input is float64, else float32: the loss never runs in half."""
     return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
 
 
-def info_nce_rows_reference(
-    queries: torch.Tensor,
-    keys: torch.Tensor,
-    pos_index: torch.Tensor,
-    neg_index: torch.Tensor,
-    temperature: float = 1.0,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-row InfoNCE over gathered candidates, chunked over rows.
+def normalise(x: Tensor) -> Tensor:
+    """x / max(|x|, eps) over the last dim: cosine_similarity's normalisation (value only)."""
+    return x / torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min(COSINE_EPS)
 
-    queries (M, D), keys (Nk, D), pos_index (M,), neg_index (M, N) -> loss (M,) in the compute
-    dtype and correct (M,) bool.
-    """
-    M, D = queries.shape
-    N = neg_index.shape[1]
+
+def _normalise_vjp(x: Tensor, v: Tensor) -> Tensor:
+    """v pulled back through :func:`normalise` as torch differentiates cosine_similarity:
+    the eps clamp changes the value, not the derivative of the norm (u = x / |x|, 0 at 0)."""
+    n = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
+    u = x / torch.where(n > 0, n, 1)
+    y = x / n.clamp_min(COSINE_EPS)
+    return (v - (y * v).sum(-1, keepdim=True) * u) / n.clamp_min(COSINE_EPS)
+
+
+def _chunk_rows(index: Tensor, D: int) -> int:
+    """Rows per chunk so that one chunk's (rows, N + 1, D) candidates stay near the limit."""
+    return max(1, _CHUNK_ELEMENTS // (index.shape[1] * D))
+
+
+def _candidate_index(pos: Tensor, neg: Tensor) -> tuple[Tensor, Tensor]:
+    """(M, N + 1) int64 key rows, positive first (ignored rows point at row 0), and the
+    (M,) rows that count."""
+    valid = pos != IGNORE_INDEX
+    return torch.cat([torch.where(valid, pos, 0).view(-1, 1), neg], 1).long(), valid
+
+
+def _equal_to_positive(keys: Tensor, idx: Tensor) -> Tensor:
+    """(m, N) True where a negative equals its row's positive in all D components."""
+    return (keys[idx[:, 1:]] == keys[idx[:, :1]]).all(-1)
+
+
+def _scores(q: Tensor, cand: Tensor, scale: float, masked: Tensor | None) -> Tensor:
+    """q (m, D), cand (m, N + 1, D) -> (m, N + 1) scores, masked negatives at -inf."""
+    s = torch.bmm(cand, q.unsqueeze(2)).squeeze(2) * scale
+    if masked is None:
+        return s
+    return torch.cat([s[:, :1], s[:, 1:].masked_fill(masked, float("-inf"))], 1)
+
+
+def _masked(idx: Tensor, equal: Tensor | None, mode: str) -> Tensor | None:
+    """(m, N) negatives masked as equal to the positive: by index, by value, or none."""
+    return {"index": idx[:, 1:] == idx[:, :1], "value": equal}.get(mode)
+
+
+def _scored(queries: Tensor, keys: Tensor, cosine: bool) -> tuple[Tensor, Tensor]:
     dtype = compute_dtype(queries, keys)
+    q, k = queries.to(dtype), keys.to(dtype)
+    return (normalise(q), normalise(k)) if cosine else (q, k)
+
+
+@torch.library.custom_op(
+    "cpc_fast::reference_info_nce",
+    mutates_args=(),
+    schema=(
+        "(Tensor queries, Tensor keys, Tensor pos, Tensor neg, "
+        + ", ".join(f"{t.__name__} {n}" for n, t in get_type_hints(ReferenceOptions).items())
+        + ") -> (Tensor, Tensor)"
+    ),
+)
+def reference_info_nce(queries, keys, pos, neg, *options):
+    """queries (M, D), keys (Nk, D), pos (M,), neg (M, N) -> loss (M,), correct (M,) bool.
+
+    The index range is always checked (no safe path for a bad index here)."""
+    o = ReferenceOptions(*options)
+    check_index_range(pos[pos != IGNORE_INDEX], keys.shape[0], "pos_index")
+    check_index_range(neg, keys.shape[0], "neg_index")
+    M, D = queries.shape
+    index, valid = _candidate_index(pos, neg)
+    chunk = _chunk_rows(index, D)
+    losses, correct = [], []
     with torch.autocast(queries.device.type, enabled=False):
-        q_all = queries.to(dtype)
-        k_all = keys.to(dtype)
-        index = torch.cat([pos_index.view(M, 1), neg_index], 1).long()  # (M, N + 1)
-        chunk = max(1, _CHUNK_ELEMENTS // ((N + 1) * D))
-        losses, correct = [], []
+        q, k = _scored(queries, keys, o.cosine)
         for start in range(0, M, chunk):
             idx = index[start : start + chunk]
-            cand = k_all[idx]  # (m, N + 1, D)
-            scores = torch.bmm(cand, q_all[start : start + chunk].unsqueeze(2)).squeeze(2)
-            scores = scores / temperature
-            loss, ok = _rows_from_scores(scores, idx)
+            equal = _equal_to_positive(keys, idx)
+            scores = _scores(q[start : start + chunk], k[idx], o.scale, _masked(idx, equal, o.mask))
+            loss, ok = _rows_from_scores(scores, idx, o.correct_on_tie, equal)
             losses.append(loss)
             correct.append(ok)
-    return torch.cat(losses), torch.cat(correct)
+    loss = torch.cat(losses)
+    return torch.where(valid, loss, 0), torch.cat(correct) & valid
+
+
+@reference_info_nce.register_fake
+def _(queries, keys, pos, neg, *options):
+    M = queries.shape[0]
+    dtype = compute_dtype(queries, keys)
+    return queries.new_empty((M,), dtype=dtype), queries.new_empty((M,), dtype=torch.bool)
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    queries, keys, pos, neg, *options = inputs
+    ctx.save_for_backward(queries, keys, pos, neg)
+    ctx.options = ReferenceOptions(*options)
+
+
+def _backward(ctx, grad_loss, _grad_correct):
+    """Recomputes the scores chunk by chunk in differentiable PyTorch (so a second backward
+    works) and forms d loss / d s = g (softmax(s) - [j = 0]) directly."""
+    queries, keys, pos, neg = ctx.saved_tensors
+    o = ctx.options
+    need_dq, need_dk = ctx.needs_input_grad[:2]
+    M, D = queries.shape
+    index, valid = _candidate_index(pos, neg)
+    chunk = _chunk_rows(index, D)
+    with torch.autocast(queries.device.type, enabled=False):
+        q, k = _scored(queries, keys, o.cosine)
+        g = torch.where(valid, grad_loss.to(q.dtype), 0) * o.scale  # (M,)
+        dq, dk = [], torch.zeros_like(k)
+        for start in range(0, M, chunk):
+            idx = index[start : start + chunk]
+            cand = k[idx]  # (m, N + 1, D)
+            equal = _equal_to_positive(keys, idx) if o.mask == "value" else None
+            masked = _masked(idx, equal, o.mask)
+            w = g[start : start + chunk, None] * torch.softmax(
+                _scores(q[start : start + chunk], cand, o.scale, masked), 1
+            )
+            w = torch.cat([w[:, :1] - g[start : start + chunk, None], w[:, 1:]], 1)  # (m, N + 1)
+            if need_dq:
+                dq.append(torch.bmm(w.unsqueeze(1), cand).squeeze(1))
+            if need_dk:
+                rows = (w.unsqueeze(2) * q[start : start + chunk, None]).flatten(0, 1)
+                dk = dk.index_add(0, idx.reshape(-1), rows)
+        dq = _pull_back(queries, torch.cat(dq), o.cosine) if need_dq else None
+        dk = _pull_back(keys, dk, o.cosine) if need_dk else None
+    return dq, dk, None, None, *(None,) * len(o)
+
+
+def _pull_back(x: Tensor, grad: Tensor, cosine: bool) -> Tensor:
+    """The gradient of the (normalised, with ``cosine``) compute-dtype copy -> x's gradient."""
+    return (_normalise_vjp(x.to(grad.dtype), grad) if cosine else grad).to(x.dtype)
+
+
+reference_info_nce.register_autograd(_backward, setup_context=_setup_context)
+
+
+def info_nce_rows_reference(
+    queries: Tensor,
+    keys: Tensor,
+    pos_index: Tensor,
+    neg_index: Tensor,
+    temperature: float = 1.0,
+    *,
+    similarity: str = "dot",
+    mask_duplicates: str = "none",
+    correct_on_tie: bool = False,
+) -> tuple[Tensor, Tensor]:
+    """Per-row InfoNCE over gathered candidates, chunked over rows.
+
+    queries (M, D), keys (Nk, D), pos_index (M,) (IGNORE_INDEX drops a row), neg_index
+    (M, N) -> loss (M,) in the compute dtype and correct (M,) bool.
+    """
+    options = ReferenceOptions(
+        1.0 / temperature, similarity == "cosine", mask_duplicates, correct_on_tie
+    )
+    return reference_info_nce(queries, keys, pos_index, neg_index, *options)
+
+
+def _rows_from_scores(
+    scores: Tensor, index: Tensor, correct_on_tie: bool, value_tie: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    """scores (..., N + 1), positive first, masked negatives at -inf; index (..., N + 1) key
+    rows -> loss (...), correct (...). A kept negative at the positive's index (or equal to
+    it by value: ``value_tie``) ties with it, whatever rounding the matmul applied."""
+    loss = torch.logsumexp(scores, -1) - scores[..., 0]
+    with torch.no_grad():
+        tie = index[..., 1:] == index[..., :1]
+        if value_tie is not None:
+            tie = tie | value_tie
+        tie = tie & (scores[..., 1:] > float("-inf"))
+        others = scores[..., 1:].masked_fill(tie, float("-inf")).amax(-1)
+        if correct_on_tie:
+            correct = scores[..., 0] >= others
+        else:
+            correct = (scores[..., 0] > others) & ~tie.any(-1)
+    return loss, correct
 
 
 def cpc_info_nce_rows_reference(
-    predictions: torch.Tensor,
-    z: torch.Tensor,
-    neg_index: torch.Tensor,
+    predictions: Tensor,
+    z: Tensor,
+    neg_index: Tensor,
     temperature: float = 1.0,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    *,
+    batch_keys: bool = False,
+    correct_on_tie: bool = False,
+) -> tuple[Tensor, Tensor]:
     """Per-row CPC InfoNCE, one prediction step at a time.
 
-    predictions (B, K, L, D), z (B, L, D), neg_index (B, K, L, N) frames of the same
-    sequence -> loss (B, K, L) in the compute dtype, zero on rows with t + k + 1 >= L, and
-    correct (B, K, L) bool, False on those rows.
+    predictions (B, K, T, D) with T <= L, z (B, L, D), neg_index (B, K or 1, T, N) frames of
+    the row's own sequence, or with ``batch_keys`` rows of the whole batch's B·L frames ->
+    loss (B, K, T) in the compute dtype, zero on rows with t + k + 1 >= L, and correct
+    (B, K, T) bool, False on those rows.
     """
-    B, K, L, D = predictions.shape
-    N = neg_index.shape[3]
+    B, K, T, D = predictions.shape
+    L = z.shape[1]
     dtype = compute_dtype(predictions, z)
-    dense = L <= _DENSE_MAX_RATIO * (N + 1)
+    neg_index = neg_index.expand(B, K, T, neg_index.shape[3])
     with torch.autocast(predictions.device.type, enabled=False):
-        zc = z.to(dtype)
+        keys = z.to(dtype)
+        if batch_keys:
+            keys = keys.reshape(1, B * L, D)
+        dense = keys.shape[1] <= _DENSE_MAX_RATIO * (neg_index.shape[3] + 1)
         loss_steps, correct_steps = [], []
         for k in range(K):
-            T = max(L - k - 1, 0)
-            loss_k = predictions.new_zeros((B, L), dtype=dtype)
-            correct_k = torch.zeros((B, L), dtype=torch.bool, device=predictions.device)
-            if T > 0:
-                rows = _cpc_step(
-                    predictions[:, k, :T].to(dtype), zc, neg_index[:, k, :T], k, temperature, dense
+            rows = max(min(T, L - k - 1), 0)
+            loss_k = predictions.new_zeros((B, T), dtype=dtype)
+            correct_k = torch.zeros((B, T), dtype=torch.bool, device=predictions.device)
+            if rows > 0:
+                first = k + 1 + (torch.arange(B, device=z.device) * L if batch_keys else 0)
+                loss, ok = _cpc_step(
+                    predictions[:, k, :rows].to(dtype),
+                    keys,
+                    neg_index[:, k, :rows],
+                    first,
+                    temperature,
+                    dense,
+                    correct_on_tie,
                 )
-                loss_k = torch.cat([rows[0], loss_k[:, T:]], 1)
-                correct_k = torch.cat([rows[1], correct_k[:, T:]], 1)
+                loss_k = torch.cat([loss, loss_k[:, rows:]], 1)
+                correct_k = torch.cat([ok, correct_k[:, rows:]], 1)
             loss_steps.append(loss_k)
             correct_steps.append(correct_k)
     return torch.stack(loss_steps, 1), torch.stack(correct_steps, 1)
 
 
 def _cpc_step(
-    q: torch.Tensor,  # (B, T, D)
-    z: torch.Tensor,  # (B, L, D)
-    neg: torch.Tensor,  # (B, T, N)
-    k: int,
+    q: Tensor,  # (B, T, D)
+    keys: Tensor,  # (B, L, D), or (1, B·L, D) shared by all sequences
+    neg: Tensor,  # (B, T, N) key rows
+    first: Tensor | int,  # (B,) or scalar: key row of the positive of row t = 0
     temperature: float,
     dense: bool,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    correct_on_tie: bool,
+) -> tuple[Tensor, Tensor]:
     B, T, D = q.shape
-    L = z.shape[1]
+    Lk = keys.shape[1]
     N = neg.shape[2]
-    pos = torch.arange(k + 1, k + 1 + T, device=q.device).view(1, T, 1).expand(B, T, 1)
+    t = torch.arange(T, device=q.device).view(1, T, 1)
+    pos = (torch.as_tensor(first, device=q.device).view(-1, 1, 1) + t).expand(B, T, 1)
     index = torch.cat([pos, neg.long()], 2)  # (B, T, N + 1), positive first
-    per_row = L if dense else (N + 1) * D
+    per_row = Lk if dense else (N + 1) * D
     chunk = max(1, _CHUNK_ELEMENTS // (B * per_row))
+    batch = torch.arange(B, device=q.device).view(B, 1, 1) if keys.shape[0] > 1 else 0
     losses, correct = [], []
     for start in range(0, T, chunk):
         qc = q[:, start : start + chunk]
         idx = index[:, start : start + chunk]
         if dense:
             # Every frame's score, then the N + 1 that were drawn: two GEMMs beat the gather.
-            scores = torch.bmm(qc, z.transpose(1, 2)).gather(2, idx)
+            scores = torch.matmul(qc, keys.transpose(1, 2)).gather(2, idx)
         else:
-            cand = z[torch.arange(B, device=q.device).view(B, 1, 1), idx]  # (B, t, N + 1, D)
+            cand = keys[batch, idx]  # (B, t, N + 1, D)
             scores = torch.einsum("btnd,btd->btn", cand, qc)
-        loss, ok = _rows_from_scores(scores / temperature, idx)
+        loss, ok = _rows_from_scores(scores / temperature, idx, correct_on_tie)
         losses.append(loss)
         correct.append(ok)
     return torch.cat(losses, 1), torch.cat(correct, 1)
 
 
-def _rows_from_scores(
-    scores: torch.Tensor, index: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """scores (..., N + 1) with the positive first -> loss (...), correct (...)."""
-    loss = torch.logsumexp(scores, -1) - scores[..., 0]
-    with torch.no_grad():
-        # A negative drawn at the positive's own index ties with it by definition, whatever
-        # rounding the matmul applied to the two copies.
-        tied = (index[..., 1:] == index[..., :1]).any(-1)
-        correct = (scores[..., 0] > scores[..., 1:].amax(-1)) & ~tied
-    return loss, correct
-
-
 def cpc_info_nce_naive(
-    predictions: torch.Tensor,
-    z: torch.Tensor,
-    neg_index: torch.Tensor,
+    predictions: Tensor,
+    z: Tensor,
+    neg_index: Tensor,
     temperature: float = 1.0,
-) -> torch.Tensor:
+) -> Tensor:
     """The dense gather a user would write: one (B, K, L, N + 1, D) candidate tensor.
 
     Same loss as the reference (mean over rows with t + k + 1 < L); kept as the baseline the

@@ -1,10 +1,13 @@
-"""Negative sampling for CPC's InfoNCE: N frames drawn uniformly from the same sequence.
+"""Negative sampling for InfoNCE: N candidates drawn uniformly per row.
 
 Every sampler draws independently for every row and every draw j, uniformly over the row's
-own sequence. For equal-length (B, K, L) batches, as frame numbers:
+own sequence (or, where said, the whole batch). For equal-length (B, K, L) batches, as frame
+numbers:
 
 - :func:`sample_negatives` — ``torch.randint`` with an optional ``torch.Generator``; used by
-  the reference backend and by the fused backend's explicit-index designs.
+  the reference backend and by the fused backend's explicit-index designs. With
+  ``across_batch`` it draws rows of the whole batch's B·L frames (CPC_audio's sampling),
+  and ``rows`` draws for the first T <= L frames only.
 - :func:`philox_negatives` — materialises exactly the indices that the fused kernels draw
   in-kernel from a seed (Philox 4x32-10 via ``tl.randint4x``), so tests and debugging can
   compare the seeded kernels with the explicit-index ones.
@@ -18,6 +21,11 @@ over each utterance's L_b valid frames only:
 - :func:`padded_negatives` — (B, K, L, N) frame numbers in the padded layout;
 - :func:`within_sequence_negatives` — (M, N) rows of the concatenated valid frames, for the
   flattened rows.
+
+For masked prediction (wav2vec 2.0), among the masked frames of each sequence only:
+
+- :func:`masked_negatives` — (B, L, N) frames, never the frame itself, on the mask's device
+  (``cpc_fast.integrations.wav2vec2.sample_negative_indices`` gives them as flat indices).
 """
 
 from __future__ import annotations
@@ -30,6 +38,8 @@ from cpc_fast.errors import UserInputError
 
 # The kernels number Philox counters (row * ceil(N / 4) + g) in int32.
 PHILOX_COUNTER_LIMIT = 2**31
+# A row whose positive index is this drops out of the loss (PyTorch's ``ignore_index``).
+IGNORE_INDEX = -100
 
 
 class SequenceRows(Protocol):
@@ -50,22 +60,30 @@ def sample_negatives(
     device: torch.device | str | None = None,
     generator: torch.Generator | None = None,
     exclude_positive: bool = False,
+    rows: int | None = None,
+    across_batch: bool = False,
 ) -> torch.Tensor:
-    """Draws (B, K, L, N) int64 frame indices, uniform over the row's own sequence.
+    """Draws (B, K, T, N) int64 negatives uniformly, T = ``rows`` (default L).
 
-    Row (b, k, t) has its positive at frame ``t + k + 1``. With ``exclude_positive`` the draws
-    cover the other L - 1 frames (uniformly); otherwise all L frames, as in the reference CPC
-    code, so a negative may coincide with the positive.
+    Row (b, k, t) has its positive at frame ``t + k + 1``. The draws are frames of the row's
+    own sequence, or with ``across_batch`` rows b' · L + f of the whole batch's B · L frames
+    (CPC_audio's sampling). With ``exclude_positive`` they cover every candidate but the
+    positive (uniformly); otherwise all of them, as in the reference CPC code, so a
+    negative may coincide with the positive.
     """
+    T = L if rows is None else rows
     _check_sizes(B, K, L, N, exclude_positive)
+    span = B * L if across_batch else L
     if not exclude_positive:
-        return torch.randint(0, L, (B, K, L, N), device=device, generator=generator)
-    idx = torch.randint(0, L - 1, (B, K, L, N), device=device, generator=generator)
-    # Skip over the positive: values at or above it move up by one, so L - 1 values map
-    # one-to-one onto the frames other than the positive.
-    pos = torch.arange(L, device=idx.device).view(1, 1, L, 1) + torch.arange(
+        return torch.randint(0, span, (B, K, T, N), device=device, generator=generator)
+    idx = torch.randint(0, span - 1, (B, K, T, N), device=device, generator=generator)
+    # Skip over the positive: values at or above it move up by one, so span - 1 values map
+    # one-to-one onto the candidates other than the positive.
+    pos = torch.arange(T, device=idx.device).view(1, 1, T, 1) + torch.arange(
         1, K + 1, device=idx.device
     ).view(1, K, 1, 1)
+    if across_batch:
+        pos = pos + torch.arange(B, device=idx.device).view(B, 1, 1, 1) * L
     return idx + (idx >= pos).long()
 
 
@@ -88,7 +106,7 @@ def philox_negatives(
         raise UserInputError(
             "philox_negatives counts draws in int32: B*K*L*ceil(N/4) must stay below 2**31"
         )
-    from cpc_fast.kernels.info_nce import materialize_negatives
+    from cpc_fast.kernels.info_nce import materialize_negatives  # Triton is optional
 
     return materialize_negatives(
         philox_key(seed), B, K, L, N, torch.device(device), exclude_positive
@@ -157,24 +175,21 @@ def within_sequence_negatives(
     return index
 
 
-def check_neg_index(
-    neg_index: torch.Tensor, B: int, K: int, L: int, *, check_range: bool = True
-) -> int:
-    """Validates a user-given (B, K, L, N) index tensor of frames; returns N. The range
-    check (one device sync) can be left to kernels that guard their own reads."""
+def check_neg_index(neg_index: torch.Tensor, B: int, K: int, L: int) -> int:
+    """Validates the shape of a user-given (B, K, L, N) index tensor (K may be 1: shared by
+    the steps); returns N. Its range is checked by the loss that reads it."""
     if not isinstance(neg_index, torch.Tensor):
-        raise UserInputError(f"neg_index must be a tensor, got {type(neg_index).__name__}")
+        raise UserInputError(f"`neg_index` must be a tensor, got {type(neg_index).__name__}")
     if neg_index.dtype not in (torch.int32, torch.int64):
-        raise UserInputError(f"neg_index must be int32 or int64, got {neg_index.dtype}")
-    if neg_index.dim() != 4 or tuple(neg_index.shape[:3]) != (B, K, L):
+        raise UserInputError(f"`neg_index` must be int32 or int64, got {neg_index.dtype}")
+    shape = tuple(neg_index.shape)
+    if neg_index.dim() != 4 or shape[0] != B or shape[1] not in (1, K) or shape[2] != L:
         raise UserInputError(
-            f"neg_index must have shape (B, K, L, N) = ({B}, {K}, {L}, N), "
-            f"got {tuple(neg_index.shape)}"
+            f"`neg_index` must have shape (B, K, L, N) = ({B}, {K}, {L}, N) (or K = 1, shared "
+            f"by the steps), got {shape}"
         )
     if neg_index.shape[3] < 1:
-        raise UserInputError("neg_index must hold at least one negative per row (N >= 1)")
-    if check_range:
-        check_index_range(neg_index, L, "neg_index")
+        raise UserInputError("`neg_index` must hold at least one negative per row (N >= 1)")
     return int(neg_index.shape[3])
 
 
@@ -186,12 +201,47 @@ def check_index_range(index: torch.Tensor, size: int, name: str) -> None:
     lo, hi = int(lo), int(hi)
     if lo < 0 or hi >= size:
         bad = lo if lo < 0 else hi
-        raise UserInputError(f"{name} holds index {bad}, outside [0, {size})")
+        raise UserInputError(f"`{name}` holds index {bad}, outside [0, {size})")
 
 
 def _check_sizes(B: int, K: int, L: int, N: int, exclude_positive: bool) -> None:
     for name, value in (("B", B), ("K", K), ("L", L), ("N", N)):
         if value < 1:
-            raise UserInputError(f"sample_negatives needs {name} >= 1, got {value}")
+            raise UserInputError(f"sample_negatives needs `{name}` >= 1, got {value}")
     if exclude_positive and L < 2:
-        raise UserInputError(f"exclude_positive needs at least 2 frames per sequence, got L={L}")
+        raise UserInputError(f"`exclude_positive` needs at least 2 frames per sequence, got L={L}")
+
+
+def masked_negatives(
+    mask: torch.Tensor, num_negatives: int, *, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """(B, L, N) frame indices drawn uniformly among the *other* masked frames of the same
+    sequence (wav2vec 2.0's sampling), on the mask's device.
+
+    mask (B, L) bool (or 0/1 integers); every row needs at least two masked frames. A masked
+    frame t draws its N negatives from the c_b - 1 masked frames other than itself (with
+    replacement); rows of unmasked frames get draws too (masked frames of their sequence),
+    which a loss over masked frames ignores.
+    """
+    if not isinstance(mask, torch.Tensor) or mask.dim() != 2:
+        raise UserInputError("`mask_time_indices` must be a (B, L) tensor")
+    if num_negatives < 1:
+        raise UserInputError(f"`num_negatives` must be >= 1, got {num_negatives}")
+    mask = mask.bool()
+    B, L = mask.shape
+    counts = mask.sum(1)  # (B,)
+    fewest = int(counts.min())  # one device sync: an empty row cannot be sampled from
+    if fewest < 2:
+        row = int(torch.argmin(counts))
+        raise UserInputError(
+            f"`mask_time_indices` row {row} has {fewest} masked frame(s): sampling negatives "
+            "among the other masked frames needs at least 2 in every row"
+        )
+    # Masked frames first, in time order: ranked[b, j] is the j-th masked frame of row b.
+    ranked = torch.sort((~mask).to(torch.int8), dim=1, stable=True).indices  # (B, L)
+    own = (torch.cumsum(mask, 1) - 1).clamp(min=0)  # (B, L) rank of a masked frame
+    span = (counts - 1).view(B, 1, 1)
+    draw = torch.randint(0, 2**62, (B, L, num_negatives), device=mask.device, generator=generator)
+    rank = draw % span  # bias < L / 2**62
+    rank = rank + (rank >= own.unsqueeze(2)).long()  # skip the frame itself
+    return torch.gather(ranked, 1, rank.view(B, -1)).view(B, L, num_negatives)
