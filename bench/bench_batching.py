@@ -8,10 +8,10 @@ Providers (all produce the same bits, checked before timing):
 
 ``output=new`` allocates the batch on every call (what a collate function does);
 ``output=out`` writes into a preallocated buffer (``out=``; ``torch.stack(..., out=)``).
-Each benchmark records ``output_bytes`` and ``output_GBps`` (output bytes / median time).
+One group per (B, input dtype, output); the baseline is ``torch``; ``GB/s`` is output bytes /
+median time; ``copyto`` (in the ``out`` groups) is the memory-bandwidth yardstick.
 
-    pytest bench/bench_batching.py --benchmark-json=bench/results/batching-cpu.json
-    python bench/batching_table.py bench/results/batching-cpu.json
+    pytest --benchmark -k repeat_pad
 """
 
 from __future__ import annotations
@@ -19,15 +19,20 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from _harness import Case, measure, show
 
 from cpc_fast.data import _batching_numpy, batching
 
 LENGTH = 160_000  # 10 s at 16 kHz, the paper's training window
 SAMPLE_RATE = 16_000
 
-# torch's intra-op threads busy-wait for each other; on a shared 2-core machine that makes the
-# hand-written collate erratic, so it runs single-threaded, as it would in a DataLoader worker.
-torch.set_num_threads(1)
+
+@pytest.fixture
+def torch_threads():
+    """torch.set_num_threads for one test; the session's setting comes back after it."""
+    before = torch.get_num_threads()
+    yield torch.set_num_threads
+    torch.set_num_threads(before)
 
 
 def _utterances(batch: int, dtype: np.dtype) -> list[np.ndarray]:
@@ -68,20 +73,42 @@ def _runner(provider: str, waves: list[np.ndarray], offsets: np.ndarray, output:
     return lambda: batching.repeat_pad(waves, LENGTH, offsets, out=buffer)
 
 
-def _record(benchmark, nbytes: int) -> None:
-    benchmark.extra_info["output_bytes"] = nbytes
-    benchmark.extra_info["output_GBps"] = nbytes / benchmark.stats.stats.median / 1e9
+CASES = [
+    (batch, dtype, output, provider)
+    for batch in (8, 64)
+    for dtype in ("float32", "int16")
+    for output in ("new", "out")
+    for provider in ("torch", "numpy", "cpp", *(("copyto",) if output == "out" else ()))
+]
 
 
-@pytest.mark.parametrize("output", ["new", "out"])
-@pytest.mark.parametrize("dtype", ["float32", "int16"])
-@pytest.mark.parametrize("batch", [8, 64])
-@pytest.mark.parametrize("provider", ["cpp", "numpy", "torch"])
-def test_repeat_pad(benchmark, monkeypatch, provider, batch, dtype, output):
+@pytest.mark.parametrize(
+    ("batch", "dtype", "output", "provider"), CASES, ids=["-".join(map(str, c)) for c in CASES]
+)
+def test_repeat_pad(benchmark, monkeypatch, torch_threads, batch, dtype, output, provider):
+    case = Case(
+        f"batching B={batch} {dtype} output={output}",
+        provider,
+        "torch",
+        f"({batch}, {LENGTH}) float32 from utterances of 2-20 s",
+        device="cpu",
+    )
+    nbytes = batch * LENGTH * 4
+    if provider == "copyto":
+        src = np.random.default_rng(0).standard_normal((batch, LENGTH)).astype(np.float32)
+        dst = np.empty_like(src)
+        median = measure(benchmark, case, lambda: np.copyto(dst, src))
+        if median is not None:
+            show(benchmark, **{"GB/s": f"{nbytes / median / 1e9:.1f}"})
+        return
     if provider == "cpp" and not batching.extension_available():
         pytest.fail(f"the C++ extension is not built: {batching.backend_reason()}")
     if provider == "numpy":
         monkeypatch.setenv(batching.DISABLE_ENV, "1")
+    if provider == "torch":
+        # torch's intra-op threads busy-wait for each other; on a shared 2-core machine that
+        # makes the hand-written collate erratic: one thread, as in a DataLoader worker.
+        torch_threads(1)
     waves = _utterances(batch, np.dtype(dtype))
     offsets = _offsets(waves)
     run = _runner(provider, waves, offsets, output)
@@ -90,17 +117,6 @@ def test_repeat_pad(benchmark, monkeypatch, provider, batch, dtype, output):
     got = run()
     np.testing.assert_array_equal(got.numpy() if provider == "torch" else got, expected)
 
-    benchmark.group = f"B={batch} {dtype} output={output}"
-    benchmark.extra_info.update(provider=provider, batch=batch, dtype=dtype, output=output)
-    benchmark(run)
-    _record(benchmark, batch * LENGTH * 4)
-
-
-@pytest.mark.parametrize("batch", [8, 64])
-def test_copyto(benchmark, batch):
-    src = np.random.default_rng(0).standard_normal((batch, LENGTH)).astype(np.float32)
-    dst = np.empty_like(src)
-    benchmark.group = f"B={batch} copyto"
-    benchmark.extra_info.update(provider="copyto", batch=batch, dtype="float32", output="out")
-    benchmark(np.copyto, dst, src)
-    _record(benchmark, src.nbytes)
+    median = measure(benchmark, case, run)
+    if median is not None:
+        show(benchmark, **{"GB/s": f"{nbytes / median / 1e9:.1f}"})

@@ -1,45 +1,49 @@
-"""Benchmark: CPC InfoNCE at the paper's shape (B=8, L=1000, D=128, K=12, N=50).
+"""Benchmark: CPC's InfoNCE, every implementation side by side.
 
-Providers
-  reference  the naive dense gather a user would write (cpc_info_nce_naive), eager
-  compiled   torch.compile of that naive function
-  chunked    the library's reference backend (one step k at a time, scores via matmul)
-  fused-*    the Triton kernels: philox (default: in-kernel sampling), gather (explicit
-             indices), *-det (deterministic d_z: sorted segments instead of atomics),
-             dense (tensor-core tiles weighted by draw counts)
+One group per pass and dtype ("InfoNCE fwd+bwd bf16", ...), all at one shape: the paper's
+(B=8, K=12, L=1000, D=128, N=50) on a GPU; on a CPU B=2, a quarter of the batch (the naive
+gather alone takes ~6 s and 7 GB per call at B=8, too much for the CPU suite's 10 minutes).
 
-GPU (skipped without CUDA): fp32 and bf16, ``fwd`` and ``fwd+bwd``, each call synchronised;
-``extra_info.peak_extra_MB`` is torch.cuda.max_memory_allocated above what was allocated
-before the call (inputs and indices excluded).
-CPU: the reference backend (chunked) against the naive gather, fp32 fwd+bwd; its
-``peak_extra_MB`` is the growth of the peak resident set size (VmHWM) of a fresh
-subprocess over its value just before one call, i.e. the call's peak extra memory.
+Providers (the fused ones need a CUDA device; the tables say so on a CPU):
+  torch-dense       the baseline: what a strong user writes with cuBLAS. Every frame's score
+                    by one matmul in the input dtype, (B, K, L, D) x (B, D, L) -> (B, K, L, L),
+                    then the N + 1 drawn scores gathered, logsumexp in fp32. fp32 runs at
+                    PyTorch's default matmul precision (no TF32)
+  naive             ``cpc_info_nce_naive``: the (B, K, L, N + 1, D) candidate gather, eager
+  compiled          ``torch.compile`` of that naive function
+  chunked           the library's reference backend (one step k at a time, scores by matmul)
+  fused-philox      the Triton kernels drawing the negatives in-kernel (the default design)
+  fused-gather      the Triton kernels reading the given negative indices
+  fused-*-det       the same with a deterministic d_z (sorted segments instead of atomics)
+  fused-dense       tensor-core tiles against all frames, weighted by draw counts
 
-    pytest bench/bench_info_nce.py --benchmark-json=bench/results/info_nce-cpu.json
-    python bench/report.py bench/results/info_nce-cpu.json
+Passes: ``fwd`` is the forward with autograd recording (as in training: what the backward
+needs is saved), ``bwd`` is ``loss.backward()`` alone (the forward runs untimed in the
+round's setup), ``fwd+bwd`` both. Providers given the same negatives are checked against the
+chunked reference before timing; the self-drawing designs (philox, dense) must be finite and
+close. On a GPU the rounds rotate over three input sets, so no round reads a warm L2.
 
-``BENCH_DEADLINE`` (Unix time, set by bench/gpu_check.sh) skips the benchmarks that would
-start after it: a benchmark interrupted inside its timed rounds has no data, and
-pytest-benchmark then fails to write the JSON of every benchmark that did finish.
+    pytest --benchmark -k info_nce
 """
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-import time
+import functools
+import math
 
 import pytest
 import torch
-from _rss import peak_rss_kib
+from _harness import DEVICE, ON_GPU, Case, measure
 
 from cpc_fast.losses.info_nce import cpc_info_nce
 from cpc_fast.losses.info_nce_reference import cpc_info_nce_naive
 
-B, K, L, D, N = 8, 12, 1000, 128, 50
-HAS_CUDA = torch.cuda.is_available()
+B = 8 if ON_GPU else 2
+K, L, D, N = 12, 1000, 128, 50
+SHAPE = f"B={B} K={K} L={L} D={D} N={N}" + ("" if ON_GPU else " (the paper's B=8 on a GPU)")
+SETS = 3 if ON_GPU else 1
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+PASSES = ("fwd", "bwd", "fwd+bwd")
 FUSED = {
     "fused-philox": {"design": "philox"},
     "fused-philox-det": {"design": "philox", "deterministic": True},
@@ -47,123 +51,117 @@ FUSED = {
     "fused-gather-det": {"design": "gather", "deterministic": True},
     "fused-dense": {"design": "dense"},
 }
-_compiled = {}
+PROVIDERS = ("torch-dense", "naive", "chunked", *FUSED, "compiled")
+BASELINE = "torch-dense"
+DRAWS_OWN_NEGATIVES = ("fused-philox", "fused-philox-det", "fused-dense")
+CASES = [(d, p, prov) for d in DTYPES for p in PASSES for prov in PROVIDERS]
 
 
-def _inputs(device: str, dtype: torch.dtype, seed: int = 0):
-    g = torch.Generator(device=device).manual_seed(seed)
-    # The model hands over predictions as a permuted view of a (B, L, K, D) buffer.
-    pred = torch.randn(B, L, K, D, device=device, generator=g).permute(0, 2, 1, 3) * 0.1
-    z = torch.randn(B, L, D, device=device, generator=g)
-    neg = torch.randint(0, L, (B, K, L, N), device=device, generator=g)
-    return pred.to(dtype).requires_grad_(), z.to(dtype).requires_grad_(), neg
+def dense_loss(pred: torch.Tensor, z: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
+    """pred (B, K, L, D), z (B, L, D), neg (B, K, L, N) -> the mean CPC loss, from one
+    (B, K, L, L) score matmul in the input dtype and a gather of the N + 1 drawn scores."""
+    Bn, Kn, Ln, _ = pred.shape
+    scores = torch.matmul(pred, z.transpose(1, 2).unsqueeze(1))  # (B, K, L, L)
+    t = torch.arange(Ln, device=z.device)
+    target = t.view(1, Ln) + torch.arange(1, Kn + 1, device=z.device).view(Kn, 1)  # (K, L)
+    pos = target.clamp(max=Ln - 1).view(1, Kn, Ln, 1).expand(Bn, Kn, Ln, 1)
+    picked = scores.gather(3, torch.cat([pos, neg], 3)).float()  # (B, K, L, N + 1)
+    rows = torch.logsumexp(picked, -1) - picked[..., 0]
+    return rows[:, target < Ln].mean()
 
 
-@pytest.fixture(autouse=True)
-def _within_deadline():
-    deadline = os.environ.get("BENCH_DEADLINE")
-    if deadline and time.time() > float(deadline):
-        pytest.skip("the time budget of bench/gpu_check.sh is spent")
+@functools.cache
+def _compiled():
+    return torch.compile(cpc_info_nce_naive, dynamic=False)
 
 
-def _loss_fn(provider: str):
-    if provider == "reference":
-        return lambda p, z, neg: cpc_info_nce_naive(p, z, neg)
+def loss_fn(provider: str):
+    """provider -> f(pred, z, neg) returning the scalar loss."""
+    if provider == "torch-dense":
+        return dense_loss
+    if provider == "naive":
+        return cpc_info_nce_naive
     if provider == "compiled":
-        if "fn" not in _compiled:
-            _compiled["fn"] = torch.compile(cpc_info_nce_naive, dynamic=False)
-        return lambda p, z, neg: _compiled["fn"](p, z, neg)
+        return lambda p, z, neg: _compiled()(p, z, neg)
     if provider == "chunked":
         return lambda p, z, neg: cpc_info_nce(p, z, neg_index=neg, backend="reference").loss
     kwargs = FUSED[provider]
-    if kwargs["design"] in ("philox", "dense"):
+    if provider in DRAWS_OWN_NEGATIVES:
         return lambda p, z, neg: cpc_info_nce(p, z, N, seed=1, backend="fused", **kwargs).loss
     return lambda p, z, neg: cpc_info_nce(p, z, neg_index=neg, backend="fused", **kwargs).loss
 
 
-def _step(fn, pred, z, neg, mode: str):
-    if mode == "fwd":
-        with torch.no_grad():
-            return fn(pred, z, neg)
-    loss = fn(pred, z, neg)
-    loss.backward()
-    pred.grad = z.grad = None
-    return loss
+@functools.cache
+def input_sets(dtype: torch.dtype) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    sets = []
+    for seed in range(SETS):
+        g = torch.Generator(device=DEVICE).manual_seed(seed)
+        # The model hands over predictions as a permuted view of a (B, L, K, D) buffer.
+        pred = torch.randn(B, L, K, D, device=DEVICE, generator=g).permute(0, 2, 1, 3) * 0.1
+        z = torch.randn(B, L, D, device=DEVICE, generator=g)
+        neg = torch.randint(0, L, (B, K, L, N), device=DEVICE, generator=g)
+        sets.append((pred.to(dtype).requires_grad_(), z.to(dtype).requires_grad_(), neg))
+    return sets
 
 
-@pytest.mark.skipif(not HAS_CUDA, reason="GPU benchmark")
-@pytest.mark.parametrize("mode", ["fwd", "fwd+bwd"])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-@pytest.mark.parametrize("provider", ["reference", "compiled", "chunked", *FUSED])
-def test_info_nce_gpu(benchmark, provider, dtype, mode):
-    pred, z, neg = _inputs("cuda", dtype)
-    fn = _loss_fn(provider)
+@functools.cache
+def reference_loss(dtype: torch.dtype) -> float:
+    pred, z, neg = input_sets(dtype)[0]
+    with torch.no_grad():
+        return cpc_info_nce(pred, z, neg_index=neg, backend="reference").loss.item()
 
-    def run():
-        out = _step(fn, pred, z, neg, mode)
-        torch.cuda.synchronize()
-        return out
 
-    run()  # compile / autotune / warm the allocator outside the timing
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    before = torch.cuda.memory_allocated()
-    run()
-    peak = torch.cuda.max_memory_allocated() - before
-    benchmark.extra_info.update(
-        {
-            "peak_extra_MB": round(peak / 2**20, 1),
-            "shape": [B, K, L, D, N],
-            "dtype": str(dtype).removeprefix("torch."),
-            "mode": mode,
-            "provider": provider,
-        }
+def rounds_for(fn, dtype: torch.dtype, pass_: str):
+    """(setup, target) for pytest-benchmark's rounds: the setup picks the next input set and
+    clears the gradients (and runs the forward for ``bwd``)."""
+    sets, turn = input_sets(dtype), [0]
+
+    def setup() -> tuple:
+        pred, z, neg = sets[turn[0] % len(sets)]
+        turn[0] += 1
+        pred.grad = z.grad = None
+        return (fn(pred, z, neg),) if pass_ == "bwd" else (pred, z, neg)
+
+    if pass_ == "fwd":
+        return setup, fn
+    if pass_ == "bwd":
+        return setup, lambda loss: loss.backward()
+
+    def forward_backward(pred, z, neg):
+        loss = fn(pred, z, neg)
+        loss.backward()
+        return loss.detach()
+
+    return setup, forward_backward
+
+
+def checker(provider: str, dtype: torch.dtype, pass_: str):
+    """Checks a warm-up output against the chunked reference (same negatives), or for the
+    self-drawing designs that it is finite and within 5 % (other negatives, same inputs)."""
+    if pass_ == "bwd":
+        return None
+    rel = 0.05 if provider in DRAWS_OWN_NEGATIVES else (2e-2 if dtype != torch.float32 else 1e-4)
+
+    def check(loss: torch.Tensor) -> None:
+        got, want = float(loss.detach()), reference_loss(dtype)
+        assert math.isfinite(got) and abs(got - want) <= rel * abs(want), (provider, got, want)
+
+    return check
+
+
+@pytest.mark.parametrize(
+    ("dtype_name", "pass_", "provider"), CASES, ids=[f"{d}-{p}-{prov}" for d, p, prov in CASES]
+)
+def test_info_nce(benchmark, dtype_name, pass_, provider):
+    case = Case(
+        f"InfoNCE {pass_} {dtype_name}",
+        provider,
+        BASELINE,
+        SHAPE,
+        needs_s=90.0 if provider == "compiled" else 20.0,
     )
-    benchmark.pedantic(run, rounds=20, iterations=1, warmup_rounds=2)
-
-
-@pytest.mark.skipif(HAS_CUDA, reason="CPU benchmark (the GPU run measures the GPU)")
-@pytest.mark.parametrize("provider", ["chunked", "reference"])
-def test_info_nce_cpu(benchmark, provider):
-    pred, z, neg = _inputs("cpu", torch.float32)
-    fn = _loss_fn(provider)
-    benchmark.extra_info.update(
-        {
-            "peak_extra_MB": _cpu_peak_extra_mb(provider),
-            "shape": [B, K, L, D, N],
-            "dtype": "float32",
-            "mode": "fwd+bwd",
-            "provider": provider,
-            "threads": torch.get_num_threads(),
-        }
-    )
-    benchmark.pedantic(
-        lambda: _step(fn, pred, z, neg, "fwd+bwd"), rounds=3, iterations=1, warmup_rounds=1
-    )
-
-
-def _cpu_peak_extra_mb(provider: str) -> float:
-    out = subprocess.run(
-        [sys.executable, __file__, "--cpu-peak", provider],
-        check=True,
-        capture_output=True,
-        text=True,
-        env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
-    )
-    return json.loads(out.stdout.strip().splitlines()[-1])["peak_extra_MB"]
-
-
-def _measure_cpu_peak(provider: str) -> None:
-    pred, z, neg = _inputs("cpu", torch.float32)
-    fn = _loss_fn(provider)
-    before = peak_rss_kib()
-    _step(fn, pred, z, neg, "fwd+bwd")
-    after = peak_rss_kib()
-    print(json.dumps({"provider": provider, "peak_extra_MB": round((after - before) / 1024, 1)}))
-
-
-if __name__ == "__main__":
-    if len(sys.argv) == 3 and sys.argv[1] == "--cpu-peak":
-        _measure_cpu_peak(sys.argv[2])
-    else:
-        raise SystemExit("usage: python bench/bench_info_nce.py --cpu-peak PROVIDER")
+    if provider.startswith("fused"):
+        case.skip_unless_fused()
+    dtype = DTYPES[dtype_name]
+    setup, target = rounds_for(loss_fn(provider), dtype, pass_)
+    measure(benchmark, case, target, setup, check=checker(provider, dtype, pass_))

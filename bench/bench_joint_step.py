@@ -10,61 +10,57 @@ synthetic emotion corpus (0.8-1.6 s, padded to the longest), the tiny CPC preset
   rows     the general path (what CUDA runs through the fused kernels): flattened valid
            rows, (M, N + 1, D) candidates gathered, their gradients scattered back
 
-``extra_info``: ``loss_ms`` = median forward + backward of the InfoNCE alone on the step's
-own predictions and z, and ``loss_fraction`` = its share of the step.
+Baseline ``rows``. Columns: ``loss`` = median forward + backward of the InfoNCE alone on the
+step's own predictions and z, and ``loss share`` = its share of the step. CPU work on any
+machine (the demo trains there).
 
-    pytest bench/bench_joint_step.py --benchmark-json=bench/results/joint-step-cpu.json
+    pytest --benchmark -k joint_step
 """
 
 from __future__ import annotations
 
-import statistics
-import time
+import dataclasses
 
 import numpy as np
 import pytest
 import torch
+from _harness import Case, import_needing_soundfile, measure, median_seconds, show
 
-from cpc_fast.config.pretrain import tiny
 from cpc_fast.data.batching import pad_collate
-from cpc_fast.data.corpora.synthetic_emotion import load_synthetic
-from cpc_fast.emotion.joint import JointModel
 from cpc_fast.losses import padded_info_nce
 from cpc_fast.losses.ccc import ccc_loss
 from cpc_fast.losses.padded_info_nce import masked_cpc_info_nce
 from cpc_fast.models.cpc import CPCModel
 from cpc_fast.models.recognizer import EmotionRecognizer, RecognizerConfig
 
-B, LAMBDA, ROUNDS = 8, 0.1, 15
+B, LAMBDA = 8, 0.1
 
 
-def _batch() -> tuple[torch.Tensor, torch.Tensor]:
-    corpus = load_synthetic("tiny")
+def _batch(emotion_corpora) -> tuple[torch.Tensor, torch.Tensor]:
+    corpus = emotion_corpora.load_synthetic("tiny")
     pick = np.random.default_rng(0).choice(len(corpus), B, replace=False)
     wave, lengths = pad_collate([corpus.wave(int(i)) for i in pick])
     return torch.from_numpy(wave), torch.from_numpy(lengths)
 
 
-def _median_ms(fn) -> float:
-    fn()
-    times = []
-    for _ in range(ROUNDS):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
-
-
-@pytest.mark.parametrize("provider", ["padded", "rows"])
-def test_joint_step_cpu(benchmark, monkeypatch, provider):
+@pytest.mark.parametrize("provider", ["rows", "padded"])
+def test_joint_step(benchmark, monkeypatch, provider):
+    case = Case("joint training step (demo shape)", provider, "rows", "B=8", device="cpu")
+    pretrain, emotion_corpora, joint = import_needing_soundfile(
+        case,
+        "cpc_fast.config.pretrain",
+        "cpc_fast.data.corpora.synthetic_emotion",
+        "cpc_fast.emotion.joint",
+    )
     if provider == "rows":  # no score block fits: the general flattened-rows path
         monkeypatch.setattr(padded_info_nce, "_SCORE_ELEMENTS", 0)
-    config = tiny().model
+    config = pretrain.tiny().model
     torch.manual_seed(0)
     cpc = CPCModel(config)
-    model = JointModel(cpc, EmotionRecognizer(RecognizerConfig(input_dim=config.context_dim)))
+    recognizer = EmotionRecognizer(RecognizerConfig(input_dim=config.context_dim))
+    model = joint.JointModel(cpc, recognizer)
     optimizer = torch.optim.Adam(model.parameters(), lr=2e-4, weight_decay=1e-5)
-    wave, lengths = _batch()
+    wave, lengths = _batch(emotion_corpora)
     frames = lengths // cpc.frame_hop
     target = torch.randn(B, 3, generator=torch.Generator().manual_seed(1))
     generator = torch.Generator().manual_seed(2)
@@ -79,25 +75,20 @@ def test_joint_step_cpu(benchmark, monkeypatch, provider):
         loss.backward()
         optimizer.step()
 
-    for _ in range(2):
-        step()
-    benchmark.pedantic(step, rounds=ROUNDS, iterations=1, warmup_rounds=0)
+    shape = f"B={B} T={wave.shape[1]} L={int(frames.max())} K=12 N=16 D=64"
+    case = dataclasses.replace(case, shape=shape)
+    step_s = measure(benchmark, case, step)
+    if step_s is None:
+        return
     with torch.no_grad():
         out = model(wave, lengths)[1]
     predictions = out.predictions.detach().requires_grad_()  # the model's permuted layout
     z = out.z.detach().requires_grad_()
-    loss_ms = _median_ms(
+    loss_s = median_seconds(
         lambda: masked_cpc_info_nce(
             predictions, z, frames, config.num_negatives, generator=generator
-        ).backward()
+        ).backward(),
+        rounds=benchmark.stats.stats.rounds,
+        device="cpu",
     )
-    step_ms = 1000 * benchmark.stats.stats.median
-    benchmark.extra_info.update(
-        {
-            "provider": provider,
-            "shape": f"B={B} T={wave.shape[1]} L={int(frames.max())} K=12 N=16 D=64",
-            "loss_ms": round(loss_ms, 2),
-            "loss_fraction": round(loss_ms / step_ms, 3),
-            "threads": torch.get_num_threads(),
-        }
-    )
+    show(benchmark, loss=f"{loss_s * 1e3:.1f} ms", **{"loss share": f"{loss_s / step_s:.0%}"})
