@@ -34,7 +34,7 @@ from cpc_fast.config.pretrain import PretrainConfig
 from cpc_fast.emotion.experiment import open_corpus, run_experiment
 from cpc_fast.emotion.report import render_markdown
 from cpc_fast.emotion.visualize import cpc_representations, require_viz, visualize
-from cpc_fast.io.atomic import atomic_write, write_json
+from cpc_fast.io.atomic import atomic_write, check_writable_folder, write_json
 from cpc_fast.io.metrics import read_metrics
 from cpc_fast.models.loading import load_cpc
 from cpc_fast.training.data import open_pretrain_data
@@ -263,9 +263,8 @@ def run_demo(
     settings: DemoSettings | None = None,
 ) -> DemoResult:
     """Runs the three stages into ``out`` and returns where everything is."""
-    out = Path(out)
+    out = check_writable_folder(out, "`out`")
     settings = settings or demo_settings(out, quick)
-    out.mkdir(parents=True, exist_ok=True)
     (out / "demo.json").write_text(json.dumps(settings.to_dict(), indent=2) + "\n")
     seconds: dict[str, float] = {}
 

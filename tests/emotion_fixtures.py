@@ -112,3 +112,45 @@ def msp_rows(n_per_split: int = 3) -> list[tuple[str, ...]]:
                 )
             )
     return rows
+
+
+def write_samples(path: Path, wave: np.ndarray, *, sr: int = SR) -> Path:
+    """``wave`` bit-exact as a 32-bit float WAV (NaN and huge values survive)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(path, np.asarray(wave, np.float32), sr, subtype="FLOAT")
+    return path
+
+
+def overstate_wav_data(path: Path, factor: int = 3) -> Path:
+    """Rewrites a WAV header so its data chunk claims ``factor`` times the bytes it holds
+    (what a file cut short after its header was written looks like)."""
+    data = bytearray(path.read_bytes())
+    at = data.find(b"data")
+    size = int.from_bytes(data[at + 4 : at + 8], "little")
+    data[at + 4 : at + 8] = (size * factor).to_bytes(4, "little")
+    data[4:8] = (len(data) - 8 + size * (factor - 1)).to_bytes(4, "little")
+    path.write_bytes(bytes(data))
+    return path
+
+
+def write_manifest(root: Path, rows: list[tuple[str, float, float, float, str, str, str]]) -> Path:
+    """manifest.csv in ``root``: rows (path, activation, valence, dominance, split, speaker,
+    emotion), paths relative to ``root``."""
+    root.mkdir(parents=True, exist_ok=True)
+    lines = ["path,activation,valence,dominance,split,speaker,emotion"]
+    lines += [",".join(map(str, row)) for row in rows]
+    (root / "manifest.csv").write_text("\n".join(lines) + "\n")
+    return root / "manifest.csv"
+
+
+def small_manifest(root: Path, *, seconds: float = 0.3, label_shift: float = 0.0) -> Path:
+    """18 utterances of 3 speakers (12 train, 3 validation, 3 test), written as WAV files,
+    with labels that ``label_shift`` changes (the same audio, other labels)."""
+    rows = []
+    for k in range(18):
+        split = "train" if k < 12 else ("validation" if k < 15 else "test")
+        name = f"u{k:02d}.wav"
+        write_wav(root / name, seconds, seed=k)
+        a, v, d = 1 + k % 5 + label_shift, 1 + (k * 2) % 5, 1 + (k * 3) % 5 + label_shift
+        rows.append((name, a, v, d, split, f"s{k % 3}", ("ang", "sad", "neu")[k % 3]))
+    return write_manifest(root, rows)

@@ -1,5 +1,5 @@
 """Distributed training on the CPU (gloo): two processes equal one on the whole batch, and
-``cpc-fast pretrain --gpus 2`` launches two workers that train one run together."""
+``cpc-fast pretrain --cpu-processes 2`` launches two workers that train one run together."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import torch.multiprocessing as mp
 
 from cpc_fast.cli import launch
 from cpc_fast.config.pretrain import tiny
+from cpc_fast.errors import UserInputError
 from cpc_fast.io.checkpoint import load_state
 from cpc_fast.io.metrics import read_metrics
 from cpc_fast.losses.info_nce import sample_negatives
@@ -89,10 +90,11 @@ def test_two_gloo_processes_equal_one_process_on_the_whole_batch(tmp_path) -> No
 
 
 @pytest.mark.slow
-def test_cli_gpus_2_on_cpu_runs_two_gloo_workers_and_resumes(tmp_path) -> None:
+def test_cli_cpu_processes_2_runs_two_gloo_workers_and_resumes(tmp_path) -> None:
     out = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "cpc_fast", "pretrain", "--preset", "tiny", "--gpus", "2"]
+    cmd = [sys.executable, "-m", "cpc_fast", "pretrain", "--preset", "tiny"]
+    cmd += ["--cpu-processes", "2"]
     cmd += ["--log-every", "2", "--out", str(out), "--no-progress"]
     for steps in (2, 4):  # the second run resumes: rank 0 reads state.pt and sends it
         proc = subprocess.run(
@@ -130,5 +132,7 @@ def test_needs_launch_refuses_more_processes_than_visible_gpus(monkeypatch):
 def test_needs_launch_on_a_cpu_machine(monkeypatch):
     monkeypatch.delenv("LOCAL_RANK", raising=False)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert launch.needs_launch(2) is True  # gloo CPU processes
+    with pytest.raises(UserInputError, match="--gpus 2: no CUDA GPU.*--cpu-processes 2"):
+        launch.needs_launch(2)  # no GPU: refused, never 2 gloo workers by accident
+    assert launch.needs_launch(0, cpu_processes=2) is True  # gloo CPU processes, on purpose
     assert launch.needs_launch(0) is False

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_helpers import run_main
 from typer.testing import CliRunner
 
-from cpc_fast.cli import app, main
+from cpc_fast.cli import app
 from cpc_fast.io.checkpoint import load_weights
 from cpc_fast.models import save_cpc
 from cpc_fast.models.cpc import CPCConfig, CPCModel
@@ -25,12 +26,8 @@ def _run(*args: str):
 
 def _main(args: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str]:
     """Through the real entry point: user mistakes become one line and exit status 2."""
-    try:
-        main(args)
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    return code, capsys.readouterr().err
+    code, _, err = run_main(args, capsys)
+    return code, err
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -129,28 +126,9 @@ def test_every_cpc_setup_runs(tmp_path: Path) -> None:
         pretrained / "model.safetensors",
     )
     out = tmp_path / "exp"
-    result = _run(
-        "experiment",
-        "--dataset",
-        "synthetic",
-        "--preset",
-        "tiny",
-        "--setups",
-        "joint,mini,pre",
-        "--pretrained",
-        str(pretrained),
-        "--folds",
-        "3",
-        "--runs",
-        "1",
-        "--epochs",
-        "1",
-        "--mini-epochs",
-        "1",
-        "--out",
-        str(out),
-        "--quiet",
-    )
+    flags = "--dataset synthetic --preset tiny --setups joint,mini,pre --folds 3 --runs 1"
+    flags += " --epochs 1 --mini-epochs 1 --quiet"
+    result = _run("experiment", *flags.split(), "--pretrained", str(pretrained), "--out", str(out))
     assert result.exit_code == 0, result.output
     results = json.loads((out / "results.json").read_text())
     assert list(results["setups"]) == ["joint", "mini", "pre"]
@@ -190,7 +168,7 @@ def test_clear_errors(
 
 @pytest.mark.slow
 def test_two_processes(tmp_path: Path) -> None:
-    """--gpus 2 without CUDA: two gloo processes; every test utterance is scored once."""
+    """--cpu-processes 2: two gloo processes; every test utterance is scored once."""
     import csv
     import os
     import subprocess
@@ -218,7 +196,7 @@ def test_two_processes(tmp_path: Path) -> None:
             "1",
             "--epochs",
             "1",
-            "--gpus",
+            "--cpu-processes",
             "2",
             "--out",
             str(out),
@@ -281,24 +259,8 @@ def test_msp_podcast_official_split(tmp_path: Path) -> None:
 
     make_msp(tmp_path / "msp", msp_rows(4), spelling="labels_concensus.csv")
     out = tmp_path / "exp"
-    result = _run(
-        "experiment",
-        "--dataset",
-        "msp-podcast",
-        "--root",
-        str(tmp_path / "msp"),
-        "--setups",
-        "sup",
-        "--preset",
-        "tiny",
-        "--epochs",
-        "1",
-        "--runs",
-        "2",
-        "--out",
-        str(out),
-        "--quiet",
-    )
+    flags = "--dataset msp-podcast --setups sup --preset tiny --epochs 1 --runs 2 --quiet"
+    result = _run("experiment", *flags.split(), "--root", str(tmp_path / "msp"), "--out", str(out))
     assert result.exit_code == 0, result.output
     results = json.loads((out / "results.json").read_text())
     assert results["folds"] == ["official"] and len(results["setups"]["sup"]["runs"]) == 2

@@ -1,14 +1,18 @@
 """The ``cpc-fast`` typer application and its entry point.
 
 Commands live in sibling modules (``info``, ``pretrain``, ...) and register themselves on
-``app``; ``main`` turns user mistakes into one line on stderr and exit status 2, worded for
-the command line: the library names its arguments in backticks (```batch_size```), which
-become the command's flags (``--batch-size``).
+``app``; ``main`` turns user mistakes and errors of the system (a full disk, a folder it may
+not write, too many open files) into one line on stderr and exit status 2, worded for the
+command line: the library names its arguments in backticks (```batch_size```), which
+become the command's flags (``--batch-size``). SIGTERM raises where the program is, as
+Ctrl-C does, so its clean-ups (temporary files, the run folder's lock) run.
 """
 
 from __future__ import annotations
 
+import errno
 import re
+import signal
 import sys
 from collections.abc import Mapping
 
@@ -16,6 +20,7 @@ import typer
 
 from cpc_fast.cli.options import FLAGS
 from cpc_fast.errors import UserInputError
+from cpc_fast.training.distributed import WorkerFailed
 
 app = typer.Typer(
     name="cpc-fast",
@@ -26,7 +31,7 @@ app = typer.Typer(
 )
 
 _argv: list[str] = []
-_ARGUMENT = re.compile(r"`([A-Za-z_][\w.]*)(?:=([^`]*))?`")
+_ARGUMENT = re.compile(r"(with )?`([A-Za-z_][\w.]*)(?:=([^`]*))?`")
 
 
 def invoked_argv() -> list[str]:
@@ -40,16 +45,14 @@ def command_line_wording(message: str, flags: Mapping[str, str]) -> str:
     ```strict=False``` -> ``without --strict``; other names lose their backticks."""
 
     def flag(match: re.Match) -> str:
-        name, value = match.group(1), match.group(2)
+        with_, name, value = match.group(1) or "", match.group(2), match.group(3)
         known = flags.get(name.rpartition(".")[2])
         if known is None:
-            return name if value is None else f"{name}={value}"
+            return with_ + (name if value is None else f"{name}={value}")
         on, _, off = known.partition("/")
-        if value == "True":
-            return on
-        if value == "False":
+        if value == "False":  # "with `strict=False`" reads "without --strict"
             return off or f"without {on}"
-        return on if value is None else f"{on} {value}"
+        return with_ + (on if value in (None, "True") else f"{on} {value}")
 
     return _ARGUMENT.sub(flag, message)
 
@@ -59,18 +62,63 @@ def _root() -> None:
     """Fast CPC pre-training and speech emotion recognition (Li et al., ICASSP 2021)."""
 
 
+_OS_HINTS = {
+    errno.ENOSPC: "free some space, then run the same command again: a training run resumes "
+    "from its last checkpoint",
+    errno.EDQUOT: "the disk quota is used up; free some space, then run the same command again",
+    errno.EMFILE: "raise the open-file limit (ulimit -n) or use fewer --workers",
+    errno.ENFILE: "the whole system has too many open files: use fewer --workers",
+}
+
+
+def os_error_line(exc: OSError) -> str:
+    """One line for an ``OSError``: the file, what went wrong and, for a full disk or too
+    many open files, what to do."""
+    if exc.errno is None or exc.strerror is None:
+        return str(exc)
+    where = f"{exc.filename}: " if exc.filename is not None else ""
+    hint = _OS_HINTS.get(exc.errno)
+    return f"{where}{exc.strerror}" + (f" ({hint})" if hint else "")
+
+
+class _Terminated(BaseException):
+    """SIGTERM, raised where the program is, so that ``finally`` blocks run (a
+    BaseException: neither click nor an ``except Exception`` swallows it)."""
+
+
+def _terminated(signum: int, frame: object) -> None:
+    raise _Terminated
+
+
 def main(argv: list[str] | None = None) -> None:
     """Runs the CLI. ``argv`` defaults to ``sys.argv[1:]``.
 
-    Click reports its own usage errors (exit 2); a :class:`UserInputError` or a missing file
-    becomes one ``error:`` line and exit status 2; anything else is a bug and keeps its
-    traceback.
+    Click reports its own usage errors (exit 2); a :class:`UserInputError` or an
+    ``OSError`` becomes one ``error:`` line and exit status 2; a worker of a multi-process
+    launch that failed, one line and its exit status; SIGTERM, one line and 143 (Ctrl-C is
+    click's: "Aborted!" and 130); anything else is a bug and keeps its traceback.
     """
     global _argv
     _argv = list(sys.argv[1:] if argv is None else argv)
+    flags = FLAGS.get(_argv[0], {}) if _argv else {}
+    try:
+        on_term = signal.signal(signal.SIGTERM, _terminated)
+    except ValueError:  # not the main thread: signals stay as they are
+        on_term = None
     try:
         app(args=_argv, prog_name="cpc-fast")
-    except (UserInputError, FileNotFoundError, NotADirectoryError, IsADirectoryError) as exc:
-        flags = FLAGS.get(_argv[0], {}) if _argv else {}
+    except UserInputError as exc:
         typer.echo(f"error: {command_line_wording(str(exc), flags)}", err=True)
         raise SystemExit(2) from None
+    except OSError as exc:
+        typer.echo(f"error: {command_line_wording(os_error_line(exc), flags)}", err=True)
+        raise SystemExit(2) from None
+    except WorkerFailed as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise SystemExit(exc.exit_code) from None
+    except _Terminated:
+        typer.echo("error: terminated (SIGTERM); run the same command again to resume", err=True)
+        raise SystemExit(128 + signal.SIGTERM) from None
+    finally:
+        if on_term is not None:
+            signal.signal(signal.SIGTERM, on_term)

@@ -25,22 +25,31 @@ from cpc_fast.training import distributed
 @config_options(
     ExperimentConfig,
     {"paper": presets.paper, "tiny": presets.tiny},
-    flags={"preset": "--preset"},
+    flags={"preset": "--preset", "restart": "--restart"},
 )
 def experiment(
     preset: Annotated[
         str, typer.Option(help="paper (the paper's recipe) or tiny (minutes on a CPU).")
     ] = "paper",
     overrides: Overrides | None = None,
+    restart: Annotated[
+        bool,
+        typer.Option(
+            "--restart",
+            help="Start over: delete the --out folder's runs and results (the feature cache "
+            "stays: it is keyed by content).",
+        ),
+    ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:
     """Train and test the recognizer in the paper's setups; print Table 1 (CCC mean ± std)."""
     config = overrides.apply(presets.preset(preset))
-    if relaunched(config.gpus):  # rank 0 of the launched processes prints the table
+    # rank 0 of the launched processes prints the table
+    if relaunched(config.gpus, config.cpu_processes):
         return
-    env = distributed.init(config.gpus)
+    env = distributed.init(config.device_gpus)
     try:
-        results = run_experiment(config, progress=not quiet, env=env)
+        results = run_experiment(config, progress=not quiet, env=env, restart=restart)
     finally:
         distributed.shutdown()
     if env.is_main:

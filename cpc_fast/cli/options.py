@@ -23,7 +23,7 @@ from typing import Annotated, Any
 
 import typer
 
-from cpc_fast.config.base import Config, apply_overrides, config_fields, field_type
+from cpc_fast.config.base import Config, apply_overrides, config_fields, field_type, flag_of
 from cpc_fast.errors import UserInputError
 
 # command name -> {field or argument name: flag}, filled as commands are declared
@@ -50,7 +50,7 @@ def config_options(
     for the error messages.
     """
     built = {name: make() for name, make in presets.items()}
-    options = [(dotted, f) for dotted, f in config_fields(cls) if f.metadata.get("flag")]
+    options = [(dotted, f) for dotted, f in config_fields(cls) if flag_of(dotted, f)]
 
     def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
         signature = inspect.signature(command, eval_str=True)
@@ -71,7 +71,7 @@ def config_options(
             return command(**kwargs, overrides=given)
 
         run.__signature__ = signature.replace(parameters=own[:at] + generated + own[at + 1 :])
-        mapping = {dotted.rpartition(".")[2]: f.metadata["flag"] for dotted, f in options}
+        mapping = {dotted.rpartition(".")[2]: flag_of(dotted, f) for dotted, f in options}
         FLAGS[command.__name__.replace("_", "-")] = {**mapping, **(flags or {})}
         return run
 
@@ -85,11 +85,11 @@ def _param_name(dotted: str) -> str:
 def _parameter(
     cls: type[Config], dotted: str, f: Any, presets: Mapping[str, Config]
 ) -> inspect.Parameter:
-    flag = f.metadata["flag"]
+    flag = flag_of(dotted, f)
     kind = field_type(cls, dotted)
     is_switch = kind is bool and "/" not in flag
     option_type = bool if kind is bool else (str if typing.get_origin(kind) is tuple else kind)
-    help_text = f"{f.metadata['help']} {_defaults(dotted, f, presets)}".rstrip()
+    help_text = f"{f.metadata['help']} {_defaults(dotted, f, presets, is_switch)}".rstrip()
     option = typer.Option(
         flag, help=help_text, metavar=f.metadata.get("metavar"), show_default=False
     )
@@ -104,13 +104,13 @@ def _parameter(
     )
 
 
-def _defaults(dotted: str, f: Any, presets: Mapping[str, Config]) -> str:
+def _defaults(dotted: str, f: Any, presets: Mapping[str, Config], is_switch: bool) -> str:
     """ "(default: X)", or "(default: paper X, tiny Y)" where the presets differ."""
-    if f.metadata.get("required_flag"):
-        return ""
+    if f.metadata.get("required_flag") or is_switch:
+        return ""  # a required option or an on-switch has no default to speak of
     values = {name: _show(_get(config, dotted), f) for name, config in presets.items()}
     if len(set(values.values())) == 1:
-        return f"(default: {next(iter(values.values()))})"
+        return f"(default: {f.metadata.get('default_text') or next(iter(values.values()))})"
     return "(default: " + ", ".join(f"{name} {value}" for name, value in values.items()) + ")"
 
 

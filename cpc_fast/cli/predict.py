@@ -2,23 +2,47 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
+import numpy as np
 import typer
 
 from cpc_fast.cli.app import app
 from cpc_fast.cli.options import FLAGS
 from cpc_fast.data.audio import read_audio
 from cpc_fast.data.corpora import open_emotion_corpus
-from cpc_fast.emotion.model_io import load_cpc_checked, load_model
-from cpc_fast.emotion.visualize import cpc_representations
+from cpc_fast.emotion.model_io import EmotionModel, load_cpc_checked, load_model
+from cpc_fast.emotion.visualize import check_figure_path, cpc_representations
 from cpc_fast.emotion.visualize import visualize as draw
-from cpc_fast.errors import UserInputError
+from cpc_fast.errors import UserInputError, naming
+from cpc_fast.io.atomic import json_text
 
-FLAGS["predict"] = {"cpc_path": "--cpc", "folder": "--model"}
-FLAGS["visualize"] = {"root": "--root", "dataset": "--dataset", "subset": "--subset"}
+FLAGS["predict"] = {"cpc_path": "--cpc", "folder": "--model", "skip_bad": "--skip-bad"}
+FLAGS["visualize"] = {
+    "root": "--root",
+    "dataset": "--dataset",
+    "subset": "--subset",
+    "skip_bad": "--skip-bad",
+    "out": "--out",
+}
+DIMENSIONS = ("activation", "valence", "dominance")
+
+
+def _warn(message: str) -> None:
+    typer.echo(f"warning: {message}", err=True)
+
+
+def _predict_file(model: EmotionModel, path: Path) -> dict[str, float]:
+    """The three predictions for one file; a :class:`UserInputError` naming it when its
+    audio fails or the prediction is not finite."""
+    try:
+        values = model.predict(read_audio(path, sample_rate=16000))
+    except UserInputError as exc:
+        raise UserInputError(naming(str(path), str(exc))) from None
+    if not np.isfinite(values).all():
+        raise UserInputError(f"{path}: the prediction is not finite ({values.tolist()})")
+    return dict(zip(DIMENSIONS, map(float, values), strict=True))
 
 
 @app.command()
@@ -31,23 +55,40 @@ def predict(
         Path | None, typer.Option(help="Where the frozen CPC of a mini/pre model is now, if moved.")
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    skip_bad: Annotated[
+        bool, typer.Option("--skip-bad", help="Skip (and count) files that fail when read.")
+    ] = False,
 ) -> None:
-    """Activation, valence and dominance of each FILE, on the training labels' scale."""
+    """Activation, valence and dominance of each FILE, on the training labels' scale.
+
+    A file that fails stops the command with its name; with --skip-bad it is warned about
+    and, in the JSON, listed with null values and its "error"."""
     emotion_model = load_model(model, cpc_path=cpc)
     rows = []
     for path in files:
-        a, v, d = emotion_model.predict(read_audio(path, sample_rate=16000))
-        rows.append({"file": str(path), "activation": a, "valence": v, "dominance": d})
+        try:
+            rows.append({"file": str(path), **_predict_file(emotion_model, path)})
+        except UserInputError as exc:
+            if not skip_bad:
+                raise UserInputError(f"{exc} (with `skip_bad=True` it would be skipped)") from None
+            _warn(f"skipping {exc}")
+            rows.append({"file": str(path), **dict.fromkeys(DIMENSIONS), "error": str(exc)})
+    skipped = sum("error" in r for r in rows)
+    if skipped == len(rows):
+        raise UserInputError(f"every one of the {skipped} file(s) was skipped")
+    if skipped:
+        _warn(f"{skipped} of {len(rows)} file(s) skipped")
     if as_json:
-        typer.echo(json.dumps(rows, indent=2))
+        typer.echo(json_text(rows))
         return
     width = max(len(r["file"]) for r in rows)
     typer.echo(f"{'file'.ljust(width)}  activation  valence  dominance")
     for r in rows:
-        typer.echo(
-            f"{r['file'].ljust(width)}  {r['activation']:10.3f}  {r['valence']:7.3f}  "
-            f"{r['dominance']:9.3f}"
-        )
+        if "error" not in r:
+            typer.echo(
+                f"{r['file'].ljust(width)}  {r['activation']:10.3f}  {r['valence']:7.3f}  "
+                f"{r['dominance']:9.3f}"
+            )
 
 
 @app.command()
@@ -69,6 +110,12 @@ def visualize(
         int, typer.Option(help="Plot at most this many (a seeded sample).")
     ] = 2000,
     seed: Annotated[int, typer.Option(help="Sampling and t-SNE seed.")] = 0,
+    skip_bad: Annotated[
+        bool,
+        typer.Option(
+            "--skip-bad", help="Skip (and count) bad label rows and files that fail when read."
+        ),
+    ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """t-SNE of utterance representations coloured by categorical emotion (the paper's Fig. 1)."""
@@ -76,7 +123,10 @@ def visualize(
         raise UserInputError("give exactly one of --model DIR or --pretrained RUN_DIR")
     if max_utterances < 5:
         raise UserInputError("--max-utterances must be at least 5")
-    corpus = open_emotion_corpus(dataset, root, subset=subset, synthetic_size=synthetic_size)
+    check_figure_path(out)  # before anything is computed
+    corpus = open_emotion_corpus(
+        dataset, root, subset=subset, synthetic_size=synthetic_size, skip_bad=skip_bad
+    )
     if model is not None:
         emotion_model = load_model(model)
         represent = emotion_model.embed
@@ -92,5 +142,7 @@ def visualize(
         max_utterances=max_utterances,
         seed=seed,
         progress=not quiet,
+        skip_bad=skip_bad,
+        warn=_warn,
     )
     typer.echo(f"t-SNE of {points.shape[0]} utterances: {path}")

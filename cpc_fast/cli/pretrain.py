@@ -19,10 +19,11 @@ from typing import Annotated
 import typer
 
 from cpc_fast.cli.app import app
-from cpc_fast.cli.launch import relaunched
+from cpc_fast.cli.launch import device_gpus, relaunched
 from cpc_fast.cli.options import Overrides, config_options
 from cpc_fast.config import pretrain as presets
 from cpc_fast.config.pretrain import PretrainConfig
+from cpc_fast.io.atomic import check_writable_folder
 from cpc_fast.training import distributed
 from cpc_fast.training.data import open_pretrain_data
 from cpc_fast.training.pretrain import pretrain as run_pretrain
@@ -74,7 +75,13 @@ def _open_data(config: PretrainConfig, env: distributed.DistEnv):
 @config_options(
     PretrainConfig,
     presets.PRESETS,
-    flags={"out_dir": "--out", "restart": "--restart", "preset": "--preset", "gpus": "--gpus"},
+    flags={
+        "out_dir": "--out",
+        "restart": "--restart",
+        "preset": "--preset",
+        "gpus": "--gpus",
+        "cpu_processes": "--cpu-processes",
+    },
 )
 def pretrain(
     out: Annotated[Path, typer.Option("--out", help="Run folder (created; resumed if it exists).")],
@@ -82,10 +89,17 @@ def pretrain(
         int,
         typer.Option(
             "--gpus",
-            help="Local processes, one GPU each; 0 = CPU. Without CUDA, N CPU processes (gloo). "
-            "Under torchrun this is ignored for launching.",
+            help="Local processes, one GPU each (at most the GPUs visible); 0 = CPU, as is 1 "
+            "without CUDA. Under torchrun this is ignored for launching.",
         ),
     ] = 1,
+    cpu_processes: Annotated[
+        int,
+        typer.Option(
+            "--cpu-processes",
+            help="Run N CPU processes (gloo) instead, on purpose: tests, CPU machines.",
+        ),
+    ] = 0,
     preset_name: Annotated[
         str, typer.Option("--preset", help=f"Base configuration: {', '.join(presets.PRESETS)}.")
     ] = "paper",
@@ -100,10 +114,12 @@ def pretrain(
 ) -> None:
     """Pre-train a CPC model (Li et al. 2021): 10-s windows, Adam 2e-4, 8 per GPU."""
     config = overrides.apply(presets.preset(preset_name))
-    if relaunched(gpus):
+    if relaunched(gpus, cpu_processes):
         return
-    env = distributed.init(gpus)
+    env = distributed.init(device_gpus(gpus, cpu_processes))
     try:
+        # A folder it may not write is refused before the corpus is indexed.
+        distributed.on_main_then_broadcast(env, lambda: check_writable_folder(out, "`out_dir`"))
         train, valid, data = _open_data(config, env)
         config = config.replace(data=data)
         run_pretrain(config, train, valid, out, env=env, progress=progress, restart=restart)

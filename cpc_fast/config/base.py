@@ -40,7 +40,7 @@ def setting(
     *,
     help: str,  # noqa: A002 - the word typer and argparse use
     check: Check | None = None,
-    flag: str | None = None,
+    flag: bool | str = False,
     resumable: bool = False,
     default_text: str | None = None,
     metavar: str | None = None,
@@ -53,8 +53,9 @@ def setting(
         default, default_factory: as for ``dataclasses.field``.
         help: one line for documentation and ``--help``.
         check: the field's own check (:func:`at_least`, :func:`one_of`, ...).
-        flag: the command-line flag, e.g. ``"--batch-size"`` (``"--bf16/--no-bf16"`` for an
-            on/off pair); None when the CLI does not offer the field.
+        flag: whether the command line offers the field: True for the flag its name gives
+            (``batch_size`` -> ``--batch-size``), or the flag itself where it differs
+            (``"--data"``, ``"--bf16/--no-bf16"`` for an on/off pair).
         resumable: a run resumed with another value of this field is still the same run
             (how long to train, how often to report, how to execute).
         default_text: what ``--help`` says for a default of None.
@@ -255,6 +256,14 @@ def pick_preset(presets: Mapping[str, Callable[..., C]], name: str, **overrides:
     return make(**overrides)
 
 
+def flag_of(name: str, f: dataclasses.Field) -> str | None:
+    """The command-line flag of field ``name`` (the last part of a dotted name), or None."""
+    flag = f.metadata.get("flag")
+    if flag is True:
+        return "--" + name.rpartition(".")[2].replace("_", "-")
+    return flag or None
+
+
 __all__ = [
     "Config",
     "apply_overrides",
@@ -262,6 +271,7 @@ __all__ = [
     "config_fields",
     "differences",
     "field_type",
+    "flag_of",
     "in_range",
     "non_negative",
     "one_of",

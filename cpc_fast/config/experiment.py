@@ -79,20 +79,20 @@ class ExperimentConfig(Config):
 
     dataset: str = setting(
         "synthetic",
-        flag="--dataset",
+        flag=True,
         required_flag=True,
         check=one_of(DATASETS),
         help="iemocap | msp-podcast | manifest | synthetic (built in, no --root).",
     )
     root: str | None = setting(
         None,
-        flag="--root",
+        flag=True,
         resumable=True,
         help="IEMOCAP_full_release folder, MSP-Podcast root, or the manifest CSV.",
     )
     out: str = setting(
         "experiment",
-        flag="--out",
+        flag=True,
         required_flag=True,
         metavar="PATH",
         resumable=True,
@@ -101,13 +101,13 @@ class ExperimentConfig(Config):
     )
     setups: tuple[str, ...] = setting(
         SETUPS,
-        flag="--setups",
+        flag=True,
         check=_setups,
         resumable=True,
         help="Comma list of sup, joint, mini, pre.",
     )
     pretrained: str | None = setting(
-        None, flag="--pretrained", help="CPC run folder (or model.safetensors) for 'pre'."
+        None, flag=True, help="CPC run folder (or model.safetensors) for 'pre'."
     )
     preset: str = setting(
         "paper",
@@ -115,58 +115,55 @@ class ExperimentConfig(Config):
         help="paper (the paper's recipe) or tiny (minutes on a CPU).",
     )
     runs: int = setting(
-        5, flag="--runs", check=at_least(1), resumable=True, help="Runs (seeds) per setup."
+        5, flag=True, check=at_least(1), resumable=True, help="Runs (seeds) per setup."
     )
-    epochs: int = setting(50, flag="--epochs", check=at_least(1), help="Recognizer epochs.")
-    batch_size: int = setting(32, flag="--batch-size", check=_batch, help="Utterances per batch.")
-    lr: float = setting(2e-4, flag="--lr", check=positive, help="Adam learning rate.")
-    weight_decay: float = setting(
-        1e-5, flag="--weight-decay", check=non_negative, help="Adam weight decay."
-    )
+    epochs: int = setting(50, flag=True, check=at_least(1), help="Recognizer epochs.")
+    batch_size: int = setting(32, flag=True, check=_batch, help="Utterances per batch.")
+    lr: float = setting(2e-4, flag=True, check=positive, help="Adam learning rate.")
+    weight_decay: float = setting(1e-5, flag=True, check=non_negative, help="Adam weight decay.")
     joint_lambda: float = setting(
         1.0,
-        flag="--joint-lambda",
+        flag=True,
         check=non_negative,
         help="λ in the joint loss CCC + λ·InfoNCE.",
     )
     joint_lr: float | None = setting(
         None,
-        flag="--joint-lr",
+        flag=True,
         check=optional(positive),
         help="Adam lr of the joint setup, when not --lr.",
     )
     validation: str = setting(
         "speaker",
-        flag="--validation",
+        flag=True,
         check=one_of(VALIDATION_MODES),
         help="speaker (hold out one training speaker) or random (10 %).",
     )
     folds: tuple[int, ...] | None = setting(
         None,
-        flag="--folds",
+        flag=True,
         check=_folds,
         help="Run only these 1-based folds, e.g. 1,2.",
         default_text="all",
     )
     subset: str = setting(
         "paper",
-        flag="--subset",
+        flag=True,
         help="IEMOCAP: paper (neu,hap,exc,ang,sad: 5,531 utterances), all, or a list.",
     )
-    test_set: str = setting(
-        "Test1", flag="--test-set", help="MSP-Podcast test set: Test1, Test2 or Test3."
-    )
+    test_set: str = setting("Test1", flag=True, help="MSP-Podcast test set: Test1, Test2 or Test3.")
     skip_bad: bool = setting(
         False,
-        flag="--skip-bad",
-        help="Skip (and count) bad label rows instead of stopping.",
+        flag=True,
+        help="Skip (and count) bad label rows and audio files that fail when read, instead "
+        "of stopping.",
     )
     seed: int = setting(
         0,
-        flag="--seed",
+        flag=True,
         help="Base seed; run r of fold k (0-based) uses seed + 100 (r - 1) + k.",
     )
-    data_seed: int = setting(0, flag="--data-seed", help="Seed of the synthetic corpus.")
+    data_seed: int = setting(0, flag=True, help="Seed of the synthetic corpus.")
     split_seed: int = setting(0, help="Seed of the random validation hold-outs.")
     synthetic_size: str = setting(
         "default", check=one_of(SYNTHETIC_SIZES), help="Size of the synthetic corpus."
@@ -178,23 +175,31 @@ class ExperimentConfig(Config):
     )
     mini_epochs: int | None = setting(
         None,
-        flag="--mini-epochs",
+        flag=True,
         check=optional(at_least(1)),
         help="Epochs of the mini setup's CPC pre-training.",
         default_text="its preset's",
     )
     cache_dir: str | None = setting(
         None,
-        flag="--cache-dir",
+        flag=True,
         resumable=True,
         help="Feature cache folder.",
         default_text="OUT/cache",
     )
     gpus: int = setting(
         1,
-        flag="--gpus",
+        flag=True,
         resumable=True,
-        help="Processes, one GPU each; 0 = CPU. As in `cpc-fast pretrain`.",
+        help="Processes, one GPU each (at most the GPUs visible); 0 = CPU. As in `cpc-fast "
+        "pretrain`.",
+    )
+    cpu_processes: int = setting(
+        0,
+        flag=True,
+        check=at_least(0),
+        resumable=True,
+        help="Run N CPU processes (gloo) instead, on purpose: tests, CPU machines.",
     )
 
     def check_whole(self) -> None:
@@ -205,6 +210,11 @@ class ExperimentConfig(Config):
             )
         if self.dataset != "synthetic" and not self.root:
             raise UserInputError(f"`dataset` {self.dataset} needs `root`")
+
+    @property
+    def device_gpus(self) -> int:
+        """The ``gpus`` each process starts with: 0 (the CPU) for ``cpu_processes``."""
+        return 0 if self.cpu_processes else self.gpus
 
     def pretrain_config(self) -> PretrainConfig:
         """The CPC pre-training preset (``cpc_preset``) that sizes the CPC of joint and mini

@@ -35,6 +35,18 @@ def _seconds_range(value: tuple[float, float]) -> str | None:
     return None if 0 < low <= high else f"must be 0 < min <= max, got {low}, {high}"
 
 
+def _every_n_steps(what: str) -> Any:
+    """A period in steps, where 0 means at each epoch's end (and the run's)."""
+    return setting(
+        0,
+        flag=True,
+        check=at_least(0),
+        resumable=True,
+        help=f"{what} every N steps.",
+        default_text="each epoch and the end",
+    )
+
+
 @dataclass
 class DataConfig(Config):
     """Where the pre-training audio comes from: the arguments of
@@ -51,20 +63,20 @@ class DataConfig(Config):
     )
     format: str | None = setting(
         None,
-        flag="--format",
+        flag=True,
         check=optional(one_of(FORMATS)),
         help=f"One of {', '.join(FORMATS)}.",
         default_text="detected from --data",
     )
     subset: str | None = setting(
         None,
-        flag="--subset",
+        flag=True,
         help="LibriSpeech subset folder(s), comma-separated.",
         default_text="train-clean-100",
     )
     max_minutes_per_speaker: float | None = setting(
         None,
-        flag="--max-minutes-per-speaker",
+        flag=True,
         check=optional(positive),
         help="LibriSpeech: cap each speaker's training audio (the official train-clean-100 is "
         "capped at 25 min already).",
@@ -72,7 +84,7 @@ class DataConfig(Config):
     )
     valid_fraction: float = setting(
         0.02,
-        flag="--valid-fraction",
+        flag=True,
         check=in_range(0.0, 1.0),
         help="Share of utterances held out (by a hash of the id, stable across runs and machines).",
     )
@@ -108,36 +120,36 @@ class PretrainConfig(Config):
     data: DataConfig = field(default_factory=DataConfig)
     window_seconds: float = setting(
         10.0,
-        flag="--window-seconds",
+        flag=True,
         check=positive,
         help="Training window; longer utterances cut, shorter repeat-padded.",
     )
     crop: str = setting(
         "start",
-        flag="--crop",
+        flag=True,
         check=one_of(CROPS),
         help=f"Where long utterances are cut: {' or '.join(CROPS)} (a random window each "
         "epoch, seeded by run seed, epoch and utterance).",
     )
     batch_size: int = setting(
         8,
-        flag="--batch-size",
+        flag=True,
         check=at_least(1),
         help="Utterances per process per step (the paper: 8 on each of 8 GPUs).",
     )
-    lr: float = setting(2e-4, flag="--lr", check=positive, help="Adam learning rate.")
+    lr: float = setting(2e-4, flag=True, check=positive, help="Adam learning rate.")
     weight_decay: float = setting(
         1e-5,
-        flag="--weight-decay",
+        flag=True,
         check=non_negative,
         help="Adam weight decay (an L2 term, as torch's Adam).",
     )
     epochs: int = setting(
-        50, flag="--epochs", check=at_least(1), resumable=True, help="Passes over the data."
+        50, flag=True, check=at_least(1), resumable=True, help="Passes over the data."
     )
     max_steps: int | None = setting(
         None,
-        flag="--max-steps",
+        flag=True,
         check=optional(at_least(1)),
         resumable=True,
         help="Stop after this many optimizer steps.",
@@ -145,7 +157,7 @@ class PretrainConfig(Config):
     )
     seed: int = setting(
         0,
-        flag="--seed",
+        flag=True,
         help="Random seed: initialisation, shuffling, crops and negatives derive from it.",
     )
     bf16: bool | None = setting(
@@ -160,34 +172,20 @@ class PretrainConfig(Config):
     )
     workers: int = setting(
         4,
-        flag="--workers",
+        flag=True,
         check=at_least(0),
         resumable=True,
         help="DataLoader workers per process.",
     )
     log_every: int = setting(
         50,
-        flag="--log-every",
+        flag=True,
         check=at_least(1),
         resumable=True,
         help="Train-metric rows every N steps.",
     )
-    save_every: int = setting(
-        0,
-        flag="--save-every",
-        check=at_least(0),
-        resumable=True,
-        help="Checkpoint every N steps.",
-        default_text="each epoch and the end",
-    )
-    valid_every: int = setting(
-        0,
-        flag="--valid-every",
-        check=at_least(0),
-        resumable=True,
-        help="Validate every N steps.",
-        default_text="each epoch and the end",
-    )
+    save_every: int = _every_n_steps("Checkpoint")
+    valid_every: int = _every_n_steps("Validate")
     min_seconds: float = setting(
         0.01,
         check=non_negative,
@@ -196,9 +194,17 @@ class PretrainConfig(Config):
     )
     strict: bool = setting(
         False,
-        flag="--strict",
+        flag=True,
         resumable=True,
         help="Stop at the first bad audio file instead of skipping it.",
+    )
+    skip_nonfinite: int = setting(
+        0,
+        flag=True,
+        check=at_least(0),
+        resumable=True,
+        help="Skip (do not apply) up to N steps whose loss or gradient is NaN or infinite, "
+        "instead of stopping at the first; checks every step at once (one GPU sync a step).",
     )
 
     @property

@@ -5,13 +5,18 @@
     wave = read_audio("a.wav", dtype="int16")   # (n,) int16, half the memory
 
 Nothing is resampled or down-mixed: a file at another rate or with several channels raises
-:class:`AudioFormatError`, an unreadable, empty or non-finite one :class:`AudioReadError`;
-both are :class:`~cpc_fast.errors.UserInputError` and name the file.
+:class:`AudioFormatError`; an unreadable, empty or non-finite one, or one that holds fewer
+samples than its header promises (a truncated file), :class:`AudioReadError`; both are
+:class:`~cpc_fast.errors.UserInputError` and name the file. A file that cannot be opened for
+want of resources (too many open files, no memory) is not a bad file: that raises the
+``OSError`` itself, naming the file, so callers that skip bad files stop on it.
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +27,9 @@ from cpc_fast.errors import UserInputError
 
 SAMPLE_RATE = 16_000
 _DTYPES = ("float32", "int16")
+# errnos of the machine, not of the file: never a reason to skip a file
+ENVIRONMENT_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
+_WAV_UNKNOWN_SIZES = (0, 0xFFFFFFFF)  # streaming writers leave the data size open
 
 
 class AudioReadError(UserInputError):
@@ -46,13 +54,21 @@ class AudioInfo:
         return self.frames / self.sample_rate
 
 
+def is_environment_error(exc: BaseException) -> bool:
+    """True for an ``OSError`` of the machine (too many open files, no memory), which says
+    nothing about the file being read."""
+    return isinstance(exc, OSError) and exc.errno in ENVIRONMENT_ERRNOS
+
+
 def audio_info(path: str | os.PathLike) -> AudioInfo:
-    """The header of ``path`` without decoding it (to filter files by length cheaply)."""
-    _check_exists(path)
+    """The header of ``path`` without decoding it (to filter files by length cheaply); a WAV
+    file shorter than its header's data size is an :class:`AudioReadError`."""
+    _check_openable(path)
     try:
         info = sf.info(str(path))
     except (sf.SoundFileError, OSError) as exc:
         raise AudioReadError(f"{path}: cannot read the audio header ({exc})") from None
+    _check_wav_size(path)
     return AudioInfo(
         frames=int(info.frames), sample_rate=int(info.samplerate), channels=int(info.channels)
     )
@@ -68,7 +84,8 @@ def read_audio(
     """
     if dtype not in _DTYPES:
         raise ValueError(f"dtype must be one of {_DTYPES}, got {dtype!r}")
-    _check_exists(path)
+    _check_openable(path)
+    _check_wav_size(path)
     try:
         with sf.SoundFile(str(path)) as f:
             if f.samplerate != sample_rate:
@@ -80,19 +97,66 @@ def read_audio(
                 raise AudioFormatError(
                     f"{path}: has {f.channels} channels, expected mono (1 channel)"
                 )
+            promised = f.frames
             wave = f.read(dtype=dtype, always_2d=False)
     except (sf.SoundFileError, OSError) as exc:
         raise AudioReadError(f"{path}: cannot decode the audio ({exc})") from None
     if wave.shape[0] == 0:
         raise AudioReadError(f"{path}: holds no samples")
+    if wave.shape[0] < promised:
+        raise AudioReadError(
+            f"{path}: decodes to {wave.shape[0]} samples, its header promises {promised} "
+            "(a truncated file?)"
+        )
     if dtype == "float32":
         _check_finite(wave, path)
     return np.ascontiguousarray(wave)
 
 
-def _check_exists(path: str | os.PathLike) -> None:
+def _check_openable(path: str | os.PathLike) -> None:
+    """Opens the file once in Python, which says why it cannot be opened (the decoder only
+    says "System error"): a missing or forbidden file is a bad file, the machine's own
+    limits are an ``OSError``."""
     if not Path(path).is_file():
         raise AudioReadError(f"{path}: no such audio file")
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as exc:
+        if exc.errno in ENVIRONMENT_ERRNOS:
+            raise OSError(exc.errno, exc.strerror, str(path)) from None
+        raise AudioReadError(f"{path}: cannot open the audio file ({exc.strerror})") from None
+
+
+def _check_wav_size(path: str | os.PathLike) -> None:
+    """A RIFF/WAVE file whose data chunk claims more bytes than the file holds is truncated
+    (the decoder quietly reads what is there)."""
+    with open(path, "rb") as fh:
+        if fh.read(4) != b"RIFF":
+            return
+        fh.seek(8)
+        if fh.read(4) != b"WAVE":
+            return
+        block_align = 0
+        while True:
+            header = fh.read(8)
+            if len(header) < 8:
+                return
+            chunk, size = header[:4], struct.unpack("<I", header[4:])[0]
+            if chunk == b"fmt ":
+                fmt = fh.read(min(size, 16))
+                block_align = struct.unpack("<H", fmt[12:14])[0] if len(fmt) >= 14 else 0
+                fh.seek(size - len(fmt) + (size & 1), os.SEEK_CUR)
+            elif chunk == b"data":
+                held = os.fstat(fh.fileno()).st_size - fh.tell()
+                if size not in _WAV_UNKNOWN_SIZES and size > held and block_align:
+                    raise AudioReadError(
+                        f"{path}: the header promises {size // block_align} samples, the file "
+                        f"holds {held // block_align} (a truncated file)"
+                    )
+                return
+            else:
+                fh.seek(size + (size & 1), os.SEEK_CUR)
 
 
 def _check_finite(wave: np.ndarray, path: str | os.PathLike) -> None:

@@ -2,9 +2,10 @@
 split, and a ``Dataset`` that reads one file per item.
 
 Shared by the LibriSpeech and folder loaders. Files are checked with ``audio_info`` (the
-header only, no decoding): a wrong sample rate, several channels, an unreadable header, no
-samples, or fewer than ``min_samples`` make a :class:`SkippedFile` with the reason, unless
-``strict`` (then :class:`UserInputError` naming the file). Reading happens in DataLoader
+header only, no decoding): a wrong sample rate, several channels, an unreadable header, a
+WAV file shorter than its header says, no samples, or fewer than ``min_samples`` make a
+:class:`SkippedFile` with the reason, unless ``strict`` (then :class:`UserInputError`
+naming the file). Reading happens in DataLoader
 workers; what fails there is handled by :mod:`cpc_fast.data.windows`.
 """
 
@@ -13,13 +14,13 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 from pathlib import Path
 
 import numpy as np
 from torch.utils.data import Dataset
 
-from cpc_fast.data.audio import audio_info, read_audio
+from cpc_fast.data.audio import audio_info, is_environment_error, read_audio
 from cpc_fast.errors import UserInputError
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
@@ -56,6 +57,8 @@ def probe(
     try:
         info = audio_info(path)
     except (UserInputError, OSError) as exc:
+        if is_environment_error(exc):
+            raise  # the machine's limits, not the file: never a skip
         return f"unreadable ({_strip_path(str(exc), path)})"
     if info.sample_rate != sample_rate:
         return f"sample rate is {info.sample_rate} Hz, expected {sample_rate} Hz (resample it)"
@@ -123,6 +126,7 @@ def split_items(
     return train, valid
 
 
+@dataclass(eq=False)
 class AudioFileDataset(Dataset):
     """Reads ``items[i]`` as a 1-D float32 waveform ``(num_samples,)`` at ``sample_rate``.
 
@@ -132,24 +136,29 @@ class AudioFileDataset(Dataset):
         description: one line saying what this is (recorded in config.json).
     """
 
-    def __init__(
-        self,
-        items: Sequence[AudioItem],
-        *,
-        sample_rate: int = 16000,
-        skipped: Sequence[SkippedFile] = (),
-        description: str = "",
-    ) -> None:
-        self.items = list(items)
-        self.sample_rate = sample_rate
-        self.skipped = list(skipped)
-        self.description = description
+    items: Sequence[AudioItem]
+    _: KW_ONLY
+    sample_rate: int = 16000
+    skipped: Sequence[SkippedFile] = ()
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        self.items, self.skipped = list(self.items), list(self.skipped)
 
     def __len__(self) -> int:
         return len(self.items)
 
     def __getitem__(self, index: int) -> np.ndarray:
         return read_audio(self.items[index].path, sample_rate=self.sample_rate)
+
+    def fingerprint(self) -> str:
+        """A digest of the file list (ids below the root), the sample counts and the file
+        sizes: a run resumes only on the same data (the files are not read)."""
+        h = hashlib.sha256(f"audio files at {self.sample_rate} Hz\n".encode())
+        for item in self.items:
+            size = os.stat(item.path).st_size if os.path.exists(item.path) else -1
+            h.update(f"{item.utterance_id}\t{item.num_samples}\t{size}\n".encode())
+        return h.hexdigest()
 
     @property
     def speakers(self) -> list[str]:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,6 +38,7 @@ VALIDATION_MODES = ("speaker", "random")
 VALIDATION_FRACTION = 0.10
 SAMPLE_RATE = 16000
 MIN_SAMPLES = 160  # one 10 ms frame: the least any feature extractor accepts
+IDENTITY_PARTS = ("records", "labels", "audio")
 _MAX_LISTED = 25
 
 
@@ -99,7 +100,7 @@ def check_audio(path: Path, source: str, bad: BadRows) -> bool:
         return False
     try:
         info = audio_info(path)
-    except Exception as exc:  # AudioReadError names the file
+    except UserInputError as exc:  # AudioReadError names the file
         bad.add(source, f"unreadable audio: {exc}")
         return False
     if info.sample_rate != SAMPLE_RATE or info.channels != 1:
@@ -128,7 +129,8 @@ def parse_score(text: str, lo: float | None, hi: float | None) -> float:
 class EmotionCorpus:
     """A list of records, their audio and their fold protocol.
 
-    Subclasses that generate audio override :meth:`wave` and :meth:`fingerprint`.
+    Subclasses that generate audio override :meth:`wave` and :meth:`fingerprint` (and
+    keep ``path`` None: their audio is not checked by :meth:`unreadable`).
     """
 
     def __init__(
@@ -166,6 +168,52 @@ class EmotionCorpus:
         """(N, 3) float64 labels (activation, valence, dominance), original scale."""
         idx = range(len(self.records)) if indices is None else indices
         return np.array([self.records[i].labels for i in idx], dtype=np.float64).reshape(-1, 3)
+
+    def identity(self) -> dict[str, str]:
+        """What the corpus holds, as three digests, to tell whether two runs used the same
+        data: "records" (ids, splits, speakers, sessions, categories), "labels" and
+        "audio" (each file's size; generated audio is fixed by the corpus's settings).
+        Paths are left out: the same data moved elsewhere is the same data."""
+        parts = {name: hashlib.sha256(f"{self.name}\n".encode()) for name in IDENTITY_PARTS}
+        for r in self.records:
+            what = (r.utt_id, r.split, r.speaker, r.session, r.emotion)
+            parts["records"].update(f"{what}\n".encode())
+            parts["labels"].update(f"{r.utt_id}\t{r.labels}\n".encode())
+            size = os.stat(r.path).st_size if r.path is not None else -1
+            parts["audio"].update(f"{r.utt_id}\t{size}\n".encode())
+        return {name: h.hexdigest() for name, h in parts.items()}
+
+    def unreadable(
+        self, progress: Callable[[Iterable[int]], Iterable[int]] | None = None
+    ) -> list[tuple[int, str]]:
+        """Decodes every audio file once: ``(index, why)`` of each that fails (cannot be
+        decoded, holds NaN/Inf, is shorter than its header says or than one 10 ms frame).
+        Generated audio is not checked. ``progress`` wraps the loop (a tqdm)."""
+        files = [i for i, r in enumerate(self.records) if r.path is not None]
+        bad = []
+        for i in files if progress is None else progress(files):
+            try:
+                samples = self.wave(i).shape[0]
+            except UserInputError as exc:  # AudioReadError and AudioFormatError name the file
+                bad.append((i, str(exc)))
+                continue
+            if samples < MIN_SAMPLES:
+                bad.append((i, f"{self.records[i].path}: {samples} samples, less than one frame"))
+        return bad
+
+    def drop_unreadable(self, bad: Sequence[tuple[int, str]], skip_bad: bool) -> None:
+        """Raises listing ``bad`` (from :meth:`unreadable`), or with ``skip_bad`` drops those
+        records and counts them in ``skipped``."""
+        if not bad:
+            return
+        rows = BadRows(f"{self.name}: audio that fails when read")
+        for i, why in bad:
+            rows.add(self.records[i].source or self.records[i].utt_id, why)
+        self.skipped += rows.resolve(skip_bad)
+        dropped = {i for i, _ in bad}
+        self.records = [r for i, r in enumerate(self.records) if i not in dropped]
+        if not self.records:
+            raise UserInputError(f"{self.name}: no usable utterances ({len(dropped)} unreadable)")
 
     def fingerprint(self) -> str:
         """Identifies the audio (not the labels): ids, paths, sizes and modification times."""
@@ -294,6 +342,7 @@ class LabelScaler:
 
 __all__ = [
     "DIMENSIONS",
+    "IDENTITY_PARTS",
     "SPLITS",
     "VALIDATION_MODES",
     "BadRows",

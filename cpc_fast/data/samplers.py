@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from dataclasses import KW_ONLY, dataclass, field
 
 import numpy as np
 from torch.utils.data import Sampler
@@ -18,6 +19,7 @@ from torch.utils.data import Sampler
 from cpc_fast.errors import UserInputError
 
 
+@dataclass(eq=False)
 class EpochSampler(Sampler[int]):
     """Indices for one rank: its ``batch_size`` block of each global batch of an epoch.
 
@@ -27,26 +29,19 @@ class EpochSampler(Sampler[int]):
     so every step has full batches on every rank.
     """
 
-    def __init__(
-        self,
-        num_items: int,
-        batch_size: int,
-        *,
-        world_size: int = 1,
-        rank: int = 0,
-        seed: int = 0,
-        shuffle: bool = True,
-    ) -> None:
-        if num_items < 1:
+    num_items: int
+    batch_size: int
+    _: KW_ONLY
+    world_size: int = 1
+    rank: int = 0
+    seed: int = 0
+    shuffle: bool = True
+    epoch: int = field(default=0, init=False)
+    consumed: int = field(default=0, init=False)
+
+    def __post_init__(self) -> None:
+        if self.num_items < 1:
             raise UserInputError("the training set is empty")
-        self.num_items = num_items
-        self.batch_size = batch_size
-        self.world_size = world_size
-        self.rank = rank
-        self.seed = seed
-        self.shuffle = shuffle
-        self.epoch = 0
-        self.consumed = 0
 
     @property
     def global_batch(self) -> int:

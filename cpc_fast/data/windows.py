@@ -4,7 +4,9 @@
   offset drawn from ``(seed, epoch, index)``), and turns a file that cannot be read (or is
   too short, or holds NaNs) into a sentinel carrying the reason instead of an exception, so
   one bad file never ends an epoch in a worker; the training loop warns and counts, or
-  stops with that one line when ``strict``.
+  stops with that one line when ``strict``. An error of the machine rather than the file
+  (too many open files) travels in the sentinel as the ``OSError`` itself, which the
+  training loop raises.
 * :class:`WindowCollate` drops the sentinels and repeat-pads the rest to the window with
   the C++ batching (through :class:`cpc_fast.data.collate.CPCCollate`): ``(B, window)``
   float32.
@@ -17,11 +19,13 @@ from typing import Any
 import numpy as np
 from torch.utils.data import Dataset
 
+from cpc_fast.data.audio import is_environment_error
 from cpc_fast.data.collate import CPCCollate
-from cpc_fast.errors import UserInputError
+from cpc_fast.errors import UserInputError, naming
 
 CROPS = ("start", "random")
-Item = tuple[np.ndarray | None, str | None]  # (window, None) or (None, why it was skipped)
+# (window, None), (None, why it was skipped) or (None, the OSError of the machine)
+Item = tuple[np.ndarray | None, str | OSError | None]
 
 
 class WindowDataset(Dataset):
@@ -70,9 +74,9 @@ class WindowDataset(Dataset):
         try:
             wave = self.dataset[index]
         except (UserInputError, OSError) as exc:
-            message = str(exc)
-            name = self._name(index)
-            return None, message if name in message else f"{name}: {message}"
+            if is_environment_error(exc):
+                return None, exc
+            return None, naming(self._name(index), str(exc))
         wave = np.asarray(wave)
         if wave.ndim != 1:
             raise UserInputError(
@@ -103,7 +107,7 @@ class WindowDataset(Dataset):
 
 class WindowCollate:
     """Items of :class:`WindowDataset` -> ``{"wave": (B', window) float32 | None,
-    "skipped": [why, ...]}`` where B' counts the items that were not skipped.
+    "skipped": [why or OSError, ...]}`` where B' counts the items that were not skipped.
 
     Shorter windows are repeat-padded (the paper: padded by repeating themselves) by
     :class:`~cpc_fast.data.collate.CPCCollate` with offsets "start" (the items are already

@@ -23,10 +23,13 @@ and std (fixed buffers saved with the model, see :mod:`cpc_fast.models.recognize
 * ``pre``: the CPC of ``--pretrained``, frozen.
 
 Frozen CPC contexts and LFBE are extracted once into the feature cache (``<out>/cache`` by
-default), keyed by the weights' digest and the corpus's fingerprint.
+default), keyed by the weights' digest and the corpus's fingerprint. Before anything else
+every audio file is decoded once (the result is remembered in the cache): a file that fails
+is listed, or skipped and counted with ``skip_bad``. A re-run resumes only on the same
+settings, data and pre-trained weights (:mod:`cpc_fast.emotion.experiment_folder`).
 
-Launch: ``--gpus N`` (N > 1) re-runs the command as N processes (see
-:mod:`cpc_fast.cli.launch`); rank 0 alone writes files and shows progress.
+Launch: ``--gpus N`` (N > 1) or ``--cpu-processes N`` re-runs the command as N processes
+(see :mod:`cpc_fast.cli.launch`); rank 0 alone writes files and shows progress.
 """
 
 from __future__ import annotations
@@ -39,10 +42,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from cpc_fast.config.base import differences
 from cpc_fast.config.experiment import ExperimentConfig
 from cpc_fast.data.corpora import open_emotion_corpus
 from cpc_fast.data.labelled import EmotionCorpus, Fold, LabelScaler
+from cpc_fast.emotion.experiment_folder import check_experiment_folder, clear_experiment
 from cpc_fast.emotion.joint import JointModel
 from cpc_fast.emotion.model_io import load_cpc_checked, save_model
 from cpc_fast.emotion.report import write_predictions, write_report
@@ -55,16 +58,23 @@ from cpc_fast.emotion.train import (
     predict_indices,
 )
 from cpc_fast.errors import UserInputError
-from cpc_fast.features.cache import FeatureSet, frame_statistics, module_digest
+from cpc_fast.features.cache import FeatureSet, cache_key, frame_statistics, module_digest
 from cpc_fast.features.extract import cpc_context_features, cpc_contexts, lfbe_features
 from cpc_fast.features.lfbe import LFBEConfig
-from cpc_fast.io.atomic import read_json, write_json
+from cpc_fast.io.atomic import atomic_write_bytes, check_writable_folder, read_json, write_json
+from cpc_fast.io.lock import FolderLock
 from cpc_fast.io.metrics import MetricsLogger, truncate_metrics
 from cpc_fast.models.cpc import CPCModel
 from cpc_fast.models.loading import load_cpc
 from cpc_fast.models.recognizer import EmotionRecognizer, RecognizerConfig
 from cpc_fast.training.checkpointer import Checkpointer
-from cpc_fast.training.distributed import DistEnv, barrier, broadcast_object, init
+from cpc_fast.training.distributed import (
+    DistEnv,
+    barrier,
+    broadcast_object,
+    init,
+    on_main_then_broadcast,
+)
 from cpc_fast.training.pretrain import pretrain
 
 # What a (setup, fold, run) folder holds besides ``done`` (written last).
@@ -85,6 +95,11 @@ class _WaveView:
 
     def __getitem__(self, i: int) -> np.ndarray:
         return self.corpus.wave(self.indices[i])
+
+    def fingerprint(self) -> str:
+        """The corpus's identity and which of its utterances these are."""
+        key = {"corpus": self.corpus.identity(), "indices": list(self.indices)}
+        return cache_key(key)
 
 
 def open_corpus(config: ExperimentConfig) -> EmotionCorpus:
@@ -111,20 +126,6 @@ def _selected_folds(corpus: EmotionCorpus, config: ExperimentConfig) -> list[Fol
     return [folds[f - 1] for f in sorted(set(config.folds))]
 
 
-def _check_folder(out: Path, config: ExperimentConfig, manifest: dict[str, Any]) -> None:
-    """Refuses to mix runs of different settings in one folder; writes experiment.json."""
-    path = out / "experiment.json"
-    if path.is_file():
-        old_config = read_json(path).get("config", {})
-        differ = differences(ExperimentConfig, old_config, manifest["config"])
-        if differ:
-            what = ", ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in differ)
-            raise UserInputError(
-                f"{out} holds an experiment with other settings ({what}); use a new `out` folder"
-            )
-    write_json(path, manifest)
-
-
 class _Runner:
     def __init__(self, config: ExperimentConfig, env: DistEnv, progress: bool) -> None:
         self.config = config
@@ -133,6 +134,10 @@ class _Runner:
         self.out = Path(config.out)
         self.cache_dir = Path(config.cache_dir) if config.cache_dir else self.out / "cache"
         self.corpus = open_corpus(config)
+        # Every file decoded once before any fold is made: one that fails when read is
+        # listed (or skipped and counted with `skip_bad`) now, not hours in.
+        bad = on_main_then_broadcast(env, self._unreadable)
+        self.corpus.drop_unreadable(bad, config.skip_bad)
         numbers = {
             f.name: k for k, f in enumerate(self.corpus.folds(config.validation, config.split_seed))
         }
@@ -141,6 +146,21 @@ class _Runner:
         self._pretrained: tuple[torch.nn.Module, str] | None = None
 
     # -- inputs --------------------------------------------------------------------------
+
+    def _unreadable(self) -> list[tuple[int, str]]:
+        """The corpus's files that fail when decoded, remembered in the cache by the
+        corpus's fingerprint (paths, sizes, times), so a resumed experiment decodes nothing."""
+        if all(r.path is None for r in self.corpus.records):
+            return []  # generated audio
+        key = cache_key({"audio": self.corpus.fingerprint()})
+        path = self.cache_dir / f"audio-check-{key[:20]}.json"
+        try:
+            return [(int(i), str(why)) for i, why in read_json(path)["unreadable"]]
+        except (OSError, UserInputError, KeyError, TypeError, ValueError):
+            pass  # not checked yet (or the record is damaged): decode the files
+        bad = self.corpus.unreadable(progress=self._bar("checking audio"))
+        write_json(path, {"unreadable": bad})
+        return bad
 
     def _bar(self, desc: str):
         if not self.progress:
@@ -300,7 +320,7 @@ class _Runner:
             ids = [self.corpus.records[i].utt_id for i in fold.test]
             write_predictions(unit / "predictions.csv", ids, pred, labels)
             write_json(unit / "result.json", summary)
-            (unit / "done").write_text(f"{time.strftime('%Y-%m-%dT%H:%M:%S')}\n")
+            atomic_write_bytes(unit / "done", f"{time.strftime('%Y-%m-%dT%H:%M:%S')}\n".encode())
         checkpoint.remove()  # the unit is done: nothing to resume
         barrier()
         return summary
@@ -343,10 +363,11 @@ class _Runner:
             "num_utterances": len(self.corpus),
             "skipped_rows": self.corpus.skipped,
             "folds": [f.name for _, f in self.folds],
+            "data": self.corpus.identity(),
         }
-        if self.env.is_main:
-            _check_folder(self.out, cfg, manifest)
-        barrier()
+        if "pre" in cfg.setups:  # loaded now: a model that diverged is refused before any work
+            manifest["pretrained_digest"] = self.pretrained()[1]
+        on_main_then_broadcast(self.env, lambda: check_experiment_folder(self.out, manifest))
         units = [
             (s, k, f, r) for s in cfg.setups for k, f in self.folds for r in range(1, cfg.runs + 1)
         ]
@@ -385,13 +406,35 @@ def _protocol(corpus: EmotionCorpus, config: ExperimentConfig, num_folds: int) -
 
 
 def run_experiment(
-    config: ExperimentConfig, *, progress: bool = True, env: DistEnv | None = None
+    config: ExperimentConfig,
+    *,
+    progress: bool = True,
+    env: DistEnv | None = None,
+    restart: bool = False,
 ) -> dict[str, Any]:
     """Runs every unfinished (setup, fold, run) of ``config`` and returns the results dict
-    (also written to ``<config.out>/results.json`` and ``results.md``)."""
+    (also written to ``<config.out>/results.json`` and ``results.md``).
+
+    A folder that holds another experiment is refused (:mod:`.experiment_folder`);
+    ``restart`` deletes that experiment's files first. One experiment at a time runs in a
+    folder (a lock file); the folder is checked to be writable before any work.
+    """
     config.validate()
-    env = env or init(config.gpus)
-    return _Runner(config, env, progress).run()
+    env = env or init(config.device_gpus)
+    out = Path(config.out)
+    lock = FolderLock(out, "experiment folder")
+
+    def claim() -> None:
+        check_writable_folder(out, "`out`")
+        lock.acquire()
+        if restart:
+            clear_experiment(out)
+
+    try:
+        on_main_then_broadcast(env, claim)
+        return _Runner(config, env, progress).run()
+    finally:
+        lock.release()
 
 
 __all__ = ["open_corpus", "run_experiment"]

@@ -68,9 +68,26 @@ def read_predictions(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     """(pred (N, 3), labels (N, 3)) from a predictions.csv."""
     with open(path, newline="") as fh:
         rows = list(csv.DictReader(fh))
-    pred = np.array([[float(r[c]) for c in PREDICTION_COLUMNS[1:4]] for r in rows]).reshape(-1, 3)
-    labels = np.array([[float(r[c]) for c in PREDICTION_COLUMNS[4:]] for r in rows]).reshape(-1, 3)
-    return pred, labels
+    try:
+        values = [[float(r[c]) for c in PREDICTION_COLUMNS[1:]] for r in rows]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise UserInputError(
+            f"{path}: not a predictions file of cpc-fast (columns "
+            f"{','.join(PREDICTION_COLUMNS)}; {type(exc).__name__}: {exc})"
+        ) from None
+    table = np.array(values, np.float64).reshape(-1, 6)
+    return table[:, :3], table[:, 3:]
+
+
+def _read_result(path: Path) -> dict[str, Any]:
+    """A unit's result.json, checked to hold what the report reads."""
+    result = read_json(path)
+    test = result.get("test") if isinstance(result, dict) else None
+    missing = [m for m in METRICS if not isinstance(test, dict) or m not in test]
+    if missing or "best_epoch" not in result:
+        what = ", ".join(f"test.{m}" for m in missing) or "best_epoch"
+        raise UserInputError(f"{path}: not a result file of cpc-fast (no {what})")
+    return result
 
 
 def _mean_std(values: list[float]) -> dict[str, float | None]:
@@ -89,7 +106,7 @@ def _run_entry(out: Path, setup: str, run: int, fold_names: list[str]) -> dict[s
         unit = out / setup / fold / f"run{run}"
         if not (unit / "done").is_file():
             return None
-        result = read_json(unit / "result.json")
+        result = _read_result(unit / "result.json")
         seed = result.get("seed", seed)
         folds.append({"fold": fold, **result["test"], "best_epoch": result["best_epoch"]})
         p, y = read_predictions(unit / "predictions.csv")
@@ -110,6 +127,8 @@ def aggregate(out: str | os.PathLike) -> dict[str, Any]:
     if not manifest_path.is_file():
         raise UserInputError(f"{out}: no experiment.json; not an experiment folder")
     manifest = read_json(manifest_path)
+    if not isinstance(manifest, dict) or not {"folds", "dataset"} <= set(manifest):
+        raise UserInputError(f"{manifest_path}: not an experiment manifest (no folds, dataset)")
     fold_names = manifest["folds"]
     results: dict[str, Any] = {
         "dataset": manifest["dataset"],

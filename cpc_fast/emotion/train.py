@@ -38,6 +38,7 @@ from cpc_fast.losses.padded_info_nce import masked_cpc_info_nce
 from cpc_fast.models.loading import unwrap
 from cpc_fast.training.checkpointer import Checkpointer
 from cpc_fast.training.distributed import DistEnv, wrap_ddp
+from cpc_fast.training.guard import NonFiniteGuard
 
 Batch = tuple[tuple[torch.Tensor, ...], torch.Tensor]
 
@@ -206,7 +207,9 @@ def fit(
 
     ``log(epoch, split, values)`` receives the per-epoch metrics (rank 0 should pass one).
     With a ``checkpoint``, every epoch ends with a checkpoint and a run that finds one
-    resumes after its epoch, exactly (the joint setup's negatives included).
+    resumes after its epoch, exactly (the joint setup's negatives included). A NaN or
+    infinite loss or gradient raises :class:`~cpc_fast.errors.TrainingDiverged` at the end
+    of its epoch, naming the batch, before that epoch is validated or checkpointed.
     """
     start = time.perf_counter()
     torch.manual_seed(settings.seed)
@@ -236,8 +239,13 @@ def fit(
         sampler.set_epoch(epoch)
         order = [train[i] for i in sampler]
         train_model.train()
-        # Summed on the device: no step waits for the GPU.
+        # Summed on the device: no step waits for the GPU; so are the NaN/Inf flags.
         totals = torch.zeros(len(names), dtype=torch.float64, device=env.device)
+        guard = NonFiniteGuard(
+            env,
+            name=lambda batch, e=epoch: f"epoch {e}, batch {batch}",
+            hint=lambda: _kept(progress.epoch, checkpoint),
+        )
         steps = 0
         for begin in range(0, len(order), settings.batch_size):
             chunk = order[begin : begin + settings.batch_size]
@@ -254,14 +262,17 @@ def fit(
             if joint:
                 nce = _joint_info_nce(unwrap(model).cpc, out, inputs[1], generator)
                 loss = loss + settings.joint_lambda * nce
-            # Backward and Adam.
+            # Backward and Adam (the guard notes a NaN/Inf loss or gradient on the device).
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            guard.observe(loss, model.parameters())
             optimizer.step()
             terms = (loss, loss_ccc, nce) if joint else (loss, loss_ccc)
             totals += torch.stack([t.detach() for t in terms]).double()
             steps += 1
         train_metrics = {k: v / max(steps, 1) for k, v in zip(names, totals.tolist(), strict=True)}
+        # A diverged epoch is neither validated nor checkpointed: the last checkpoint stays.
+        guard.check()
         # Validation: CCC over the whole set; the best epoch's weights are kept.
         pred = predict_indices(
             model, data, validation, env, joint=joint, eval_frames=settings.eval_frames
@@ -291,6 +302,16 @@ def fit(
     seconds = earlier_seconds + time.perf_counter() - start
     return model, FitResult(
         progress.best_epoch, progress.best_validation, progress.history, seconds
+    )
+
+
+def _kept(epoch: int, checkpoint: Checkpointer | None) -> str:
+    """What a divergence error adds: which checkpoint stays, what to change."""
+    if checkpoint is None or epoch == 0:
+        return "; lower `lr` (`joint_lr` for the joint setup)"
+    return (
+        f"; the checkpoint of epoch {epoch} in {checkpoint.folder} is kept; lower `lr` "
+        "(`joint_lr` for the joint setup)"
     )
 
 

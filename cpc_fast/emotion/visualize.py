@@ -20,8 +20,9 @@ import torch
 from tqdm.auto import tqdm
 
 from cpc_fast.data.labelled import EmotionCorpus
-from cpc_fast.errors import UserInputError
+from cpc_fast.errors import UserInputError, naming
 from cpc_fast.features.extract import cpc_contexts
+from cpc_fast.io.atomic import check_writable_folder
 
 EMOTION_NAMES = {
     # IEMOCAP
@@ -63,6 +64,25 @@ def require_viz():
             f"visualize needs matplotlib and scikit-learn: pip install 'cpc-fast[viz]' ({exc})"
         ) from exc
     return plt, TSNE
+
+
+def check_figure_path(out: str | os.PathLike) -> Path:
+    """Refuses, before any work, a figure file matplotlib cannot write (its suffix) or a
+    folder where nothing can be written."""
+    require_viz()
+    from matplotlib.backend_bases import FigureCanvasBase  # the optional `viz` extra
+
+    out = Path(out)
+    formats = FigureCanvasBase.get_supported_filetypes()
+    if out.suffix.lower().lstrip(".") not in formats:
+        raise UserInputError(
+            f"{out}: a figure file must end in one of "
+            f"{', '.join('.' + f for f in sorted(formats))} (`out`)"
+        )
+    if out.is_dir():
+        raise UserInputError(f"{out}: is a folder; `out` is the figure file to write")
+    check_writable_folder(out.parent, "the folder of `out`")
+    return out
 
 
 def pick_utterances(corpus: EmotionCorpus, max_utterances: int, seed: int = 0) -> list[int]:
@@ -116,6 +136,20 @@ def plot_tsne(points: np.ndarray, emotions: list[str], out: str | os.PathLike, t
     return out
 
 
+def _representation(
+    corpus: EmotionCorpus, index: int, represent: Callable[[np.ndarray], np.ndarray]
+) -> np.ndarray:
+    record = corpus.records[index]
+    name = str(record.path or record.utt_id)
+    try:
+        vector = np.asarray(represent(corpus.wave(index)), np.float64)
+    except UserInputError as exc:  # audio that fails when read, or too short for a frame
+        raise UserInputError(naming(name, str(exc))) from None
+    if not np.isfinite(vector).all():
+        raise UserInputError(f"{name}: its representation is not finite")
+    return vector
+
+
 def visualize(
     corpus: EmotionCorpus,
     represent: Callable[[np.ndarray], np.ndarray],
@@ -125,19 +159,36 @@ def visualize(
     max_utterances: int = 2000,
     seed: int = 0,
     progress: bool = False,
+    skip_bad: bool = False,
+    warn: Callable[[str], None] | None = None,
 ) -> tuple[Path, np.ndarray, list[int]]:
-    """Writes the figure; returns (path, (N, 2) points, the utterance indices plotted)."""
-    require_viz()
-    indices = pick_utterances(corpus, max_utterances, seed)
-    loop = tqdm(indices, desc="representations", unit="utt", disable=not progress, leave=False)
-    vectors = np.stack([np.asarray(represent(corpus.wave(i)), np.float64) for i in loop])
-    points = tsne_2d(vectors, seed)
+    """Writes the figure; returns (path, (N, 2) points, the utterance indices plotted).
+
+    An utterance whose audio fails when read (or gives a non-finite representation) stops
+    it with the error naming the file; with ``skip_bad`` it is left out and ``warn`` hears
+    why."""
+    check_figure_path(out)
+    picked = pick_utterances(corpus, max_utterances, seed)
+    loop = tqdm(picked, desc="representations", unit="utt", disable=not progress, leave=False)
+    indices, vectors = [], []
+    for i in loop:
+        try:
+            vectors.append(_representation(corpus, i, represent))
+        except UserInputError as exc:
+            if not skip_bad:
+                raise UserInputError(f"{exc} (with `skip_bad=True` it would be skipped)") from None
+            if warn is not None:
+                warn(f"skipping {exc}")
+            continue
+        indices.append(i)
+    points = tsne_2d(np.stack(vectors) if vectors else np.zeros((0, 1)), seed)
     emotions = [corpus.records[i].emotion for i in indices]
     return plot_tsne(points, emotions, out, title), points, indices
 
 
 __all__ = [
     "EMOTION_NAMES",
+    "check_figure_path",
     "cpc_representations",
     "pick_utterances",
     "plot_tsne",

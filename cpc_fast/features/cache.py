@@ -11,9 +11,11 @@ the key changes, so a stale entry is never read. An entry is a folder
         offsets.npy    (N + 1,) int64: utterance i is rows offsets[i]:offsets[i + 1]
         meta.json      the full key and its parts, shapes, dtype
 
-built in a temporary folder and renamed into place (atomic on POSIX), so a crash leaves no
-half-written entry. Reading memory-maps ``features.bin``: a large corpus does not have to
-fit in RAM.
+built in a temporary folder ``.<entry>.<host>.<pid>.<random>`` and renamed into place
+(atomic on POSIX), so a crash leaves no half-written entry; the temporary folder is removed
+on any error or interruption, and one left by a killed process on this host is removed by
+the next build. Reading memory-maps ``features.bin`` after checking that the entry's files
+agree with each other: a damaged entry is an error naming it, never wrong features.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -29,6 +32,9 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from cpc_fast.errors import UserInputError
+from cpc_fast.io.atomic import folder_mode
 
 CACHE_VERSION = 1
 _DTYPE = np.float32
@@ -102,14 +108,54 @@ def entry_path(cache_dir: str | os.PathLike, kind: str, parts: Mapping[str, Any]
 
 
 def open_entry(path: Path) -> FeatureSet:
-    meta = json.loads((path / "meta.json").read_text())
-    offsets = np.load(path / "offsets.npy")
-    rows, dim = int(meta["rows"]), int(meta["dim"])
+    """The entry at ``path``; :class:`UserInputError` naming it when its files disagree."""
+    try:
+        meta = json.loads((path / "meta.json").read_text())
+        offsets = np.load(path / "offsets.npy")
+        rows, dim, count = int(meta["rows"]), int(meta["dim"]), int(meta["count"])
+        size = (path / "features.bin").stat().st_size
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise _corrupt(path, str(exc)) from None
+    expected = rows * dim * np.dtype(_DTYPE).itemsize
+    if size != expected:
+        raise _corrupt(path, f"features.bin holds {size} bytes, meta.json says {expected}")
+    if offsets.shape != (count + 1,) or int(offsets[-1]) != rows or (np.diff(offsets) < 0).any():
+        raise _corrupt(path, "offsets.npy does not match meta.json")
     if rows == 0:
         data = np.zeros((0, dim), _DTYPE)
     else:
         data = np.memmap(path / "features.bin", dtype=_DTYPE, mode="r", shape=(rows, dim))
     return FeatureSet(data, offsets, path)
+
+
+def _corrupt(path: Path, why: str) -> UserInputError:
+    return UserInputError(
+        f"{path}: a damaged feature-cache entry ({why}); delete this folder and it is rebuilt"
+    )
+
+
+def _temp_prefix(final: Path) -> str:
+    return f".{final.name}.{socket.gethostname()}."
+
+
+def remove_stale_temporaries(final: Path) -> None:
+    """Removes what killed builds of ``final`` on this host left behind (their process is
+    gone); another host's, or a live process's, are left alone."""
+    prefix = _temp_prefix(final)
+    for tmp in final.parent.glob(f"{prefix}*"):
+        pid = tmp.name[len(prefix) :].partition(".")[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
 
 
 def cached_features(
@@ -135,8 +181,11 @@ def cached_features(
     if (final / "meta.json").is_file():
         return open_entry(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    remove_stale_temporaries(final)
+    prefix = f"{_temp_prefix(final)}{os.getpid()}."
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=final.parent))
     try:
+        os.chmod(tmp, folder_mode())  # mkdtemp makes it 0700
         offsets = np.zeros(count + 1, np.int64)
         dim = None
         with open(tmp / "features.bin", "wb") as fh:
@@ -182,4 +231,5 @@ __all__ = [
     "frame_statistics",
     "module_digest",
     "open_entry",
+    "remove_stale_temporaries",
 ]

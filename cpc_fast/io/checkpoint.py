@@ -1,15 +1,20 @@
 """Checkpoint files: safetensors weights with their config, and training state.
 
 A run folder holds
-    model.safetensors   weights; the metadata carries ``{"config": <JSON>, "kind": ...}``
+    model.safetensors   weights; the metadata carries ``{"config": <JSON>, "kind": ...}`` and,
+                        in a training run's folder, the "stamp" of its state.pt
     state.pt            optimizer, step, epoch, RNG states: ``torch.load(weights_only=True)``
     config.json         the resolved run configuration
 Every file is written atomically (:func:`cpc_fast.io.atomic.atomic_write`), so a crash (even
-SIGKILL) leaves either the old file or the new one.
+SIGKILL) leaves either the old file or the new one. Files are serialised in memory first and
+written by Python, so a full disk is an ``OSError`` naming the file, whatever the format.
+Weights that hold a NaN or an infinity are refused when loaded: no result is computed from
+a model that diverged.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from collections.abc import Mapping
@@ -18,10 +23,10 @@ from typing import Any
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save
 
 from cpc_fast.errors import UserInputError
-from cpc_fast.io.atomic import atomic_write
+from cpc_fast.io.atomic import atomic_write_bytes
 
 WEIGHTS_NAME = "model.safetensors"
 STATE_NAME = "state.pt"
@@ -33,12 +38,35 @@ def save_weights(
     state_dict: Mapping[str, torch.Tensor],
     config: Mapping[str, Any],
     kind: str,
+    *,
+    stamp: str | None = None,
 ) -> None:
-    """Writes weights as safetensors with ``config`` (JSON) and ``kind`` in the metadata."""
+    """Writes weights as safetensors with ``config`` (JSON) and ``kind`` in the metadata;
+    ``stamp`` (metadata "stamp") ties the file to the training state saved with it."""
 
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
     metadata = {"config": json.dumps(dict(config)), "kind": kind, "format": "pt"}
-    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+    if stamp is not None:
+        metadata["stamp"] = stamp
+    atomic_write_bytes(path, save(tensors, metadata=metadata))
+
+
+def weights_stamp(path: str | os.PathLike) -> str | None:
+    """The "stamp" a weights file was saved with ("" when it has none), or None when it
+    cannot be read whole (missing, truncated, not safetensors)."""
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            return (fh.metadata() or {}).get("stamp", "")
+    except Exception:  # safetensors raises its own error types; any failure means "no"
+        return None
+
+
+def non_finite_tensor(tensors: Mapping[str, torch.Tensor]) -> str | None:
+    """The name of the first floating-point tensor holding a NaN or an infinity, or None."""
+    for name, tensor in tensors.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            return name
+    return None
 
 
 def load_weights(
@@ -60,12 +88,20 @@ def load_weights(
     kind = metadata.get("kind")
     if expected_kind is not None and kind != expected_kind:
         raise UserInputError(f"{path}: holds a '{kind}' model, expected '{expected_kind}'")
+    bad = non_finite_tensor(tensors)
+    if bad is not None:
+        raise UserInputError(
+            f"{path}: weight {bad} holds NaN or infinite values (the training diverged); "
+            "use a checkpoint from before the divergence"
+        )
     return tensors, json.loads(metadata["config"])
 
 
 def save_state(path: str | os.PathLike, state: Mapping[str, Any]) -> None:
     """Writes training state (tensors, numbers, strings, containers) loadable weights-only."""
-    atomic_write(path, lambda tmp: torch.save(dict(state), tmp))
+    buffer = io.BytesIO()
+    torch.save(dict(state), buffer)
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def load_state(path: str | os.PathLike) -> dict[str, Any]:

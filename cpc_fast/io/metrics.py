@@ -12,7 +12,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from cpc_fast.io.atomic import atomic_write
+from cpc_fast.io.atomic import atomic_write, named_os_error
 
 
 class MetricsLogger:
@@ -42,17 +42,25 @@ class MetricsLogger:
                 self._tb = None
 
     def log(self, step: int, split: str, values: Mapping[str, float]) -> None:
-        for name, value in values.items():
-            value = float(value)
-            self._csv.writerow([step, split, name, repr(value) if math.isfinite(value) else value])
-            if self._tb is not None:
-                self._tb.add_scalar(f"{split}/{name}", value, step)
-        self._fh.flush()
+        try:
+            for name, value in values.items():
+                value = float(value)
+                row = [step, split, name, repr(value) if math.isfinite(value) else value]
+                self._csv.writerow(row)
+                if self._tb is not None:
+                    self._tb.add_scalar(f"{split}/{name}", value, step)
+            self._fh.flush()
+        except OSError as exc:  # a full disk: name the file
+            raise named_os_error(exc, self.csv_path) from exc
 
     def close(self) -> None:
-        self._fh.close()
-        if self._tb is not None:
-            self._tb.close()
+        try:
+            self._fh.close()
+        except OSError as exc:  # the last buffered bytes did not fit
+            raise named_os_error(exc, self.csv_path) from exc
+        finally:
+            if self._tb is not None:
+                self._tb.close()
 
     def __enter__(self) -> MetricsLogger:
         return self

@@ -32,12 +32,13 @@ def unwrap(model: nn.Module) -> nn.Module:
             return model
 
 
-def save_cpc(model: nn.Module, path: str | os.PathLike) -> None:
-    """Writes a :class:`CPCModel` (possibly DDP/compile-wrapped) to ``path`` atomically."""
+def save_cpc(model: nn.Module, path: str | os.PathLike, *, stamp: str | None = None) -> None:
+    """Writes a :class:`CPCModel` (possibly DDP/compile-wrapped) to ``path`` atomically;
+    ``stamp`` ties it to a training checkpoint (:mod:`cpc_fast.training.checkpointer`)."""
     model = unwrap(model)
     if not isinstance(model, CPCModel):
         raise TypeError(f"expected a CPCModel, got {type(model).__name__}")
-    save_weights(path, model.state_dict(), model.config.to_dict(), kind=CPC_KIND)
+    save_weights(path, model.state_dict(), model.config.to_dict(), kind=CPC_KIND, stamp=stamp)
 
 
 def load_cpc(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> CPCModel:
@@ -50,7 +51,8 @@ def load_cpc(path: str | os.PathLike, map_location: str | torch.device = "cpu") 
 
     Raises:
         FileNotFoundError: nothing at ``path``, or a folder without ``model.safetensors``.
-        UserInputError: the file is not a CPC model (another kind, no config, wrong shapes).
+        UserInputError: the file is not a CPC model (another kind, no config, wrong shapes)
+            or its weights hold NaN or infinite values.
     """
     path = Path(path)
     if path.is_dir():

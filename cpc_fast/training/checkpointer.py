@@ -2,11 +2,18 @@
 
 One :class:`Checkpointer` per run folder, for CPC pre-training and emotion training alike:
 
-    model.safetensors   the weights, written by the owner's ``save_weights`` with the model's
-                        config in the metadata (what ``load_cpc`` and ``predict`` read)
-    state.pt            {"format", "model", "optimizer", <the progress fields>, "world_size",
-                        "rng"[, "ranks"]}: everything a resumed run needs,
+    state.pt            {"format", "stamp", "model", "optimizer", <the progress fields>,
+                        "world_size", "rng"[, "ranks"]}: everything a resumed run needs,
                         ``torch.load(weights_only=True)``
+    model.safetensors   the same weights, written by the owner's ``save_weights`` with the
+                        model's config and the state's "stamp" in the metadata (what
+                        ``load_cpc`` and ``predict`` read)
+
+state.pt is written first and is the checkpoint; the weights file is derived from it. If a
+run stops between the two (a full disk), or the weights file is damaged, loading the
+checkpoint sees that its stamp is not the state's and writes it again from the state, so
+weights and state always come from the same step. Weights holding a NaN or an infinity are
+never written: :meth:`Checkpointer.save` refuses them and the last checkpoint is kept.
 
 The progress is one dataclass of plain values (and tensors), saved and restored as a whole:
 its fields are the state file's top-level keys. Rank 0 alone writes and reads; what it reads
@@ -21,7 +28,9 @@ size is the same.
 from __future__ import annotations
 
 import dataclasses
+import math
 import random
+import secrets
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -30,8 +39,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from cpc_fast.errors import UserInputError
-from cpc_fast.io.checkpoint import STATE_NAME, WEIGHTS_NAME, load_state, save_state
+from cpc_fast.errors import TrainingDiverged, UserInputError
+from cpc_fast.io.checkpoint import (
+    STATE_NAME,
+    WEIGHTS_NAME,
+    load_state,
+    save_state,
+    weights_stamp,
+)
 from cpc_fast.models.loading import unwrap
 from cpc_fast.training.distributed import DistEnv, gather_to_main, on_main_then_broadcast
 
@@ -85,8 +100,10 @@ class Checkpointer:
     Args:
         folder: the run folder.
         env: this process's place in the job: rank 0 writes and reads.
-        save_weights: ``save_weights(model, path)`` writes the weights file; None writes no
-            weights file (the state file alone makes the run resumable).
+        save_weights: ``save_weights(model, path, stamp=...)`` writes the weights file with
+            the stamp in its metadata; None writes no weights file (the state file alone
+            makes the run resumable).
+        log: hears what loading repaired (one line).
     """
 
     def __init__(
@@ -94,11 +111,13 @@ class Checkpointer:
         folder: str | Path,
         env: DistEnv,
         *,
-        save_weights: Callable[[nn.Module, Path], None] | None = None,
+        save_weights: Callable[..., None] | None = None,
+        log: Callable[[str], None] | None = None,
     ) -> None:
         self.folder = Path(folder)
         self.env = env
         self.save_weights = save_weights
+        self.log = log
 
     @property
     def state_path(self) -> Path:
@@ -119,16 +138,19 @@ class Checkpointer:
         progress: Any,
         rank_state: dict[str, Any] | None = None,
     ) -> None:
-        """Writes the weights and the state file on rank 0. Under DDP every rank must call
-        it: it gathers each rank's RNG states and ``rank_state``."""
+        """Writes the state file, then the weights, on rank 0. Under DDP every rank must call
+        it: it gathers each rank's RNG states and ``rank_state``. Raises
+        :class:`TrainingDiverged`, writing nothing, when a weight is NaN or infinite (the
+        same on every rank: DDP keeps the weights equal)."""
+        _require_finite_weights(model, self.folder)
         mine = {"rng": rng_state(), **(rank_state or {})}
         ranks = gather_to_main(self.env, mine)
         if not self.env.is_main:
             return
-        if self.save_weights is not None:
-            self.save_weights(model, self.weights_path)
+        stamp = secrets.token_hex(8)  # the OS's entropy: no RNG of the run is drawn from
         state = {
             "format": STATE_FORMAT,
+            "stamp": stamp,
             "model": unwrap(model).state_dict(),
             "optimizer": optimizer.state_dict(),
             **dataclasses.asdict(progress),
@@ -140,6 +162,8 @@ class Checkpointer:
         elif rank_state:
             state["ranks"] = [mine]
         save_state(self.state_path, state)
+        if self.save_weights is not None:
+            self.save_weights(model, self.weights_path, stamp=stamp)
 
     def load(
         self, model: nn.Module, optimizer: torch.optim.Optimizer, progress_type: type[P]
@@ -155,8 +179,25 @@ class Checkpointer:
         if ranks is not None and world_size == self.env.world_size:
             mine = ranks[self.env.rank]
         set_rng_state(mine["rng"])
-        values = {f.name: saved[f.name] for f in dataclasses.fields(progress_type)}
+        if self.env.is_main:
+            self._match_weights(model, saved.get("stamp", ""))
+        # A field added since the state was written keeps its default.
+        values = {
+            f.name: saved[f.name] for f in dataclasses.fields(progress_type) if f.name in saved
+        }
         return progress_type(**values), {**mine, "world_size": world_size}
+
+    def _match_weights(self, model: nn.Module, stamp: str) -> None:
+        """Rewrites the weights file from the restored model unless it is whole and was
+        saved with the state (a state without a stamp predates stamps: whole is enough)."""
+        if self.save_weights is None or weights_stamp(self.weights_path) == stamp:
+            return
+        if self.log is not None:
+            self.log(
+                f"{self.weights_path}: missing, damaged or older than {STATE_NAME}; "
+                f"written again from {STATE_NAME}"
+            )
+        self.save_weights(model, self.weights_path, stamp=stamp or None)
 
     def saved(self, name: str) -> Any:
         """One saved progress field (rank 0's read, on every rank), e.g. "epoch"."""
@@ -174,6 +215,16 @@ class Checkpointer:
                 f"{self.state_path}: written by another version; start over with `restart=True`"
             )
         return saved
+
+
+def _require_finite_weights(model: nn.Module, folder: Path) -> None:
+    params = [p.detach() for p in unwrap(model).parameters()]
+    largest = torch.nn.utils.get_total_norm(params, math.inf) if params else torch.zeros(())
+    if not math.isfinite(float(largest)):
+        raise TrainingDiverged(
+            f"{folder}: the model's weights hold NaN or infinite values; no checkpoint is "
+            "written, the last one is kept"
+        )
 
 
 __all__ = ["STATE_FORMAT", "Checkpointer", "rng_state", "set_rng_state"]

@@ -3,40 +3,32 @@
 train, valid, data = open_pretrain_data(config.data, seed=config.seed)  # data: resolved
 windows = train_windows(train, config)  # (window,) float32 items or skip reasons
 loader = window_loader(windows, sampler, config, env)  # {"wave": (B, window), ...}
+wave, weight = read(batch)  # BatchReader: (B, window) on the device, skips counted
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import asdict, replace
+from typing import Any
 
+import torch
+import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from cpc_fast.config.pretrain import DataConfig, PretrainConfig
 from cpc_fast.data.corpora import open_pretrain_corpus
 from cpc_fast.data.windows import WindowCollate, WindowDataset
+from cpc_fast.errors import UserInputError
+from cpc_fast.training.console import Console
 from cpc_fast.training.distributed import DistEnv
 
 
-def open_pretrain_data(
-    data: DataConfig,
-    *,
-    seed: int = 0,
-    sample_rate: int = 16000,
-    min_samples: int = 160,
-    strict: bool = False,
-    warn: Callable[[str], None] | None = None,
-) -> tuple[Dataset, Dataset, DataConfig]:
+def open_pretrain_data(data: DataConfig, **indexing: Any) -> tuple[Dataset, Dataset, DataConfig]:
     """The training and validation sets that ``data`` describes, and ``data`` resolved
-    (format detected, path absolute), as :func:`open_pretrain_corpus` opens them."""
-    train, valid, source = open_pretrain_corpus(
-        **asdict(data),
-        seed=seed,
-        sample_rate=sample_rate,
-        min_samples=min_samples,
-        strict=strict,
-        warn=warn,
-    )
+    (format detected, path absolute), as :func:`open_pretrain_corpus` opens them;
+    ``indexing`` is that function's other arguments (``seed``, ``sample_rate``,
+    ``min_samples``, ``strict``, ``warn``)."""
+    train, valid, source = open_pretrain_corpus(**asdict(data), **indexing)
     return train, valid, replace(data, format=source.format, path=source.path)
 
 
@@ -68,4 +60,62 @@ def window_loader(
     )
 
 
-__all__ = ["open_pretrain_data", "train_windows", "window_loader"]
+class BatchReader:
+    """Moves batches to the device; warns about and counts the items skipped when read, or
+    stops at the first one with ``strict``; raises an environment error (a file that could
+    not be opened for want of file descriptors or memory) as the ``OSError`` it is."""
+
+    def __init__(self, config: PretrainConfig, env: DistEnv, console: Console) -> None:
+        self.config, self.env, self.console = config, env, console
+        self.new_skips = 0  # on this rank since the last sync
+        self.windows = 0  # usable windows on this rank since the last count
+        self.first_skip: str | None = None
+
+    def __call__(self, batch: dict[str, Any]) -> tuple[torch.Tensor, float]:
+        """The batch's (B, window) waves on the device and its loss weight."""
+        for why in batch["skipped"]:
+            if isinstance(why, OSError):
+                raise why
+            if self.config.strict:
+                raise UserInputError(f"{why} (with `strict=False` it would be skipped)")
+            self.console.warn(f"skipping {why}")
+            self.new_skips += 1
+            self.first_skip = self.first_skip or why
+        wave = batch["wave"]
+        if wave is None:  # nothing readable: join the all-reduce with a zero-weight step
+            return torch.zeros(1, self.config.window_samples, device=self.env.device), 0.0
+        self.windows += wave.shape[0]
+        return wave.to(self.env.device, non_blocking=True), 1.0
+
+    def sync(self) -> int:
+        """Every rank's skips since the last call, summed (a collective under DDP)."""
+        return self._sum("new_skips")
+
+    def count(self) -> int:
+        """Every rank's usable windows since the last call, summed (a collective)."""
+        return self._sum("windows")
+
+    def require_audio(self, items: int) -> int:
+        """:meth:`count`, raising when it is 0: a training set with no usable audio is an
+        error, not a run trained on padding. ``items``: the data set's size."""
+        count = self.count()
+        if count == 0:
+            raise self.no_audio(items)
+        return count
+
+    def no_audio(self, items: int) -> UserInputError:
+        example = f"; the first: {self.first_skip}" if self.first_skip else ""
+        return UserInputError(
+            f"no usable audio: every training item read ({items} in the data set) was "
+            f"skipped{example}"
+        )
+
+    def _sum(self, name: str) -> int:
+        count = torch.tensor([float(getattr(self, name))], device=self.env.device)
+        if self.env.distributed:
+            dist.all_reduce(count)
+        setattr(self, name, 0)
+        return int(count.item())
+
+
+__all__ = ["BatchReader", "open_pretrain_data", "train_windows", "window_loader"]

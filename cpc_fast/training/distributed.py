@@ -6,7 +6,8 @@
 * :func:`launch` re-runs a command line as N local processes through torchrun's launcher,
   in this process, with a standalone rendezvous on a free port (``--gpus N``, see
   :mod:`cpc_fast.cli.launch`).
-* ``gpus=0``, or no CUDA device, runs on the CPU; several CPU processes use gloo.
+* ``gpus=0``, or no CUDA device, runs on the CPU; several CPU processes use gloo
+  (``--cpu-processes N`` asks for them).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import TypeVar
 
 import torch
 import torch.distributed as dist
+from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 from torch.distributed.run import get_args_parser, run
 
 from cpc_fast.errors import UserInputError
@@ -50,10 +52,18 @@ def under_launcher() -> bool:
     return "LOCAL_RANK" in os.environ
 
 
+class WorkerFailed(RuntimeError):
+    """A launched worker exited with an error; each worker prints its own message."""
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
 def launch(num_processes: int, argv: list[str]) -> None:
     """Runs ``python -m cpc_fast <argv>`` as ``num_processes`` local workers (torchrun).
 
-    Blocks until every worker exits; raises ``RuntimeError`` naming the failed rank.
+    Blocks until every worker exits; raises :class:`WorkerFailed` naming the failed ranks.
     """
     if num_processes < 2:
         raise ValueError("launch() is for two or more processes")
@@ -68,8 +78,17 @@ def launch(num_processes: int, argv: list[str]) -> None:
     )
     try:
         run(args)
-    except Exception as exc:  # torchrun's ChildFailedError carries a long per-rank report
-        raise RuntimeError(f"a worker process failed: {exc}") from exc
+    except ChildFailedError as exc:  # its message is a long per-rank report: summarise it
+        ranks = sorted(exc.failures)
+        code = exc.failures[ranks[0]].exitcode
+        raise WorkerFailed(
+            f"worker process(es) {', '.join(map(str, ranks))} of {num_processes} failed "
+            f"(exit status {code}); their messages are above",
+            code if isinstance(code, int) and code > 0 else 1,
+        ) from None
+    except Exception as exc:  # the rendezvous, or a signal to the launcher
+        first = str(exc).strip().splitlines()[:1] or [type(exc).__name__]
+        raise WorkerFailed(f"launching {num_processes} processes failed: {first[0]}") from exc
 
 
 def init(gpus: int, timeout_minutes: float = 30.0) -> DistEnv:

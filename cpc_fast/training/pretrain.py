@@ -4,7 +4,7 @@ In Python::
 
     from cpc_fast.config.pretrain import tiny
     from cpc_fast.data.corpora.synthetic_speech import SyntheticSpeechCorpus
-     import pretrain
+    from cpc_fast.training.pretrain import pretrain
 
     train = SyntheticSpeechCorpus(8, 24, seconds=(0.5, 1.5))
     run = pretrain(tiny(max_steps=200), train, train.held_out(1), "runs/t")
@@ -24,7 +24,10 @@ RNG states; :mod:`cpc_fast.training.checkpointer`), ``config.json``, ``metrics.c
 at the end, ``summary.json``. Everything random (initialisation, epoch order, random crops,
 negatives) derives from the seed, the step and the rank, so a run killed at any point and
 started again with the same command continues from its last checkpoint and ends at the
-same step count with the same weights as one that was never interrupted.
+same step count with the same weights as one that was never interrupted. One run at a time
+uses a folder (:class:`~cpc_fast.io.lock.FolderLock`). A NaN or infinite loss or gradient
+stops the run, naming the first such step, before any later checkpoint is written
+(:mod:`cpc_fast.training.guard`); a data set whose items all fail when read is an error.
 """
 
 from __future__ import annotations
@@ -33,7 +36,6 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -41,15 +43,16 @@ from torch.utils.data import Dataset
 
 from cpc_fast.config.pretrain import PretrainConfig
 from cpc_fast.data.samplers import EpochSampler
-from cpc_fast.errors import UserInputError
-from cpc_fast.io.atomic import write_json
+from cpc_fast.io.atomic import check_writable_folder, write_json
+from cpc_fast.io.lock import FolderLock
 from cpc_fast.io.metrics import MetricsLogger, truncate_metrics
 from cpc_fast.models.cpc import CPCModel
 from cpc_fast.models.loading import save_cpc
 from cpc_fast.training import distributed
 from cpc_fast.training.checkpointer import Checkpointer
 from cpc_fast.training.console import Console
-from cpc_fast.training.data import train_windows, window_loader
+from cpc_fast.training.data import BatchReader, train_windows, window_loader
+from cpc_fast.training.guard import NonFiniteGuard
 from cpc_fast.training.run_folder import (
     METRICS_NAME,
     SUMMARY_NAME,
@@ -74,35 +77,7 @@ class Progress:
     skipped: int = 0  # items skipped at read time, all ranks
     train_seconds: float = 0.0  # wall time spent in training steps
     last_valid: dict[str, float] = field(default_factory=dict)
-
-
-class _Reader:
-    """Moves batches to the device; warns about and counts the items skipped when read, or
-    stops at the first one with ``strict``."""
-
-    def __init__(self, config: PretrainConfig, env: distributed.DistEnv, console: Console):
-        self.config, self.env, self.console = config, env, console
-        self.new_skips = 0  # on this rank since the last sync
-
-    def __call__(self, batch: dict[str, Any]) -> tuple[torch.Tensor, float]:
-        """The batch's (B, window) waves on the device and its loss weight."""
-        for why in batch["skipped"]:
-            if self.config.strict:
-                raise UserInputError(f"{why} (with `strict=False` it would be skipped)")
-            self.console.warn(f"skipping {why}")
-            self.new_skips += 1
-        wave = batch["wave"]
-        if wave is None:  # nothing readable: join the all-reduce with a zero-weight step
-            return torch.zeros(1, self.config.window_samples, device=self.env.device), 0.0
-        return wave.to(self.env.device, non_blocking=True), 1.0
-
-    def sync(self) -> int:
-        """Every rank's skips since the last call, summed (a collective under DDP)."""
-        count = torch.tensor([float(self.new_skips)], device=self.env.device)
-        if self.env.distributed:
-            dist.all_reduce(count)
-        self.new_skips = 0
-        return int(count.item())
+    nonfinite_skipped: int = 0  # steps not applied under `skip_nonfinite`
 
 
 def pretrain(
@@ -140,11 +115,20 @@ def pretrain(
     if own_env:
         env = distributed.init(1 if torch.cuda.is_available() else 0)
     valid_set = valid_set if valid_set is not None and len(valid_set) > 0 else None
+    lock = FolderLock(out_dir)
     try:
+        # One run at a time in a folder: a second one is refused while this one lives.
+        distributed.on_main_then_broadcast(env, lambda: _claim(Path(out_dir), lock))
         return _train(config, train_set, valid_set, Path(out_dir), env, progress, restart)
     finally:
+        lock.release()
         if own_env:
             distributed.shutdown()
+
+
+def _claim(run_dir: Path, lock: FolderLock) -> None:
+    check_writable_folder(run_dir, "`out_dir`")
+    lock.acquire()
 
 
 @dataclass
@@ -171,16 +155,16 @@ class _Run:
 
 def _train(config, train_set, valid_set, run_dir, env, progress, restart) -> Path:
     console = Console(env, progress)
-    record = run_record(config, train_set, valid_set, env)
     resume = distributed.on_main_then_broadcast(
-        env, lambda: prepare_run_folder(run_dir, record, restart)
+        env,
+        lambda: prepare_run_folder(run_dir, run_record(config, train_set, valid_set, env), restart),
     )
     with torch.random.fork_rng(devices=[]):  # leave the caller's RNG as it was
         torch.manual_seed(derive_seed(config.seed, "init"))
         model = CPCModel(config.model)
     model = model.to(env.device)
     optimizer = make_optimizer(model, config)
-    checkpoint = Checkpointer(run_dir, env, save_weights=save_cpc)
+    checkpoint = Checkpointer(run_dir, env, save_weights=save_cpc, log=console.info)
     state = Progress()
     if resume:
         state, saved = checkpoint.load(model, optimizer, Progress)
@@ -242,7 +226,7 @@ def _train(config, train_set, valid_set, run_dir, env, progress, restart) -> Pat
 def _loop(run: _Run, state: Progress, total: int, last_saved: int) -> None:
     """Trains from ``state`` to step ``total``, then validates and saves the last step."""
     config, env = run.config, run.env
-    read = _Reader(config, env, run.console)
+    read, valid_read = BatchReader(config, env, run.console), BatchReader(config, env, run.console)
     windows = train_windows(run.train_set, config)
     validate = None
     if run.valid_set is not None:
@@ -261,16 +245,37 @@ def _loop(run: _Run, state: Progress, total: int, last_saved: int) -> None:
     # validation or checkpoints: the clock restarts after them.
     interval_audio = interval_seconds = 0.0
     last_validated = -1
+    fresh_start, windows_read = state.step == 0, 0
+
+    def kept() -> str:
+        where = (
+            f"the checkpoint of step {last_saved} in {run.run_dir} is kept"
+            if last_saved >= 0
+            else f"no checkpoint was written in {run.run_dir}"
+        )
+        return f"; {where}. Lower `lr`, or let `skip_nonfinite=N` skip such steps"
+
+    # NaN/Inf losses and gradients, flagged on the device and checked where the loop syncs.
+    guard = NonFiniteGuard(
+        env,
+        state.step,
+        skip=config.skip_nonfinite,
+        skipped=state.nonfinite_skipped,
+        hint=kept,
+        warn=run.console.warn,
+    )
 
     def run_validation() -> dict[str, float]:
         nonlocal last_validated
-        state.last_valid, last_validated = validate(run.model, read), state.step
+        state.last_valid, last_validated = validate(run.model, valid_read), state.step
         run.log(state.step, "valid", state.last_valid)
         return state.last_valid
 
     def save() -> None:
         nonlocal last_saved
-        state.skipped += read.sync()
+        guard.check()
+        state.skipped += read.sync() + valid_read.sync()
+        state.nonfinite_skipped = guard.skipped
         run.checkpoint.save(run.model, run.optimizer, state)
         last_saved = state.step
 
@@ -293,8 +298,9 @@ def _loop(run: _Run, state: Progress, total: int, last_saved: int) -> None:
                     seed=seed,
                     amp_dtype=run.amp_dtype,
                     weight=weight,
+                    guard=guard,
                 )
-                if weight:
+                if weight and not guard.last_skipped:
                     sums += metric_sums(out)
                     audio = wave.shape[0] * window_seconds * env.world_size
                     state.audio_seconds += audio
@@ -305,13 +311,21 @@ def _loop(run: _Run, state: Progress, total: int, last_saved: int) -> None:
                 epoch_done = state.consumed >= run.sampler.num_items
                 if epoch_done:
                     state.epoch, state.consumed = state.epoch + 1, 0
+                    # A data set with no readable item is an error, not a run on padding.
+                    windows_read += read.require_audio(len(run.train_set))
                 elapsed = time.perf_counter() - since
                 state.train_seconds += elapsed
                 interval_seconds += elapsed
                 bar.update(1)
                 last = state.step >= total
-                # Train metrics, validation and the checkpoint when due (the same on every rank).
-                if log_due.due(state.step, False) or last:
+                # Train metrics, validation and the checkpoint when due (the same on every
+                # rank), each after the divergence check: they wait for the device anyway.
+                log_now = log_due.due(state.step, False) or last
+                valid_now = validate is not None and valid_due.due(state.step, epoch_done or last)
+                save_now = save_due.due(state.step, epoch_done or last)
+                if log_now or valid_now or save_now:
+                    guard.check()
+                if log_now:
                     if env.distributed:
                         dist.all_reduce(sums)
                     row = step_metrics(sums, K)
@@ -325,13 +339,13 @@ def _loop(run: _Run, state: Progress, total: int, last_saved: int) -> None:
                     )
                     sums.zero_()
                     interval_audio = interval_seconds = 0.0
-                if validate is not None and valid_due.due(state.step, epoch_done or last):
+                if valid_now:
                     values = run_validation()
                     run.console.info(
                         f"step {state.step}: validation loss {values['loss']:.4f}, "
                         f"accuracy {values['accuracy']:.3f}"
                     )
-                if save_due.due(state.step, epoch_done or last):
+                if save_now:
                     save()
                 since = time.perf_counter()
                 if last:
@@ -339,12 +353,15 @@ def _loop(run: _Run, state: Progress, total: int, last_saved: int) -> None:
     finally:
         bar.close()
         run.console.bar = None
+    guard.check()
+    if fresh_start and windows_read + read.count() == 0:  # trained on padding alone
+        raise read.no_audio(len(run.train_set))
     if validate is not None and last_validated != state.step:
         run_validation()
     # Only rank-independent conditions may gate a collective (saving all-reduces).
     if last_saved != state.step:
         save()
-    state.skipped += read.sync()
+    state.skipped += read.sync() + valid_read.sync()
 
 
 def _total_steps(state: Progress, sampler: EpochSampler, config: PretrainConfig) -> int:

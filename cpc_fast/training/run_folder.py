@@ -2,8 +2,9 @@
 
     model.safetensors  state.pt  config.json  metrics.csv  summary.json  [tensorboard/]
 
-``config.json`` records the configuration and what the run trained on; a run started in a
-folder that holds another configuration is refused (resumable fields excepted, see
+``config.json`` records the configuration and what the run trained on (item counts and a
+fingerprint of the training and validation data); a run started in a folder that holds
+another configuration or other data is refused (resumable fields excepted, see
 :func:`cpc_fast.config.base.differences`) unless ``restart`` deletes these files first.
 """
 
@@ -28,12 +29,24 @@ METRICS_NAME = "metrics.csv"
 RUN_FILES = (WEIGHTS_NAME, STATE_NAME, CONFIG_NAME, METRICS_NAME, SUMMARY_NAME)
 
 
+def data_fingerprint(dataset) -> str | None:
+    """What a data set holds, as a digest, when it can say (a ``fingerprint()`` method: the
+    file list and sizes of a folder or LibriSpeech, the parameters of the synthetic corpus);
+    None for one that cannot."""
+    if dataset is None:
+        return None
+    fingerprint = getattr(dataset, "fingerprint", None)
+    return fingerprint() if callable(fingerprint) else None
+
+
 def run_record(config, train_set, valid_set, env) -> dict[str, Any]:
     """config.json: what defines the run, and what it ran on."""
     return {
         "config": config.to_dict(),
         "train_items": len(train_set),
         "valid_items": 0 if valid_set is None else len(valid_set),
+        "train_fingerprint": data_fingerprint(train_set),
+        "valid_fingerprint": data_fingerprint(valid_set),
         "train_data": getattr(train_set, "description", type(train_set).__name__),
         "world_size": env.world_size,
         "cpc_fast_version": __version__,
@@ -65,6 +78,10 @@ def prepare_run_folder(run: Path, record: dict[str, Any], restart: bool) -> bool
             diffs.append(
                 f"train_items ({saved.get('train_items')} then, {record['train_items']} now)"
             )
+        for split in ("train", "valid"):
+            key = f"{split}_fingerprint"
+            if key in saved and saved[key] != record[key]:  # older folders have none
+                diffs.append(f"the {split} data: other files or contents")
         if diffs:
             raise UserInputError(
                 f"{run}: holds a run with a different configuration ({', '.join(diffs)}); "
@@ -74,4 +91,11 @@ def prepare_run_folder(run: Path, record: dict[str, Any], restart: bool) -> bool
     return resume
 
 
-__all__ = ["METRICS_NAME", "RUN_FILES", "SUMMARY_NAME", "prepare_run_folder", "run_record"]
+__all__ = [
+    "METRICS_NAME",
+    "RUN_FILES",
+    "SUMMARY_NAME",
+    "data_fingerprint",
+    "prepare_run_folder",
+    "run_record",
+]

@@ -10,6 +10,7 @@ import torch
 from cpc_fast.config.pretrain import PretrainConfig
 from cpc_fast.losses.info_nce import CPCInfoNCEOutput, cpc_info_nce
 from cpc_fast.models.cpc import CPCConfig
+from cpc_fast.training.guard import NonFiniteGuard
 from cpc_fast.training.validate import autocast
 
 logger = logging.getLogger(__name__)
@@ -41,11 +42,13 @@ def train_step(
     neg_index: torch.Tensor | None = None,
     amp_dtype: torch.dtype | None = None,
     weight: float = 1.0,
+    guard: NonFiniteGuard | None = None,
 ) -> CPCInfoNCEOutput:
     """One optimizer step on ``wave`` (B, T); returns the detached loss, per-step losses and
     accuracies. Negatives come from ``neg_index`` (B, K, L, N) if given, else from ``seed``.
     ``weight`` scales the loss (0 for a rank whose batch was entirely unreadable, so it
-    still joins the gradient all-reduce)."""
+    still joins the gradient all-reduce). ``guard`` sees the loss and the gradients before
+    the optimizer steps, and may hold the step back (:mod:`cpc_fast.training.guard`)."""
     with autocast(wave.device, amp_dtype):
         out = model(wave)
     result = cpc_info_nce(
@@ -59,7 +62,8 @@ def train_step(
     )
     optimizer.zero_grad(set_to_none=True)
     (result.loss * weight if weight != 1.0 else result.loss).backward()
-    optimizer.step()
+    if guard is None or guard.observe(result.loss if weight else None, model.parameters()):
+        optimizer.step()
     return CPCInfoNCEOutput(*(t.detach() for t in result))
 
 

@@ -16,6 +16,8 @@ Usage::
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 from torch.utils.data import Dataset
 
@@ -77,6 +79,12 @@ class SyntheticSpeechCorpus(Dataset):
 
     def __len__(self) -> int:
         return self.num_speakers * self.utterances_per_speaker
+
+    def fingerprint(self) -> str:
+        """A digest of what defines every item (its size, seed and rate): the same
+        fingerprint means the same audio."""
+        key = f"{self.description}\n{self.sample_rate}\n"
+        return hashlib.sha256(key.encode()).hexdigest()
 
     def speaker_of(self, index: int) -> str:
         """The speaker id of item ``index``."""

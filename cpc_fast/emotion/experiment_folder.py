@@ -1,0 +1,80 @@
+"""An experiment folder: whether a re-run may resume in it, and starting over.
+
+    OUT/experiment.json                 the configuration, the corpus and its identity
+    OUT/<setup>/<fold>/run<r>/          one folder per unit (``done`` when finished)
+    OUT/results.md  OUT/results.json    the tables
+    OUT/.lock                           while an experiment runs in it
+
+A re-run resumes only on the same experiment: the same settings (the resumable fields
+excepted, :func:`cpc_fast.config.base.differences`), the same data (the corpus's
+:meth:`~cpc_fast.data.labelled.EmotionCorpus.identity`: utterances, labels, audio sizes,
+whatever its path) and, for ``pre``, the same pre-trained weights. Anything else is refused
+with one line saying what differs; ``restart`` deletes the experiment's own files first.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+from cpc_fast.config.base import differences
+from cpc_fast.config.experiment import SETUPS, ExperimentConfig
+from cpc_fast.errors import UserInputError
+from cpc_fast.io.atomic import read_json, write_json
+
+MANIFEST_NAME = "experiment.json"
+RESULT_NAMES = ("results.md", "results.json")
+_DATA_PARTS = {
+    "records": "the utterances (ids, splits, speakers)",
+    "labels": "the labels",
+    "audio": "the audio files (sizes)",
+}
+
+
+def clear_experiment(out: Path) -> None:
+    """Deletes what an experiment writes in ``out`` (its units, manifest and tables), and
+    nothing else: the feature cache is keyed by content and stays."""
+    for setup in SETUPS:
+        shutil.rmtree(out / setup, ignore_errors=True)
+    for name in (MANIFEST_NAME, *RESULT_NAMES):
+        (out / name).unlink(missing_ok=True)
+
+
+def check_experiment_folder(out: Path, manifest: dict[str, Any]) -> None:
+    """Refuses to mix runs of different experiments in one folder; writes the manifest."""
+    path = out / MANIFEST_NAME
+    if path.is_file():
+        what = what_differs(read_json(path), manifest)
+        if what:
+            raise UserInputError(
+                f"{out} holds an experiment with other settings ({', '.join(what)}); use a "
+                "new `out` folder, or `restart=True` to start over"
+            )
+    write_json(path, manifest)
+
+
+def what_differs(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """What makes two manifests different experiments, one phrase each."""
+    old_config = saved.get("config", {})
+    what = [
+        f"{k}: {a!r} -> {b!r}"
+        for k, a, b in differences(ExperimentConfig, old_config, current["config"])
+    ]
+    old_data = saved.get("data")
+    if old_data is None:  # written before data identities: the path is all there is
+        if old_config.get("root") != current["config"].get("root"):
+            what.append(f"root: {old_config.get('root')!r} -> {current['config'].get('root')!r}")
+    else:
+        what += [
+            f"{phrase} differ"
+            for part, phrase in _DATA_PARTS.items()
+            if old_data.get(part) != current["data"].get(part)
+        ]
+    old_digest, digest = saved.get("pretrained_digest"), current.get("pretrained_digest")
+    if old_digest and digest and old_digest != digest:
+        what.append("the `pretrained` model's weights differ")
+    return what
+
+
+__all__ = ["MANIFEST_NAME", "check_experiment_folder", "clear_experiment", "what_differs"]
