@@ -37,12 +37,13 @@ samples. Generating 10 s takes a few milliseconds.
 
 from __future__ import annotations
 
-import hashlib
 import math
 from dataclasses import dataclass
 
 import numpy as np
 
+# The parameters are re-exported: synthesize(duration, voice, prosody) is this module's API.
+from cpc_fast.data.voice import Prosody, Voice, random_voice, voice_for_speaker
 from cpc_fast.errors import UserInputError
 
 SAMPLE_RATE = 16000
@@ -75,108 +76,6 @@ _BANDWIDTHS = np.array([80.0, 110.0, 160.0, 250.0])  # formant bandwidths in Hz
 # Noise-burst spectra: (centre Hz, bandwidth Hz) for s, sh, f/th-like and three plosives.
 _FRICATIVES = ((5500.0, 2500.0), (3200.0, 1500.0), (4500.0, 6000.0))
 _PLOSIVES = ((1500.0, 1500.0), (4000.0, 2500.0), (2500.0, 2000.0))
-
-
-@dataclass(frozen=True)
-class Voice:
-    """A speaker's identity: what stays the same across that speaker's utterances.
-
-    Attributes:
-        f0_hz: base fundamental frequency (typical male 85-155 Hz, female 165-255 Hz).
-        tract_scale: multiplies every formant frequency; a shorter vocal tract is > 1
-            (about 1.0 male, 1.17 female).
-        breathiness: aspiration-noise amplitude relative to the glottal pulses (0-1).
-        syllable_rate: syllables per second at ``Prosody.rate == 1``.
-        spectral_tilt_db_per_octave: the speaker's own tilt, added to the prosody's;
-            positive is brighter, negative darker.
-        jitter: relative standard deviation of the glottal period from cycle to cycle.
-        shimmer: relative standard deviation of the pulse amplitude from cycle to cycle.
-    """
-
-    f0_hz: float = 120.0
-    tract_scale: float = 1.0
-    breathiness: float = 0.05
-    syllable_rate: float = 4.5
-    spectral_tilt_db_per_octave: float = 0.0
-    jitter: float = 0.01
-    shimmer: float = 0.04
-
-    def __post_init__(self) -> None:
-        _check_range("f0_hz", self.f0_hz, 40.0, 600.0)
-        _check_range("tract_scale", self.tract_scale, 0.6, 1.6)
-        _check_range("breathiness", self.breathiness, 0.0, 1.0)
-        _check_range("syllable_rate", self.syllable_rate, 0.5, 12.0)
-        _check_range("spectral_tilt_db_per_octave", self.spectral_tilt_db_per_octave, -12, 12)
-        _check_range("jitter", self.jitter, 0.0, 0.2)
-        _check_range("shimmer", self.shimmer, 0.0, 0.5)
-
-
-@dataclass(frozen=True)
-class Prosody:
-    """Utterance-level modifiers on top of a :class:`Voice`; the defaults are neutral.
-
-    Each factor moves one measurable quantity:
-
-    * ``rate``: multiplies the syllables per second (the count of amplitude-envelope peaks
-      per second of speech); pauses keep their length.
-    * ``loudness_db``: gain on the active-speech RMS relative to ``REFERENCE_RMS``
-      (-26 dBFS). Exact up to about +6 dB; beyond, the peak limiter turns the loudest
-      moments down to ``LIMITER_KNEE``, so RMS still grows, somewhat less than asked.
-    * ``pitch_shift_semitones``: multiplies the whole F0 contour by 2 ** (s / 12), so the
-      median F0 moves by exactly that many semitones.
-    * ``pitch_range``: multiplies the excursions of log F0 around the speaker's base
-      (accents, declination, final falls): 0 is a monotone, 2 twice as wide.
-    * ``spectral_tilt_db_per_octave``: added to the voice's tilt; raises (positive) or
-      lowers (negative) the energy above 500 Hz against the energy below, moving the
-      spectral centroid.
-    * ``pause_rate``: multiplies the probability of a phrase-ending pause after each
-      syllable (0 = no pauses), i.e. the fraction of silence.
-    """
-
-    rate: float = 1.0
-    loudness_db: float = 0.0
-    pitch_shift_semitones: float = 0.0
-    pitch_range: float = 1.0
-    spectral_tilt_db_per_octave: float = 0.0
-    pause_rate: float = 1.0
-
-    def __post_init__(self) -> None:
-        _check_range("rate", self.rate, 0.2, 5.0)
-        _check_range("loudness_db", self.loudness_db, -40.0, 20.0)
-        _check_range("pitch_shift_semitones", self.pitch_shift_semitones, -24.0, 24.0)
-        _check_range("pitch_range", self.pitch_range, 0.0, 5.0)
-        _check_range("spectral_tilt_db_per_octave", self.spectral_tilt_db_per_octave, -12, 12)
-        _check_range("pause_rate", self.pause_rate, 0.0, 8.0)
-
-
-def _check_range(name: str, value: float, low: float, high: float) -> None:
-    if not (math.isfinite(value) and low <= value <= high):
-        raise UserInputError(f"{name} must be within [{low}, {high}], got {value}")
-
-
-def random_voice(rng: np.random.Generator, gender: str | None = None) -> Voice:
-    """Draws a speaker. ``gender`` is "female", "male" or None (either, with equal odds)."""
-    if gender is None:
-        gender = "female" if rng.random() < 0.5 else "male"
-    if gender not in ("female", "male"):
-        raise UserInputError(f"gender must be 'female', 'male' or None, got {gender!r}")
-    female = gender == "female"
-    return Voice(
-        f0_hz=float(rng.uniform(165, 255) if female else rng.uniform(85, 155)),
-        tract_scale=float(rng.uniform(1.10, 1.25) if female else rng.uniform(0.92, 1.06)),
-        breathiness=float(rng.uniform(0.04, 0.18) if female else rng.uniform(0.02, 0.12)),
-        syllable_rate=float(rng.uniform(3.5, 5.8)),
-        spectral_tilt_db_per_octave=float(rng.uniform(-2.0, 1.0)),
-        jitter=float(rng.uniform(0.004, 0.02)),
-        shimmer=float(rng.uniform(0.02, 0.08)),
-    )
-
-
-def voice_for_speaker(speaker_id: str, seed: int = 0, gender: str | None = None) -> Voice:
-    """The voice of a named speaker: the same ``(speaker_id, seed)`` gives the same voice,
-    in every process and Python version (a SHA-256 of the id seeds the draw)."""
-    digest = hashlib.sha256(f"{seed}\x00{speaker_id}".encode()).digest()
-    return random_voice(np.random.default_rng(int.from_bytes(digest[:8], "little")), gender)
 
 
 @dataclass
@@ -404,10 +303,10 @@ def synthesize(
     if not isinstance(rng, np.random.Generator):
         raise TypeError("rng must be a numpy.random.Generator (np.random.default_rng(seed))")
     if sample_rate < 8000:
-        raise UserInputError(f"sample_rate must be at least 8000 Hz, got {sample_rate}")
+        raise UserInputError(f"`sample_rate` must be at least 8000 Hz, got {sample_rate}")
     n = round(duration_s * sample_rate) if math.isfinite(duration_s) else 0
     if n < 1:
-        raise UserInputError(f"duration_s must give at least one sample, got {duration_s}")
+        raise UserInputError(f"`duration_s` must give at least one sample, got {duration_s}")
 
     plan = _plan_utterance(n, sample_rate, voice, prosody, rng)
     pulses, flow = _glottal_source(plan.log_f0, sample_rate, voice, rng)
