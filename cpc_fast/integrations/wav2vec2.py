@@ -42,8 +42,8 @@ def sample_negative_indices(
 
     mask_time_indices (B, L) bool (or 0/1 integers) -> (B, L, N) int64 flat indices into
     B·L: for each masked frame, N frames drawn uniformly (with replacement) among the other
-    masked frames of its own utterance, never the frame itself. Unmasked frames get draws
-    too (masked frames of their utterance), which the loss ignores. Every row needs at
+    masked frames of its own utterance, never the frame itself. Unmasked frames get their
+    utterance's first frame, as Hugging Face's do (the loss ignores them). Every row needs at
     least two masked frames.
     """
     frames = masked_negatives(mask_time_indices, num_negatives, generator=generator)
