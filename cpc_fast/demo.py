@@ -80,7 +80,7 @@ class DemoSettings:
 
 
 def demo_settings(out: str | Path, quick: bool = False) -> DemoSettings:
-    """The full demo (≤ 10 min on 2 CPU cores) or ``quick`` (≤ 2 min; shorter training).
+    """The full demo (5-13 min on 2 CPU cores, by CPU) or ``quick`` (1.5-4 min: shorter training).
 
     Both run all four setups, 2 runs each, over the 5 leave-one-session-out folds of the
     tiny synthetic emotion corpus; ``quick`` trains the CPC and the recognizers for fewer

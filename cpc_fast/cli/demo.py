@@ -22,7 +22,7 @@ def demo(
         ),
     ] = None,
     quick: Annotated[
-        bool, typer.Option("--quick", help="Shorter training: under 2 minutes on 2 CPU cores.")
+        bool, typer.Option("--quick", help="Shorter training: a few minutes on 2 CPU cores.")
     ] = False,
     restart: Annotated[
         bool, typer.Option("--restart", help="Delete OUT's earlier demo outputs and start over.")
@@ -30,7 +30,7 @@ def demo(
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
 ) -> None:
     """Pre-train a tiny CPC, train Sup/jointCPC/miniCPC/preCPC under cross-validation and draw
-    the figures, all on synthetic data on this machine's CPU (under 10 minutes)."""
+    the figures, all on synthetic data on this machine's CPU (5-13 minutes on 2 cores)."""
     out = out or Path("cpc_fast_demo_quick" if quick else "cpc_fast_demo")
     if restart:
         _clear(out)
