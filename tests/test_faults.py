@@ -9,6 +9,7 @@ import errno
 import json
 import math
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -20,7 +21,7 @@ import numpy as np
 import pytest
 import torch
 from cli_helpers import one_error_line, run_main
-from emotion_fixtures import write_wav
+from emotion_fixtures import small_manifest, write_wav
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
@@ -398,6 +399,53 @@ def test_sigterm_during_feature_extraction_leaves_no_temporary_cache(tmp_path):
         _wait_until(lambda: bool(list((out / "cache").glob(".lfbe-*"))), proc)
         _terminate(proc)
     assert list((out / "cache").glob(".*")) == [] and not (out / ".lock").exists()
+
+
+def _kill_processes_of(folder: Path) -> None:
+    """SIGKILLs every process whose command line names ``folder``: the launcher and its
+    workers, which torchrun starts in sessions of their own."""
+    for proc in Path("/proc").iterdir():
+        with contextlib.suppress(OSError, ValueError):
+            if proc.name.isdigit() and str(folder).encode() in (proc / "cmdline").read_bytes():
+                os.kill(int(proc.name), signal.SIGKILL)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds the workers through /proc")
+def test_a_killed_multi_process_experiment_resumes_its_unit(tmp_path):
+    """Two gloo workers killed mid-unit: the same command resumes the unit from its last
+    epoch and ends where an uninterrupted run ends; one process may take the unit over."""
+    root = small_manifest(tmp_path / "data")
+    args = ["experiment", "--dataset", "manifest", "--root", str(root), "--preset", "tiny"]
+    args += ["--setups", "sup", "--runs", "1", "--epochs", "40", "--quiet"]
+    two = [*args, "--cpu-processes", "2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def run(out: Path, *flags: str) -> None:
+        cmd = [sys.executable, "-m", "cpc_fast", *flags, "--out", str(out)]
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=env)
+        assert done.returncode == 0, done.stderr[-3000:]
+
+    killed = tmp_path / "killed"
+    unit = killed / "sup" / "official" / "run1"
+    with _running([*two, "--out", str(killed)]) as proc:
+        _wait_until((unit / "state.pt").exists, proc)
+        _kill_processes_of(killed)
+    assert not (unit / "done").exists()
+    # A restart would delete metrics.csv; a resume keeps the rows up to its epoch.
+    with open(unit / "metrics.csv", "a") as fh:
+        fh.write("0,train,resumed,1\n")
+    taken_over = tmp_path / "taken-over"
+    shutil.copytree(killed, taken_over)
+    run(killed, *two)
+    assert "0,train,resumed,1" in (unit / "metrics.csv").read_text()
+    run(tmp_path / "uninterrupted", *two)
+    results = [
+        json.loads((tmp_path / f / "results.json").read_text()) for f in ("killed", "uninterrupted")
+    ]
+    assert results[0]["setups"] == results[1]["setups"]
+    run(taken_over, *args, "--cpu-processes", "1")
+    assert (taken_over / "sup" / "official" / "run1" / "done").exists()
 
 
 def test_stale_cache_temporaries_of_dead_processes_are_removed(tmp_path):

@@ -244,12 +244,13 @@ class _Runner:
             joint_lambda=cfg.joint_lambda,
         )
         checkpoint = Checkpointer(unit, self.env)
-        resume = checkpoint.exists()
+        # Collectives, so every rank asks: rank 0's answer reaches all of them.
+        resumed_epoch = checkpoint.saved("epoch") if checkpoint.exists() else None
         logger = None
         if self.env.is_main:
             unit.mkdir(parents=True, exist_ok=True)
-            if resume:  # rows logged after the checkpoint's epoch are logged again
-                truncate_metrics(unit / "metrics.csv", checkpoint.saved("epoch"))
+            if resumed_epoch is not None:  # rows logged after that epoch are logged again
+                truncate_metrics(unit / "metrics.csv", resumed_epoch)
             else:  # an interrupted attempt's leftovers, from before its first checkpoint
                 for name in UNIT_FILES:
                     (unit / name).unlink(missing_ok=True)

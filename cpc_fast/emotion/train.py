@@ -230,7 +230,8 @@ def fit(
     progress = FitProgress()
     if checkpoint is not None and checkpoint.exists():
         progress, rank_state = checkpoint.load(model, optimizer, FitProgress)
-        generator.set_state(rank_state["generator"])
+        if "generator" in rank_state:  # absent when the number of processes changed
+            generator.set_state(rank_state["generator"])
     earlier_seconds = progress.seconds
     validation_targets = data.targets[list(validation)]
     names = ("loss", "ccc_loss", "info_nce") if joint else ("loss", "ccc_loss")
