@@ -159,6 +159,14 @@ def test_sampler_runs_on_the_masks_device_and_is_seeded():
     assert torch.equal(ints, a)  # Hugging Face passes the mask as 0/1 integers too
 
 
+def test_sampler_takes_a_non_contiguous_mask():
+    mask = _random_mask(9, 2, 3).t()  # (2, 9), transposed: not contiguous
+    assert not mask.is_contiguous()
+    a = wav2vec2.sample_negative_indices(mask, 5, torch.Generator().manual_seed(4))
+    b = wav2vec2.sample_negative_indices(mask.contiguous(), 5, torch.Generator().manual_seed(4))
+    assert torch.equal(a, b)
+
+
 def _loss_inputs(B=2, L=8, D=4, N=3):
     g = torch.Generator().manual_seed(5)
     mask = _random_mask(B, L, 5)

@@ -228,7 +228,7 @@ def masked_negatives(
         raise UserInputError("`mask_time_indices` must be a (B, L) tensor")
     if num_negatives < 1:
         raise UserInputError(f"`num_negatives` must be >= 1, got {num_negatives}")
-    mask = mask.bool()
+    mask = mask.bool().contiguous()  # the flat views below need one stride order
     B, L = mask.shape
     counts = mask.sum(1)  # (B,)
     fewest = int(counts.min())  # one device sync: an empty row cannot be sampled from
