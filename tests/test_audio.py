@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import errno
+import io
+import os
+
 import numpy as np
 import pytest
 import soundfile as sf
@@ -80,3 +84,31 @@ def test_missing_unreadable_empty_and_non_finite_files(tmp_path):
 def test_rejects_unknown_dtypes(pcm16):
     with pytest.raises(ValueError, match="dtype must be one of"):
         read_audio(pcm16[0], dtype="float64")
+
+
+@pytest.mark.parametrize("read", [read_audio, audio_info])
+def test_a_failing_read_is_a_bad_file_and_the_machines_limits_are_not(pcm16, monkeypatch, read):
+    path, _ = pcm16
+    code = {"errno": errno.EIO}
+
+    class Failing(io.FileIO):
+        def read(self, size=-1):
+            raise OSError(code["errno"], os.strerror(code["errno"]))
+
+    monkeypatch.setattr("cpc_fast.data.audio.open", lambda p, *a, **k: Failing(p), raising=False)
+    with pytest.raises(AudioReadError, match=r"pcm16\.wav: cannot read the audio file \(Input/"):
+        read(path)
+    code["errno"] = errno.ENOMEM
+    with pytest.raises(OSError, match=r"Cannot allocate memory: '.*pcm16\.wav'") as caught:
+        read(path)
+    assert not isinstance(caught.value, AudioReadError)
+
+
+def test_the_decoders_reason_is_given_without_its_descriptor(tmp_path):
+    garbage = tmp_path / "garbage.wav"
+    garbage.write_bytes(b"RIFF" + b"x" * 100)
+    with pytest.raises(
+        AudioReadError, match=r"garbage\.wav: cannot decode the audio \(\w"
+    ) as caught:
+        read_audio(garbage)
+    assert "Error opening" not in str(caught.value)

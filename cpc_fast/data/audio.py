@@ -14,11 +14,13 @@ want of resources (too many open files, no memory) is not a bad file: that raise
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import io
 import os
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import soundfile as sf
@@ -63,15 +65,16 @@ def is_environment_error(exc: BaseException) -> bool:
 def audio_info(path: str | os.PathLike) -> AudioInfo:
     """The header of ``path`` without decoding it (to filter files by length cheaply); a WAV
     file shorter than its header's data size is an :class:`AudioReadError`."""
-    _check_openable(path)
-    try:
-        info = sf.info(str(path))
-    except (sf.SoundFileError, OSError) as exc:
-        raise AudioReadError(f"{path}: cannot read the audio header ({exc})") from None
-    _check_wav_size(path)
-    return AudioInfo(
-        frames=int(info.frames), sample_rate=int(info.samplerate), channels=int(info.channels)
-    )
+    with _opened(path) as fh:
+        try:
+            with sf.SoundFile(fh.fileno(), closefd=False) as f:
+                info = AudioInfo(
+                    frames=int(f.frames), sample_rate=f.samplerate, channels=f.channels
+                )
+        except (sf.SoundFileError, OSError) as exc:
+            raise AudioReadError(f"{path}: cannot read the audio header ({_why(exc)})") from None
+        _check_wav_size(fh, path)
+    return info
 
 
 def read_audio(
@@ -84,23 +87,23 @@ def read_audio(
     """
     if dtype not in _DTYPES:
         raise ValueError(f"dtype must be one of {_DTYPES}, got {dtype!r}")
-    _check_openable(path)
-    _check_wav_size(path)
-    try:
-        with sf.SoundFile(str(path)) as f:
-            if f.samplerate != sample_rate:
-                raise AudioFormatError(
-                    f"{path}: sample rate is {f.samplerate} Hz, expected {sample_rate} Hz "
-                    "(resample it first, e.g. with sox or ffmpeg)"
-                )
-            if f.channels != 1:
-                raise AudioFormatError(
-                    f"{path}: has {f.channels} channels, expected mono (1 channel)"
-                )
-            promised = f.frames
-            wave = f.read(dtype=dtype, always_2d=False)
-    except (sf.SoundFileError, OSError) as exc:
-        raise AudioReadError(f"{path}: cannot decode the audio ({exc})") from None
+    with _opened(path) as fh:
+        _check_wav_size(fh, path)
+        try:
+            with sf.SoundFile(fh.fileno(), closefd=False) as f:
+                if f.samplerate != sample_rate:
+                    raise AudioFormatError(
+                        f"{path}: sample rate is {f.samplerate} Hz, expected {sample_rate} Hz "
+                        "(resample it first, e.g. with sox or ffmpeg)"
+                    )
+                if f.channels != 1:
+                    raise AudioFormatError(
+                        f"{path}: has {f.channels} channels, expected mono (1 channel)"
+                    )
+                promised = f.frames
+                wave = f.read(dtype=dtype, always_2d=False)
+        except (sf.SoundFileError, OSError) as exc:
+            raise AudioReadError(f"{path}: cannot decode the audio ({_why(exc)})") from None
     if wave.shape[0] == 0:
         raise AudioReadError(f"{path}: holds no samples")
     if wave.shape[0] < promised:
@@ -113,50 +116,72 @@ def read_audio(
     return np.ascontiguousarray(wave)
 
 
-def _check_openable(path: str | os.PathLike) -> None:
-    """Opens the file once in Python, which says why it cannot be opened (the decoder only
-    says "System error"): a missing or forbidden file is a bad file, the machine's own
+@contextlib.contextmanager
+def _opened(path: str | os.PathLike) -> Iterator[io.RawIOBase]:
+    """The file, opened once (unbuffered, so that the decoder reading its descriptor starts
+    where a seek left it). Python's open says why a file cannot be opened, where the decoder
+    says only "System error": a missing or forbidden file is a bad file, the machine's own
     limits are an ``OSError``."""
-    if not Path(path).is_file():
+    if not os.path.isfile(path):  # a folder, or a FIFO that open() would wait on
         raise AudioReadError(f"{path}: no such audio file")
     try:
-        with open(path, "rb"):
-            pass
+        fh = open(path, "rb", buffering=0)
     except OSError as exc:
-        if exc.errno in ENVIRONMENT_ERRNOS:
-            raise OSError(exc.errno, exc.strerror, str(path)) from None
-        raise AudioReadError(f"{path}: cannot open the audio file ({exc.strerror})") from None
+        raise _unreadable(exc, path, "open") from None
+    with fh:
+        yield fh
 
 
-def _check_wav_size(path: str | os.PathLike) -> None:
+def _unreadable(exc: OSError, path: str | os.PathLike, doing: str) -> Exception:
+    """The error to raise for an ``OSError`` on ``path``: the machine's own (naming the file)
+    or a bad file."""
+    if is_environment_error(exc):
+        return OSError(exc.errno, exc.strerror, str(path))
+    return AudioReadError(f"{path}: cannot {doing} the audio file ({exc.strerror})")
+
+
+def _why(exc: Exception) -> str:
+    """The decoder's reason without its "Error opening <descriptor>:" prefix."""
+    return getattr(exc, "error_string", None) or str(exc)
+
+
+def _check_wav_size(fh: io.RawIOBase, path: str | os.PathLike) -> None:
     """A RIFF/WAVE file whose data chunk claims more bytes than the file holds is truncated
-    (the decoder quietly reads what is there)."""
-    with open(path, "rb") as fh:
-        if fh.read(4) != b"RIFF":
+    (the decoder quietly reads what is there). Leaves ``fh`` at its start."""
+    try:
+        _check_wav_chunks(fh, path)
+        fh.seek(0)
+    except OSError as exc:
+        raise _unreadable(exc, path, "read") from None
+
+
+def _check_wav_chunks(fh: io.RawIOBase, path: str | os.PathLike) -> None:
+    fh.seek(0)
+    if fh.read(4) != b"RIFF":
+        return
+    fh.seek(8)
+    if fh.read(4) != b"WAVE":
+        return
+    block_align = 0
+    while True:
+        header = fh.read(8)
+        if len(header) < 8:
             return
-        fh.seek(8)
-        if fh.read(4) != b"WAVE":
+        chunk, size = header[:4], struct.unpack("<I", header[4:])[0]
+        if chunk == b"fmt ":
+            fmt = fh.read(min(size, 16))
+            block_align = struct.unpack("<H", fmt[12:14])[0] if len(fmt) >= 14 else 0
+            fh.seek(size - len(fmt) + (size & 1), os.SEEK_CUR)
+        elif chunk == b"data":
+            held = os.fstat(fh.fileno()).st_size - fh.tell()
+            if size not in _WAV_UNKNOWN_SIZES and size > held and block_align:
+                raise AudioReadError(
+                    f"{path}: the header promises {size // block_align} samples, the file "
+                    f"holds {held // block_align} (a truncated file)"
+                )
             return
-        block_align = 0
-        while True:
-            header = fh.read(8)
-            if len(header) < 8:
-                return
-            chunk, size = header[:4], struct.unpack("<I", header[4:])[0]
-            if chunk == b"fmt ":
-                fmt = fh.read(min(size, 16))
-                block_align = struct.unpack("<H", fmt[12:14])[0] if len(fmt) >= 14 else 0
-                fh.seek(size - len(fmt) + (size & 1), os.SEEK_CUR)
-            elif chunk == b"data":
-                held = os.fstat(fh.fileno()).st_size - fh.tell()
-                if size not in _WAV_UNKNOWN_SIZES and size > held and block_align:
-                    raise AudioReadError(
-                        f"{path}: the header promises {size // block_align} samples, the file "
-                        f"holds {held // block_align} (a truncated file)"
-                    )
-                return
-            else:
-                fh.seek(size + (size & 1), os.SEEK_CUR)
+        else:
+            fh.seek(size + (size & 1), os.SEEK_CUR)
 
 
 def _check_finite(wave: np.ndarray, path: str | os.PathLike) -> None:
