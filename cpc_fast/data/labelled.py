@@ -153,6 +153,7 @@ class EmotionCorpus:
         self.label_range = label_range
         self.skipped = list(skipped)
         self.description = description
+        self._stats: list[os.stat_result | None] | None = None
 
     def __len__(self) -> int:
         return len(self.records)
@@ -175,11 +176,11 @@ class EmotionCorpus:
         "audio" (each file's size; generated audio is fixed by the corpus's settings).
         Paths are left out: the same data moved elsewhere is the same data."""
         parts = {name: hashlib.sha256(f"{self.name}\n".encode()) for name in IDENTITY_PARTS}
-        for r in self.records:
+        for r, st in zip(self.records, self._file_stats(), strict=True):
             what = (r.utt_id, r.split, r.speaker, r.session, r.emotion)
             parts["records"].update(f"{what}\n".encode())
             parts["labels"].update(f"{r.utt_id}\t{r.labels}\n".encode())
-            size = os.stat(r.path).st_size if r.path is not None else -1
+            size = st.st_size if st is not None else -1
             parts["audio"].update(f"{r.utt_id}\t{size}\n".encode())
         return {name: h.hexdigest() for name, h in parts.items()}
 
@@ -212,17 +213,24 @@ class EmotionCorpus:
         self.skipped += rows.resolve(skip_bad)
         dropped = {i for i, _ in bad}
         self.records = [r for i, r in enumerate(self.records) if i not in dropped]
+        self._stats = None
         if not self.records:
             raise UserInputError(f"{self.name}: no usable utterances ({len(dropped)} unreadable)")
 
     def fingerprint(self) -> str:
         """Identifies the audio (not the labels): ids, paths, sizes and modification times."""
         h = hashlib.sha256(f"{self.name}\n".encode())
-        for r in self.records:
-            st = os.stat(r.path) if r.path is not None else None
+        for r, st in zip(self.records, self._file_stats(), strict=True):
             size, mtime = (st.st_size, st.st_mtime_ns) if st else (0, 0)
             h.update(f"{r.utt_id}\t{r.path}\t{size}\t{mtime}\n".encode())
         return h.hexdigest()
+
+    def _file_stats(self) -> list[os.stat_result | None]:
+        """Each record's ``os.stat`` (None for generated audio), taken once: the identity
+        and the fingerprint describe the files as this run first found them."""
+        if self._stats is None:
+            self._stats = [os.stat(r.path) if r.path is not None else None for r in self.records]
+        return self._stats
 
     def folds(self, validation: str = "speaker", seed: int = 0) -> list[Fold]:
         """The corpus's evaluation protocol as a list of folds (see the module docstring)."""
