@@ -21,7 +21,6 @@ paper's results. ``REAL_COMMANDS`` are the commands for the real thing.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -34,7 +33,7 @@ from cpc_fast.config.pretrain import PretrainConfig
 from cpc_fast.emotion.experiment import open_corpus, run_experiment
 from cpc_fast.emotion.report import render_markdown
 from cpc_fast.emotion.visualize import cpc_representations, require_viz, visualize
-from cpc_fast.io.atomic import atomic_write, check_writable_folder, write_json
+from cpc_fast.io.atomic import atomic_write_bytes, check_writable_folder, write_json
 from cpc_fast.io.metrics import read_metrics
 from cpc_fast.models.loading import load_cpc
 from cpc_fast.training.data import open_pretrain_data
@@ -241,7 +240,7 @@ def _write_outputs(
 ) -> dict[str, Path]:
     md = out / "results.md"
     text = render_demo_markdown(results, settings, seconds)
-    atomic_write(md, lambda tmp: Path(tmp).write_text(text))
+    atomic_write_bytes(md, text.encode())
     js = out / "results.json"
     write_json(
         js,
@@ -265,7 +264,7 @@ def run_demo(
     """Runs the three stages into ``out`` and returns where everything is."""
     out = check_writable_folder(out, "`out`")
     settings = settings or demo_settings(out, quick)
-    (out / "demo.json").write_text(json.dumps(settings.to_dict(), indent=2) + "\n")
+    write_json(out / "demo.json", settings.to_dict())
     seconds: dict[str, float] = {}
 
     _stage(progress, 1, 3, "preCPC: pre-training a tiny CPC on the unlabeled synthetic corpus")

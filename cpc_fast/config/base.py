@@ -198,14 +198,11 @@ def differences(
     """``(dotted name, saved value, current value)`` of every field that differs between two
     ``to_dict()`` records of ``cls``, except the resumable ones; sorted by name."""
     skip = resumable_fields(cls)
-    out = []
-    for name in sorted(set(_flatten(saved)) | set(_flatten(current))):
-        if name in skip:
-            continue
-        a, b = _flatten(saved).get(name), _flatten(current).get(name)
-        if a != b:
-            out.append((name, a, b))
-    return out
+    old, new = _flatten(saved), _flatten(current)
+    names = sorted((old.keys() | new.keys()) - skip)
+    return [
+        (name, old.get(name), new.get(name)) for name in names if old.get(name) != new.get(name)
+    ]
 
 
 def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -242,7 +239,7 @@ def apply_overrides(config: C, overrides: Mapping[str, Any]) -> C:
             direct[head] = value
     for head, sub in nested.items():
         direct[head] = apply_overrides(getattr(config, head), sub)
-    return dataclasses.replace(config, **direct).validate()
+    return config.replace(**direct)
 
 
 def pick_preset(presets: Mapping[str, Callable[..., C]], name: str, **overrides: Any) -> C:

@@ -156,7 +156,10 @@ class AudioFileDataset(Dataset):
         sizes: a run resumes only on the same data (the files are not read)."""
         h = hashlib.sha256(f"audio files at {self.sample_rate} Hz\n".encode())
         for item in self.items:
-            size = os.stat(item.path).st_size if os.path.exists(item.path) else -1
+            try:
+                size = os.stat(item.path).st_size
+            except OSError:  # as os.path.exists treats it: not there
+                size = -1
             h.update(f"{item.utterance_id}\t{item.num_samples}\t{size}\n".encode())
         return h.hexdigest()
 

@@ -29,6 +29,7 @@ import torch
 from torch import Tensor
 
 from cpc_fast.errors import UserInputError
+from cpc_fast.losses._checks import check_float, check_index
 from cpc_fast.losses.info_nce import IGNORE_INDEX, info_nce
 from cpc_fast.losses.negatives import check_index_range, masked_negatives
 
@@ -99,9 +100,8 @@ def contrastive_loss(
 
 def _check_shapes(states, quantized, mask, negatives) -> tuple[int, int, int, int]:
     """B, L, D, N of Hugging Face's tensors, after one clear error for any mismatch."""
-    for name, x in (("projected_states", states), ("projected_quantized_states", quantized)):
-        if not isinstance(x, torch.Tensor) or x.dim() != 3 or not x.is_floating_point():
-            raise UserInputError(f"`{name}` must be a (B, L, D) floating-point tensor")
+    check_float("projected_states", states, 3)
+    check_float("projected_quantized_states", quantized, 3)
     B, L, D = states.shape
     if tuple(quantized.shape) != (B, L, D):
         raise UserInputError(
@@ -111,13 +111,7 @@ def _check_shapes(states, quantized, mask, negatives) -> tuple[int, int, int, in
     if not isinstance(mask, torch.Tensor) or tuple(mask.shape) != (B, L):
         got = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
         raise UserInputError(f"`mask_time_indices` must have shape {(B, L)}, got {got}")
-    if not isinstance(negatives, torch.Tensor) or negatives.dtype not in (torch.int32, torch.int64):
-        raise UserInputError("`sampled_negative_indices` must be an int32 or int64 tensor")
-    if negatives.dim() != 3 or tuple(negatives.shape[:2]) != (B, L) or negatives.shape[2] < 1:
-        raise UserInputError(
-            f"`sampled_negative_indices` must have shape ({B}, {L}, N) with N >= 1, got "
-            f"{tuple(negatives.shape)}"
-        )
+    check_index("sampled_negative_indices", negatives, (B, L, None))
     return B, L, D, negatives.shape[2]
 
 

@@ -32,7 +32,6 @@ import torch
 from torch import Tensor
 
 from cpc_fast.kernels.info_nce import (
-    IGNORE_INDEX,
     Candidates,
     Scoring,
     dense_backward,
@@ -40,7 +39,7 @@ from cpc_fast.kernels.info_nce import (
     gather_backward,
     gather_forward,
 )
-from cpc_fast.losses.negatives import check_index_range
+from cpc_fast.losses.negatives import check_candidate_ranges
 
 _NO_DOUBLE_BACKWARD = (
     "the fused InfoNCE has no double backward (its backward is a Triton kernel); use "
@@ -73,14 +72,6 @@ def _candidates(pos, neg, seed, o: FusedOptions) -> Candidates:
     return Candidates(pos, neg, o.N, philox_seed, o.exclude_positive, o.seq_len, o.batch_keys)
 
 
-def _check_ranges(keys: Tensor, pos: Tensor | None, neg: Tensor | None) -> None:
-    Lk = keys.shape[1]
-    if pos is not None:
-        check_index_range(pos[pos != IGNORE_INDEX], Lk, "pos_index")
-    if neg is not None:
-        check_index_range(neg, Lk, "neg_index")
-
-
 @torch.library.custom_op(
     "cpc_fast::fused_info_nce",
     mutates_args=(),
@@ -90,7 +81,7 @@ def fused_info_nce(q, keys, pos, neg, seed, *options):
     """q (B, K, L, D), keys (B or 1, Lk, D) -> loss (B, K, L) fp32, correct bool, lse fp32."""
     o = FusedOptions(*options)
     if o.check_indices:
-        _check_ranges(keys, pos, neg)
+        check_candidate_ranges(pos, neg, keys.shape[1])
     cand = _candidates(pos, neg, seed, o)
     if o.design == "dense":
         return dense_forward(q, keys, cand, o.scale, o.correct_on_tie)

@@ -249,7 +249,8 @@ def _philox_seed(generator: torch.Generator | None, seed: int | None) -> torch.T
     # One draw from the given (or torch's default CPU) generator, so torch.manual_seed and
     # generator state keep controlling the negatives.
     device = generator.device if generator is not None else "cpu"
-    return torch.randint(0, 2**62, (), generator=generator, device=device)
+    # Read to the host once here, not by the forward and again by the backward.
+    return torch.randint(0, 2**62, (), generator=generator, device=device).cpu()
 
 
 def _drawn(negatives: _Negatives, B: int, K: int, T: int, L: int, device) -> _Negatives:

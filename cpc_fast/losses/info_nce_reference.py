@@ -34,7 +34,7 @@ from typing import NamedTuple, get_type_hints
 import torch
 from torch import Tensor
 
-from cpc_fast.losses.negatives import IGNORE_INDEX, check_index_range
+from cpc_fast.losses.negatives import IGNORE_INDEX, check_candidate_ranges
 
 # Rows per chunk are chosen so one chunk's scores or candidates stay near this many elements.
 _CHUNK_ELEMENTS = 1 << 23
@@ -122,8 +122,7 @@ def reference_info_nce(queries, keys, pos, neg, *options):
 
     The index range is always checked (no safe path for a bad index here)."""
     o = ReferenceOptions(*options)
-    check_index_range(pos[pos != IGNORE_INDEX], keys.shape[0], "pos_index")
-    check_index_range(neg, keys.shape[0], "neg_index")
+    check_candidate_ranges(pos, neg, keys.shape[0])
     M, D = queries.shape
     index, valid = _candidate_index(pos, neg)
     chunk = _chunk_rows(index, D)

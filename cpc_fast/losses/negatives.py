@@ -204,6 +204,17 @@ def check_index_range(index: torch.Tensor, size: int, name: str) -> None:
         raise UserInputError(f"`{name}` holds index {bad}, outside [0, {size})")
 
 
+def check_candidate_ranges(pos: torch.Tensor | None, neg: torch.Tensor | None, size: int) -> None:
+    """:func:`check_index_range` of ``pos_index`` (its ``IGNORE_INDEX`` rows aside) and of
+    ``neg_index``: one device sync each."""
+    if pos is not None:
+        # Ignored rows read as index 0 (selecting the others would cost a sync of its own).
+        kept = pos.masked_fill(pos == IGNORE_INDEX, 0) if size else pos[pos != IGNORE_INDEX]
+        check_index_range(kept, size, "pos_index")
+    if neg is not None:
+        check_index_range(neg, size, "neg_index")
+
+
 def _check_sizes(B: int, K: int, L: int, N: int, exclude_positive: bool) -> None:
     for name, value in (("B", B), ("K", K), ("L", L), ("N", N)):
         if value < 1:

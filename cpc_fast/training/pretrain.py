@@ -231,7 +231,7 @@ def _loop(run: _Run, state: Progress, total: int, last_saved: int) -> None:
     validate = None
     if run.valid_set is not None:
         valid_windows = train_windows(run.valid_set, config)
-        validate = CPCValidator(run.valid_set, config, env, run.amp_dtype, valid_windows)
+        validate = CPCValidator(config, env, run.amp_dtype, valid_windows)
     log_due, valid_due, save_due = (
         Every(config.log_every),
         Every(config.valid_every),
@@ -271,9 +271,8 @@ def _loop(run: _Run, state: Progress, total: int, last_saved: int) -> None:
         run.log(state.step, "valid", state.last_valid)
         return state.last_valid
 
-    def save() -> None:
+    def save() -> None:  # callers check for divergence first: never save a diverged model
         nonlocal last_saved
-        guard.check()
         state.skipped += read.sync() + valid_read.sync()
         state.nonfinite_skipped = guard.skipped
         run.checkpoint.save(run.model, run.optimizer, state)

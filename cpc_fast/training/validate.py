@@ -14,7 +14,6 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.utils.data import Dataset
 
 from cpc_fast.config.pretrain import PretrainConfig
 from cpc_fast.data.samplers import ShardSampler
@@ -62,12 +61,12 @@ def step_metrics(sums: torch.Tensor, K: int) -> dict[str, float]:
 
 
 class CPCValidator:
-    """The InfoNCE loss and accuracies of a CPC model on ``valid_set``, every rank scoring its
-    own shard; ``skip(why)`` hears of every unreadable item."""
+    """The InfoNCE loss and accuracies of a CPC model on the validation ``windows``, every
+    rank scoring its own shard; ``take(batch)`` (see ``__call__``) puts each batch on the
+    device and accounts for its unreadable items."""
 
     def __init__(
         self,
-        valid_set: Dataset,
         config: PretrainConfig,
         env: DistEnv,
         amp_dtype: torch.dtype | None,
@@ -76,7 +75,7 @@ class CPCValidator:
         self.config, self.env, self.amp_dtype = config, env, amp_dtype
         self.windows = windows
         self.sampler = ShardSampler(
-            len(valid_set), config.batch_size, world_size=env.world_size, rank=env.rank
+            len(windows), config.batch_size, world_size=env.world_size, rank=env.rank
         )
 
     @torch.no_grad()
