@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import platform
 import sys
 from typing import Any
@@ -25,6 +26,14 @@ def _version(module_name: str) -> str | None:
     return getattr(module, "__version__", "unknown")
 
 
+def _distribution_version(name: str) -> str | None:
+    """The installed version of an optional extra, read without importing it."""
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
 def collect_info() -> dict[str, Any]:
     """Returns a flat, JSON-serialisable description of the environment."""
     fused_ok, fused_reason = info_nce.fused_status()
@@ -36,6 +45,8 @@ def collect_info() -> dict[str, Any]:
         "triton": _version("triton"),
         "numpy": np.__version__,
         "soundfile": _version("soundfile"),
+        "transformers": _distribution_version("transformers"),
+        "tensorboard": _distribution_version("tensorboard"),
         "cuda_available": torch.cuda.is_available(),
         "cuda_devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
         "native_extension_built": batching.extension_available(),

@@ -14,6 +14,7 @@ import pytest
 import torch
 from cli_helpers import one_error_line, run_main
 from emotion_fixtures import overstate_wav_data, small_manifest, write_samples, write_wav
+from optional_deps import need
 
 from cpc_fast.data.labelled import LabelScaler
 from cpc_fast.emotion import model_io
@@ -200,7 +201,7 @@ def test_predict_never_prints_nan(tmp_path, capsys, monkeypatch):
 
 
 def test_visualize_checks_its_output_before_any_work(tmp_path, capsys, monkeypatch):
-    pytest.importorskip("sklearn")
+    need("sklearn")
     calls = []
     monkeypatch.setattr("cpc_fast.cli.predict.load_cpc_checked", lambda *a: calls.append(a))
     args = ["visualize", "--pretrained", str(tmp_path), "--dataset", "synthetic"]
@@ -211,7 +212,7 @@ def test_visualize_checks_its_output_before_any_work(tmp_path, capsys, monkeypat
 
 @pytest.mark.slow
 def test_visualize_accepts_skip_bad_and_skips_unreadable_audio(tmp_path, capsys):
-    pytest.importorskip("sklearn")
+    need("sklearn")
     csv_path = small_manifest(tmp_path / "data")
     nan_file = write_samples(tmp_path / "data" / "u04.wav", np.full(4800, np.nan))
     torch.manual_seed(0)

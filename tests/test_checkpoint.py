@@ -9,6 +9,7 @@ import random
 import numpy as np
 import pytest
 import torch
+from optional_deps import need
 
 from cpc_fast.errors import UserInputError
 from cpc_fast.io.atomic import atomic_write, read_json, write_json
@@ -87,6 +88,17 @@ def test_truncate_metrics_drops_later_and_partial_rows(tmp_path) -> None:
     rows = read_metrics(tmp_path / "metrics.csv")
     assert [r["step"] for r in rows] == [5, 5, 10, 10, 15]
     assert truncate_metrics(tmp_path / "missing.csv", 3) == 0
+
+
+def test_metrics_reach_tensorboard_when_the_tb_extra_is_installed(tmp_path) -> None:
+    event_accumulator = need("tensorboard.backend.event_processing.event_accumulator")
+    with MetricsLogger(tmp_path) as log:
+        log.log(3, "train", {"loss": 0.25})
+        log.log(4, "train", {"loss": 0.125})
+    events = event_accumulator.EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    assert [(e.step, e.value) for e in events.Scalars("train/loss")] == [(3, 0.25), (4, 0.125)]
+    assert len(read_metrics(tmp_path / "metrics.csv")) == 2
 
 
 def test_derived_seeds_are_stable_and_distinct() -> None:

@@ -7,13 +7,14 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from optional_deps import need
 from typer.testing import CliRunner
 
 from cpc_fast.config.experiment import SETUPS
 from cpc_fast.demo import SYNTHETIC_NOTICE, demo_settings, run_demo, summary_text
 
-pytest.importorskip("matplotlib")
-pytest.importorskip("sklearn")
+need("matplotlib")
+need("sklearn")
 
 
 def _micro(out: Path):

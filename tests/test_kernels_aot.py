@@ -17,6 +17,7 @@ import subprocess
 import sys
 
 import pytest
+from optional_deps import need
 
 KERNELS = (
     "gather_fwd",
@@ -30,7 +31,7 @@ KERNELS = (
 
 @pytest.fixture(scope="session")
 def sm90_build() -> list[dict]:
-    pytest.importorskip("triton")
+    need("triton")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
     proc = subprocess.run(

@@ -12,6 +12,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from optional_deps import need
 
 import cpc_fast
 
@@ -59,6 +60,19 @@ def test_wheel_holds_the_extension_the_kernels_and_the_console_script(tmp_path):
     text = zipfile.ZipFile(wheel).read(entry_points).decode()
     assert "[console_scripts]" in text and "cpc-fast = cpc_fast.cli:main" in text
 
+    # Installed, the wheel's kernels are cpc_fast.kernels and never the top-level `kernels`.
+    site = tmp_path / "site"
+    _run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "-t", str(site), str(wheel)])
+    code = (
+        "import cpc_fast.kernels.info_nce as k\nprint(k.__file__)\n"
+        "try:\n    import kernels\nexcept ImportError:\n    kernels = None\n"
+        "print(getattr(kernels, '__file__', None))"
+    )
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    ours, top_level = _run([sys.executable, "-c", code], env=env, cwd=tmp_path).stdout.split()
+    assert ours == str(site / "cpc_fast" / "kernels" / "info_nce.py")
+    assert not top_level.startswith(str(site))
+
 
 def test_kernels_subpackage_resolves_to_the_kernels_folder(tmp_path):
     code = "import cpc_fast, cpc_fast.kernels as k; print(cpc_fast.__file__); print(k.__file__)"
@@ -81,6 +95,7 @@ def test_console_script_and_module_report_the_batching_backend():
     assert report["batching_backend"] == "cpp", report["batching_backend_reason"]
     assert report["native_extension_built"] is True
     assert report["cpc_fast"] == cpc_fast.__version__
+    assert report["transformers"] == need("transformers").__version__
     fallback = _info([sys.executable, "-m", "cpc_fast"], CPC_FAST_DISABLE_CPP="1")
     assert fallback["batching_backend"] == "numpy"
     assert "CPC_FAST_DISABLE_CPP" in fallback["batching_backend_reason"]

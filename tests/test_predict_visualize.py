@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from optional_deps import need
 from typer.testing import CliRunner
 
 from cpc_fast.cli import app, main
@@ -124,7 +125,7 @@ def test_moved_or_changed_cpc(
 
 @pytest.mark.parametrize("source", ["model", "pretrained"])
 def test_visualize(experiment: Path, tmp_path: Path, source: str) -> None:
-    pytest.importorskip("sklearn")
+    need("sklearn")
     option = (
         ["--model", str(experiment / "exp/sup/fold1/run1")]
         if source == "model"

@@ -31,6 +31,7 @@ def test_the_section_has_the_four_recipes():
     assert "model(input_values" in snippets[0] and "cpc_info_nce" in snippets[2]
 
 
+@pytest.mark.huggingface
 def test_hugging_face_recipe_gives_the_model_s_own_loss():
     model = tiny_model()
     wave, mask, _ = hf_inputs(model, seed=2)

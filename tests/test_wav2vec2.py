@@ -13,6 +13,7 @@ import os
 
 import pytest
 import torch
+from optional_deps import need
 from wav2vec2_fixtures import hf_inputs, tiny_model
 
 from cpc_fast.errors import UserInputError
@@ -32,6 +33,7 @@ def _param_grads(model):
     return grads
 
 
+@pytest.mark.huggingface
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_loss_and_gradients_equal_hugging_face(backend):
     model = tiny_model()
@@ -82,6 +84,7 @@ def _unmasked_loss(states, quantized, mask, neg):
     )
 
 
+@pytest.mark.huggingface
 def test_our_sampler_feeds_hugging_face_the_same_loss():
     model = tiny_model()
     wave, mask, _ = hf_inputs(model, seed=1)
@@ -109,7 +112,7 @@ def _sampler(name):
         ).cpu()
 
     def hugging_face(mask, n, seed):
-        pytest.importorskip("transformers")
+        need("transformers")
         import numpy as np
         from transformers.models.wav2vec2 import modeling_wav2vec2 as hf  # optional: compat extra
 
@@ -119,7 +122,9 @@ def _sampler(name):
     return hugging_face
 
 
-@pytest.mark.parametrize("name", ["ours", "huggingface"])
+@pytest.mark.parametrize(
+    "name", ["ours", pytest.param("huggingface", marks=pytest.mark.huggingface)]
+)
 def test_sampler_range_exclusion_and_uniformity(name):
     # The same checks pass for Hugging Face's sampler: both draw from the same distribution.
     sample = _sampler(name)

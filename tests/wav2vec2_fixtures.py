@@ -4,14 +4,14 @@ tests that use these helpers are skipped."""
 
 from __future__ import annotations
 
-import pytest
 import torch
+from optional_deps import need
 
 
 def tiny_model():
     """A random Wav2Vec2ForPreTraining small enough for a test, in eval mode (argmax
     quantizer, no dropout), with a codebook of two code vectors in one group."""
-    transformers = pytest.importorskip("transformers")
+    transformers = need("transformers")
     config = transformers.Wav2Vec2Config(
         hidden_size=16,
         num_hidden_layers=1,

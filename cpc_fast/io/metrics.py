@@ -7,8 +7,10 @@ every row it logged; a resumed run appends to the same file.
 from __future__ import annotations
 
 import csv
+import importlib.util
 import math
 import os
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -33,13 +35,13 @@ class MetricsLogger:
             self._csv.writerow(["step", "split", "name", "value"])
             self._fh.flush()
         self._tb = None
-        if tensorboard:
+        if tensorboard and importlib.util.find_spec("tensorboard") is not None:  # the `tb` extra
             try:
-                from torch.utils.tensorboard import SummaryWriter  # the optional `tb` extra
+                from torch.utils.tensorboard import SummaryWriter
 
                 self._tb = SummaryWriter(log_dir=str(self.folder / "tensorboard"))
-            except Exception:  # tensorboard is an optional extra
-                self._tb = None
+            except Exception as exc:  # installed but broken: say so, keep the CSV
+                warnings.warn(f"TensorBoard logging is off: {exc}", stacklevel=2)
 
     def log(self, step: int, split: str, values: Mapping[str, float]) -> None:
         try:
