@@ -9,7 +9,7 @@ a session collects bench/ (``pytest --benchmark``, ``pytest bench``, ``pytest be
 - Rounds: on a CPU, ``--benchmark-min-rounds`` defaults to 3 instead of 5 (a naive InfoNCE
   call takes seconds there); pytest-benchmark's other defaults stay.
 - Order: the suites run training step first (what a short GPU lease must not miss).
-- Summary: at the end of the session, one table per group (bench/report.py) after
+- Summary: at the end of the session, one table per group (bench/readme_tables.py) after
   pytest-benchmark's own (whose columns default to median, IQR and rounds here).
 """
 
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import _harness
 import pytest
-import report
+import readme_tables as report
 import torch
 from pytest_benchmark.utils import get_tag
 

@@ -21,7 +21,7 @@ what it finished; no benchmark case starts within its own time need of the end):
 
 OUT_DIR gets summary.md, benchmarks.json (when a benchmark finished) and gpu-check.tar.gz
 (logs, JUnit XML, nvidia-smi, the saved run under results/). Keep the run with
-``tar -xzf OUT_DIR/gpu-check.tar.gz -C bench results && python bench/report.py --readme``.
+``tar -xzf OUT_DIR/gpu-check.tar.gz -C bench results && python bench/readme_tables.py --readme``.
 Exit: 0 all passed and measured, 1 something failed or was cut, 2 nothing could run.
 
 Through the device tool: ``run(command="bash bench/gpu_check.sh $OUT", carry=[".whl"],
@@ -46,7 +46,7 @@ import time
 from pathlib import Path
 from xml.etree import ElementTree
 
-import report  # bench/report.py: this script runs from bench/, which is on sys.path
+import readme_tables as report  # this script runs from bench/, which is on sys.path
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench"

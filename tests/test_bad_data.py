@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from cli_helpers import one_error_line, run_main
+from cli_runner import one_error_line, run_main
 from emotion_fixtures import overstate_wav_data, small_manifest, write_samples, write_wav
 from optional_deps import need
 

@@ -91,7 +91,7 @@ def _record(provider, median_ms, peak=None, columns=None, group="g", baseline="b
 
 
 def test_report_renders_one_table_per_group_with_ratios_memory_and_gaps(bench_module):
-    report = bench_module("report")
+    report = bench_module("readme_tables")
     records = [
         _record("base", 4.0, peak=1536.0, columns={"GB/s": "1.0"}),
         _record("fast", 1.0, peak=12.25),
@@ -110,7 +110,7 @@ def test_report_renders_one_table_per_group_with_ratios_memory_and_gaps(bench_mo
 
 
 def test_readme_block_is_generated_between_the_markers(bench_module, tmp_path):
-    report = bench_module("report")
+    report = bench_module("readme_tables")
     assert (ROOT / "README.md").read_text().count(report.START) == 1
     run = tmp_path / "run.json"
     run.write_text(json.dumps({"benchmarks": [_record("base", 3.0)], "machine_info": {}}))

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from cli_helpers import run_main
+from cli_runner import run_main
 from typer.testing import CliRunner
 
 from cpc_fast.cli import app

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from cli_helpers import one_error_line, run_main
+from cli_runner import one_error_line, run_main
 from emotion_fixtures import small_manifest, write_wav
 from safetensors.torch import load_file
 from typer.testing import CliRunner
