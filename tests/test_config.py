@@ -20,7 +20,8 @@ from cpc_fast.config.pretrain import DataConfig, PretrainConfig
 from cpc_fast.errors import UserInputError
 
 # The flags of the two configurable commands before their options were built from fields,
-# and those added since (NEW_*: issue 13's launch and divergence options).
+# and those added since (NEW_*: issue 13's launch and divergence options, issue 21's shared
+# output flag).
 PRETRAIN_FLAGS = {
     "--out", "--data", "--format", "--subset", "--gpus", "--preset", "--epochs", "--max-steps",
     "--batch-size", "--lr", "--weight-decay", "--window-seconds", "--crop", "--seed",
@@ -34,7 +35,7 @@ EXPERIMENT_FLAGS = {
     "--validation", "--folds", "--subset", "--test-set", "--skip-bad", "--mini-epochs",
     "--seed", "--data-seed", "--cache-dir", "--gpus", "--quiet", "-q",
 }  # fmt: skip
-NEW_PRETRAIN_FLAGS = {"--cpu-processes", "--skip-nonfinite"}
+NEW_PRETRAIN_FLAGS = {"--cpu-processes", "--skip-nonfinite", "--quiet", "-q"}
 NEW_EXPERIMENT_FLAGS = {"--cpu-processes", "--restart"}
 
 
@@ -52,6 +53,20 @@ def _flags(command: str) -> set[str]:
 )
 def test_commands_keep_their_flags(command: str, flags: set[str]) -> None:
     assert _flags(command) == flags
+
+
+@pytest.mark.parametrize("command", ["pretrain", "experiment", "demo", "visualize"])
+def test_long_running_commands_share_the_quiet_flag(command: str) -> None:
+    assert {"--quiet", "-q", "--out"} <= _flags(command)
+
+
+def test_pretrain_quiet_prints_no_progress(tmp_path) -> None:
+    args = ["pretrain", "--preset", "tiny", "--out", str(tmp_path), "--max-steps", "1",
+            "--valid-every", "1", "--log-every", "1", "--save-every", "1"]  # fmt: skip
+    loud = CliRunner().invoke(app, args)
+    quiet = CliRunner().invoke(app, [*args, "--restart", "-q"])
+    assert loud.exit_code == 0 and quiet.exit_code == 0, loud.output + quiet.output
+    assert loud.output.strip() and not quiet.output.strip()
 
 
 def test_help_shows_the_presets_defaults() -> None:

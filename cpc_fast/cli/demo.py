@@ -10,6 +10,7 @@ import typer
 
 from cpc_fast import demo as pipeline
 from cpc_fast.cli.app import app
+from cpc_fast.cli.options import Quiet
 
 
 @app.command()
@@ -27,7 +28,7 @@ def demo(
     restart: Annotated[
         bool, typer.Option("--restart", help="Delete OUT's earlier demo outputs and start over.")
     ] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
+    quiet: Quiet = False,
 ) -> None:
     """Pre-train a tiny CPC, train Sup/jointCPC/miniCPC/preCPC under cross-validation and draw
     the figures, all on synthetic data on this machine's CPU (5-13 minutes on 2 cores)."""

@@ -13,7 +13,7 @@ import typer
 
 from cpc_fast.cli.app import app
 from cpc_fast.cli.launch import relaunched
-from cpc_fast.cli.options import Overrides, config_options
+from cpc_fast.cli.options import Overrides, Quiet, config_options
 from cpc_fast.config import experiment as presets
 from cpc_fast.config.experiment import ExperimentConfig
 from cpc_fast.emotion.experiment import run_experiment
@@ -40,7 +40,7 @@ def experiment(
             "stays: it is keyed by content).",
         ),
     ] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+    quiet: Quiet = False,
 ) -> None:
     """Train and test the recognizer in the paper's setups; print Table 1 (CCC mean ± std)."""
     config = overrides.apply(presets.preset(preset))

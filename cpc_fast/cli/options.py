@@ -29,6 +29,12 @@ from cpc_fast.errors import UserInputError
 # command name -> {field or argument name: flag}, filled as commands are declared
 FLAGS: dict[str, dict[str, str]] = {}
 
+# The output flag every long-running command shares (pretrain, experiment, demo, predict,
+# visualize): no progress bars and no info lines; warnings and errors still print.
+Quiet = Annotated[
+    bool, typer.Option("--quiet", "-q", help="No progress bars or info lines (errors still print).")
+]
+
 
 class Overrides(dict):
     """The config fields given on the command line: dotted name -> value."""

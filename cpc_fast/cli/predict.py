@@ -9,7 +9,7 @@ import numpy as np
 import typer
 
 from cpc_fast.cli.app import app
-from cpc_fast.cli.options import FLAGS
+from cpc_fast.cli.options import FLAGS, Quiet
 from cpc_fast.data.audio import read_audio
 from cpc_fast.data.corpora import open_emotion_corpus
 from cpc_fast.emotion.model_io import EmotionModel, load_cpc_checked, load_model
@@ -116,7 +116,7 @@ def visualize(
             "--skip-bad", help="Skip (and count) bad label rows and files that fail when read."
         ),
     ] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    quiet: Quiet = False,
 ) -> None:
     """t-SNE of utterance representations coloured by categorical emotion (the paper's Fig. 1)."""
     if (model is None) == (pretrained is None):
