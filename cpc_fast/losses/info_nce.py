@@ -50,6 +50,9 @@ from cpc_fast.losses.negatives import IGNORE_INDEX, philox_negatives, sample_neg
 REDUCTIONS = ("mean", "sum", "none")
 SIMILARITIES = ("dot", "cosine")
 MASK_DUPLICATES = ("none", "index", "value")
+# correct_on_tie's third value: fairseq's accuracy (the positive is the argmax and not also
+# the argmin of the N + 1 logits), which neither False nor True expresses.
+UNLESS_ALL_TIE = "unless_all_tie"
 
 
 def info_nce(
@@ -62,7 +65,7 @@ def info_nce(
     *,
     similarity: str = "dot",
     mask_duplicates: str = "none",
-    correct_on_tie: bool = False,
+    correct_on_tie: bool | str = False,
     backend: str | None = None,
     deterministic: bool = False,
     return_correct: bool = False,
@@ -84,8 +87,14 @@ def info_nce(
     ``return_correct`` also correct (M,) bool. A row is correct when its positive scores
     strictly above every kept negative and no kept negative equals the positive (by index
     or value: a tie); with ``correct_on_tie`` when it scores at or above them (a tie counts,
-    as an argmax that prefers the positive). ``deterministic=True`` makes the fused d_keys
-    independent of thread timing (no atomics; slower, see kernels/README.md).
+    as an argmax that prefers the positive: CPC_audio, SpeechBrain); with
+    ``correct_on_tie="unless_all_tie"`` when it is the argmax and not also the argmin of the
+    N + 1 logits, masked negatives counting at -inf (fairseq's ``Wav2vecCriterion``): a tie
+    counts unless every candidate ties, e.g. a zero query. That rule scores the rows a second
+    time with the negated queries (without gradient; negation is exact in floating point, so
+    "the positive is the argmin" is the kernels' own comparison) and, for the few rows where
+    both hold, checks for masked negatives: a device sync. ``deterministic=True`` makes the
+    fused d_keys independent of thread timing (no atomics; slower, see kernels/README.md).
     ``check_indices=False`` skips the range check (and its device sync) on the fused
     backend: rows with an out-of-range index then get a NaN loss.
     """
@@ -100,7 +109,51 @@ def info_nce(
     check_index("pos_index", pos_index, (M,))
     check_index("neg_index", neg_index, (M, None))
     _check_options(temperature, reduction, similarity, mask_duplicates)
+    _check_tie_rule(correct_on_tie)
+    scoring = {
+        "temperature": temperature,
+        "similarity": similarity,
+        "mask_duplicates": mask_duplicates,
+        "backend": backend,
+    }
+    fairseq_rule = correct_on_tie == UNLESS_ALL_TIE
+    rows, correct = _rows(
+        queries,
+        keys,
+        pos_index,
+        neg_index,
+        correct_on_tie=bool(correct_on_tie),
+        deterministic=deterministic,
+        check_indices=check_indices,
+        **scoring,
+    )
+    if return_correct and fairseq_rule:
+        correct = correct & ~_positive_is_argmin(
+            queries, keys, pos_index, neg_index, correct, scoring
+        )
+    if reduction == "mean":
+        loss = rows.sum() / (pos_index != IGNORE_INDEX).sum().to(rows.dtype)
+    else:
+        loss = rows.sum() if reduction == "sum" else rows
+    return (loss, correct) if return_correct else loss
 
+
+def _rows(
+    queries: torch.Tensor,
+    keys: torch.Tensor,
+    pos_index: torch.Tensor,
+    neg_index: torch.Tensor,
+    *,
+    temperature: float,
+    similarity: str,
+    mask_duplicates: str,
+    correct_on_tie: bool,
+    backend: str | None,
+    deterministic: bool,
+    check_indices: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row loss (M,) and correct (M,) of :func:`info_nce` (after its checks)."""
+    M = queries.shape[0]
     if resolve_backend(backend, queries, keys) == "fused":
         fused = fused_ops()
         options = fused.FusedOptions(
@@ -120,23 +173,54 @@ def info_nce(
             None,
             options,
         )
-        rows, correct = rows.view(M), correct.view(M)
-    else:
-        rows, correct = info_nce_rows_reference(
-            queries,
-            keys,
+        return rows.view(M), correct.view(M)
+    return info_nce_rows_reference(
+        queries,
+        keys,
+        pos_index,
+        neg_index,
+        temperature,
+        similarity=similarity,
+        mask_duplicates=mask_duplicates,
+        correct_on_tie=correct_on_tie,
+    )
+
+
+def _positive_is_argmin(
+    queries: torch.Tensor,
+    keys: torch.Tensor,
+    pos_index: torch.Tensor,
+    neg_index: torch.Tensor,
+    top: torch.Tensor,
+    scoring: dict[str, Any],
+) -> torch.Tensor:
+    """(M,) bool: among the rows ``top`` (the positive's logit at or above every other), those
+    where it is also at or below every other of the N + 1, masked negatives counting at -inf
+    (so a row with one never is): the rows whose candidates all tie."""
+    with torch.no_grad():
+        # Negated queries negate every score exactly: "-s_0 >= every kept -s_j" is
+        # "s_0 <= every kept s_j", decided by the same kernels with the same rounding.
+        _, low = _rows(
+            -queries.detach(),
+            keys.detach(),
             pos_index,
             neg_index,
-            temperature,
-            similarity=similarity,
-            mask_duplicates=mask_duplicates,
-            correct_on_tie=correct_on_tie,
+            correct_on_tie=True,
+            deterministic=False,
+            check_indices=False,  # checked by the first pass
+            **scoring,
         )
-    if reduction == "mean":
-        loss = rows.sum() / (pos_index != IGNORE_INDEX).sum().to(rows.dtype)
-    else:
-        loss = rows.sum() if reduction == "sum" else rows
-    return (loss, correct) if return_correct else loss
+        both = top & low
+        mode = scoring["mask_duplicates"]
+        if mode == "none":
+            return both
+        rows = both.nonzero().squeeze(1)  # a device sync; few rows, usually none
+        neg, pos = neg_index[rows].long(), pos_index[rows].long().unsqueeze(1)
+        if mode == "index":
+            masked = (neg == pos).any(1)
+        else:
+            masked = (keys[neg] == keys[pos]).all(-1).any(1)
+        return both.index_put((rows,), ~masked)
 
 
 def _check_options(temperature: float, reduction: str, similarity: str, mask: str) -> None:
@@ -144,6 +228,13 @@ def _check_options(temperature: float, reduction: str, similarity: str, mask: st
     check_choice("reduction", reduction, REDUCTIONS)
     check_choice("similarity", similarity, SIMILARITIES)
     check_choice("mask_duplicates", mask, MASK_DUPLICATES)
+
+
+def _check_tie_rule(correct_on_tie: bool | str) -> None:
+    if not isinstance(correct_on_tie, bool) and correct_on_tie != UNLESS_ALL_TIE:
+        raise UserInputError(
+            f"`correct_on_tie` must be False, True or {UNLESS_ALL_TIE!r}, got {correct_on_tie!r}"
+        )
 
 
 def _keyword_options(fn, given: dict[str, Any], skip: tuple[str, ...]) -> dict[str, Any]:
@@ -176,6 +267,7 @@ class InfoNCELoss(nn.Module):
             options.get("similarity", "dot"),
             options.get("mask_duplicates", "none"),
         )
+        _check_tie_rule(options.get("correct_on_tie", False))
 
     def forward(
         self,
