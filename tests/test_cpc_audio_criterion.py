@@ -171,3 +171,17 @@ def test_bad_forward_inputs_name_them():
     speakers = cpc_audio.CPCUnsupervisedCriterion(3, 10, 16, 5, speakerEmbedding=2, nSpeakers=3)
     with pytest.raises(UserInputError, match="`label`"):
         speakers(c, z, None)
+
+
+def test_dropout_acts_in_training_only_like_cpc_audio_s():
+    torch.manual_seed(7)
+    plain = cpc_audio.CPCUnsupervisedCriterion(2, 10, 16, 4)
+    dropped = cpc_audio.CPCUnsupervisedCriterion(2, 10, 16, 4, dropout=True)
+    dropped.load_state_dict(plain.state_dict())
+    c, z = _inputs(seed=8)
+
+    def run(criterion):
+        return criterion(c, z, None, generator=torch.Generator().manual_seed(9))[0]
+
+    assert torch.equal(run(dropped.eval()), run(plain))
+    assert not torch.equal(run(dropped.train()), run(plain))

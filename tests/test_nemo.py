@@ -223,3 +223,11 @@ def test_bad_forward_inputs_name_them():
         module(spec, mask, out[:, :, :5])
     with pytest.raises(UserInputError, match="`in_dim` \\* `combine_time_steps`"):
         module(spec, mask, out[:, :3])
+
+
+def test_a_boolean_mask_is_read_like_nemo_s_float_one():
+    module = _module(num_negatives=2)
+    spec, mask, out = _inputs(seed=5)
+    floats = module(spec, mask, out, generator=torch.Generator().manual_seed(6))
+    bools = module(spec, mask.bool(), out, generator=torch.Generator().manual_seed(6))
+    assert torch.equal(floats, bools)

@@ -113,7 +113,8 @@ class ContrastiveLoss(nn.Module):
     masked step for "none" (NeMo's row order), times ``multiplier / B``.
 
     ``backend`` (keyword only, not NeMo's) as for :func:`cpc_fast.info_nce`;
-    ``forward(..., generator=)`` makes the draws reproducible.
+    ``forward(..., generator=)`` makes the draws reproducible. ``decoder_lengths`` is
+    accepted and not read, as in NeMo (padded steps count when their mask is set).
     """
 
     def __init__(
@@ -223,7 +224,7 @@ class ContrastiveLoss(nn.Module):
     def _targets(self, spectrograms: Tensor, spec_masks: Tensor, steps: int):
         """(B, C, T) -> projected targets (B, T', proj_dim) and the masked steps (B, T')."""
         targets = spectrograms.transpose(-2, -1)  # (B, T, C)
-        masks = spec_masks.transpose(-2, -1)
+        masks = spec_masks.transpose(-2, -1).float()  # NeMo's are float; bool works too
         T = targets.shape[1]
         pad = math.ceil(T / steps) * steps - T  # NeMo pads the time axis to a multiple of T'
         if pad > 0:
@@ -238,7 +239,7 @@ class ContrastiveLoss(nn.Module):
                 f"{spectrograms.shape[1]} channels, but `in_dim` * `combine_time_steps` = "
                 f"{self.target_proj.in_features}"
             )
-        return self.target_proj(targets), masks.float().mean(-1) > self.mask_threshold
+        return self.target_proj(targets), masks.mean(-1) > self.mask_threshold
 
 
 def _time_major(step_mask: Tensor) -> Tensor:

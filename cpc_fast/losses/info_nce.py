@@ -93,7 +93,8 @@ def info_nce(
     counts unless every candidate ties, e.g. a zero query. That rule scores the rows a second
     time with the negated queries (without gradient; negation is exact in floating point, so
     "the positive is the argmin" is the kernels' own comparison) and, for the few rows where
-    both hold, checks for masked negatives: a device sync. ``deterministic=True`` makes the
+    both hold, checks for masked negatives: a device sync (and a graph break under
+    ``torch.compile``) that the other rules do not have. ``deterministic=True`` makes the
     fused d_keys independent of thread timing (no atomics; slower, see kernels/README.md).
     ``check_indices=False`` skips the range check (and its device sync) on the fused
     backend: rows with an out-of-range index then get a NaN loss.
