@@ -111,50 +111,29 @@ def info_nce(
     check_index("neg_index", neg_index, (M, None))
     _check_options(temperature, reduction, similarity, mask_duplicates)
     _check_tie_rule(correct_on_tie)
-    scoring = {
-        "temperature": temperature,
-        "similarity": similarity,
-        "mask_duplicates": mask_duplicates,
-        "backend": backend,
-    }
-    fairseq_rule = correct_on_tie == UNLESS_ALL_TIE
-    rows, correct = _rows(
-        queries,
-        keys,
-        pos_index,
-        neg_index,
-        correct_on_tie=bool(correct_on_tie),
-        deterministic=deterministic,
-        check_indices=check_indices,
-        **scoring,
-    )
-    if return_correct and fairseq_rule:
-        correct = correct & ~_positive_is_argmin(
-            queries, keys, pos_index, neg_index, correct, scoring
+    if correct_on_tie == UNLESS_ALL_TIE:
+        scoring = {
+            "temperature": temperature,
+            "similarity": similarity,
+            "mask_duplicates": mask_duplicates,
+            "backend": backend,
+        }
+        loss, top = info_nce(
+            queries,
+            keys,
+            pos_index,
+            neg_index,
+            reduction=reduction,
+            correct_on_tie=True,
+            deterministic=deterministic,
+            return_correct=True,
+            check_indices=check_indices,
+            **scoring,
         )
-    if reduction == "mean":
-        loss = rows.sum() / (pos_index != IGNORE_INDEX).sum().to(rows.dtype)
-    else:
-        loss = rows.sum() if reduction == "sum" else rows
-    return (loss, correct) if return_correct else loss
+        if not return_correct:
+            return loss
+        return loss, top & ~_positive_is_argmin(queries, keys, pos_index, neg_index, top, scoring)
 
-
-def _rows(
-    queries: torch.Tensor,
-    keys: torch.Tensor,
-    pos_index: torch.Tensor,
-    neg_index: torch.Tensor,
-    *,
-    temperature: float,
-    similarity: str,
-    mask_duplicates: str,
-    correct_on_tie: bool,
-    backend: str | None,
-    deterministic: bool,
-    check_indices: bool,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-row loss (M,) and correct (M,) of :func:`info_nce` (after its checks)."""
-    M = queries.shape[0]
     if resolve_backend(backend, queries, keys) == "fused":
         fused = fused_ops()
         options = fused.FusedOptions(
@@ -174,17 +153,23 @@ def _rows(
             None,
             options,
         )
-        return rows.view(M), correct.view(M)
-    return info_nce_rows_reference(
-        queries,
-        keys,
-        pos_index,
-        neg_index,
-        temperature,
-        similarity=similarity,
-        mask_duplicates=mask_duplicates,
-        correct_on_tie=correct_on_tie,
-    )
+        rows, correct = rows.view(M), correct.view(M)
+    else:
+        rows, correct = info_nce_rows_reference(
+            queries,
+            keys,
+            pos_index,
+            neg_index,
+            temperature,
+            similarity=similarity,
+            mask_duplicates=mask_duplicates,
+            correct_on_tie=correct_on_tie,
+        )
+    if reduction == "mean":
+        loss = rows.sum() / (pos_index != IGNORE_INDEX).sum().to(rows.dtype)
+    else:
+        loss = rows.sum() if reduction == "sum" else rows
+    return (loss, correct) if return_correct else loss
 
 
 def _positive_is_argmin(
@@ -201,13 +186,14 @@ def _positive_is_argmin(
     with torch.no_grad():
         # Negated queries negate every score exactly: "-s_0 >= every kept -s_j" is
         # "s_0 <= every kept s_j", decided by the same kernels with the same rounding.
-        _, low = _rows(
+        _, low = info_nce(
             -queries.detach(),
             keys.detach(),
             pos_index,
             neg_index,
+            reduction="none",
             correct_on_tie=True,
-            deterministic=False,
+            return_correct=True,
             check_indices=False,  # checked by the first pass
             **scoring,
         )
@@ -224,18 +210,18 @@ def _positive_is_argmin(
         return both.index_put((rows,), ~masked)
 
 
-def _check_options(temperature: float, reduction: str, similarity: str, mask: str) -> None:
-    check_temperature(temperature)
-    check_choice("reduction", reduction, REDUCTIONS)
-    check_choice("similarity", similarity, SIMILARITIES)
-    check_choice("mask_duplicates", mask, MASK_DUPLICATES)
-
-
 def _check_tie_rule(correct_on_tie: bool | str) -> None:
     if not isinstance(correct_on_tie, bool) and correct_on_tie != UNLESS_ALL_TIE:
         raise UserInputError(
             f"`correct_on_tie` must be False, True or {UNLESS_ALL_TIE!r}, got {correct_on_tie!r}"
         )
+
+
+def _check_options(temperature: float, reduction: str, similarity: str, mask: str) -> None:
+    check_temperature(temperature)
+    check_choice("reduction", reduction, REDUCTIONS)
+    check_choice("similarity", similarity, SIMILARITIES)
+    check_choice("mask_duplicates", mask, MASK_DUPLICATES)
 
 
 def _keyword_options(fn, given: dict[str, Any], skip: tuple[str, ...]) -> dict[str, Any]:
