@@ -70,6 +70,7 @@ def test_losses_and_accuracies_match_cpc_audio_s_formula(backend, options):
     torch.manual_seed(0)
     K, N = 4, 9
     criterion = cpc_audio.CPCUnsupersivedCriterion(K, 10, 16, N, backend=backend, **options)
+    criterion = criterion.to(DEVICE)
     c, z = _inputs()
     B, S, _ = z.shape
     label = torch.tensor([0, 4, 2])

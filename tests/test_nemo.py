@@ -80,14 +80,18 @@ def _module(**kwargs):
     return nemo.ContrastiveLoss(in_dim=4, proj_dim=8, combine_time_steps=4, **kwargs)
 
 
-def _draws(loss_module, mask, seed):
-    steps_mask = loss_module._targets(torch.zeros_like(mask), mask, 6)[1]
+def _draws(loss_module, mask, seed, steps=6, device=DEVICE):
+    """The (M, N) draws the module makes with a generator seeded ``seed``: the same sampler
+    on the same masked steps (NeMo's rule, computed here: folded mask mean > threshold)."""
+    B, C, T = mask.shape
+    folded = F.pad(mask.transpose(1, 2), (0, 0, 0, math.ceil(T / steps) * steps - T))
+    step_mask = folded.reshape(B, steps, -1).mean(-1) > loss_module.mask_threshold
     return nemo.sample_negative_indices(
-        steps_mask.to(DEVICE),
+        step_mask.to(device),
         loss_module.num_negatives,
         same_utterance=loss_module.sample_from_same_utterance_only,
         from_unmasked=loss_module.sample_from_non_masked,
-        generator=torch.Generator(DEVICE).manual_seed(seed),
+        generator=torch.Generator(device).manual_seed(seed),
     ).cpu()
 
 
@@ -132,7 +136,13 @@ def test_unequal_masked_counts_work_for_sums_and_say_why_not_for_rows():
     spec, mask, out = _inputs(equal_counts=False)
     loss = module(spec, mask, out, generator=torch.Generator().manual_seed(3))
     want = _nemo_loss(
-        module, spec, mask, out, _draws(module, mask, 3), reduce="sum", same_utterance=True
+        module,
+        spec,
+        mask,
+        out,
+        _draws(module, mask, 3, device="cpu"),
+        reduce="sum",
+        same_utterance=True,
     )
     torch.testing.assert_close(loss.double(), want, rtol=1e-5, atol=1e-6)
     with pytest.raises(UserInputError, match="same number of masked steps"):
