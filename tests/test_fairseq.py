@@ -220,3 +220,22 @@ def test_bad_sampler_arguments_name_them(kwargs, match):
 def test_bad_loss_arguments_name_them(change, match):
     with pytest.raises(UserInputError, match=match):
         fairseq.contrastive_loss(*change(*_inputs()))
+
+
+def test_values_sampler_is_the_index_sampler_gathered():
+    y = torch.randn(2, 6, 3)
+    negs, idx = fairseq.sample_negatives(
+        y,
+        6,
+        2,
+        num_negatives=4,
+        cross_sample_negatives=1,
+        generator=torch.Generator().manual_seed(8),
+    )
+    want = fairseq.sample_negative_indices(
+        2, 6, 4, 1, padding_count=2, generator=torch.Generator().manual_seed(8)
+    )
+    assert negs.shape == (5, 2, 6, 3) and torch.equal(idx, want.view(2, -1))
+    assert torch.equal(negs, _values(y, want))
+    with pytest.raises(UserInputError, match="`num` must be y's T=6"):
+        fairseq.sample_negatives(y, 5)

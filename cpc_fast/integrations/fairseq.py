@@ -19,6 +19,8 @@ device::
     out = contrastive_loss(x, y, neg)  # x = final_proj(x[mask]), y: targets, (B, T, C)
     out.loss.backward()  # as Wav2vecCriterion's loss (add its extra losses yourself)
 
+:func:`sample_negatives` is the same draw as values, with the model method's signature.
+
 The one signature that cannot match: fairseq hands the criterion a model, whose
 ``compute_preds`` already gathered the negatives. :func:`contrastive_loss` takes the
 model's ``x``, ``y`` and negatives instead, as values (N, B, T, C) (what
@@ -107,6 +109,38 @@ def sample_negative_indices(
         rank += (rank >= self_rank) & own.view(1, T, 1).bool()
         draws.append(rank // valid * T + rank % valid)
     return torch.cat(draws, 2)
+
+
+def sample_negatives(
+    y: Tensor,
+    num: int,
+    padding_count: int | None = None,
+    *,
+    num_negatives: int = 100,
+    cross_sample_negatives: int = 0,
+    generator: torch.Generator | None = None,
+) -> tuple[Tensor, Tensor]:
+    """``Wav2Vec2Model.sample_negatives(y, num, padding_count)`` with the model's two
+    settings as keywords: y (B, T, C) -> (negatives (N, B, T, C) values, indices (B, T·N)
+    flat into B·T), N = num_negatives + cross_sample_negatives, drawn as
+    :func:`sample_negative_indices` on y's device. ``num`` must be T (the model passes
+    ``y.size(1)``)."""
+    if not isinstance(y, Tensor) or y.dim() != 3:
+        raise UserInputError("`y` must be a (B, T, C) tensor")
+    B, T, C = y.shape
+    if num != T:
+        raise UserInputError(f"`num` must be y's T={T} (one row per frame of y), got {num}")
+    index = sample_negative_indices(
+        B,
+        T,
+        num_negatives,
+        cross_sample_negatives,
+        padding_count=padding_count or 0,
+        device=y.device,
+        generator=generator,
+    )
+    values = y.reshape(B * T, C)[index.view(-1)].view(B, T, -1, C).permute(2, 0, 1, 3)
+    return values, index.view(B, -1)
 
 
 def contrastive_loss(
