@@ -33,6 +33,7 @@ SUITE_ORDER = (
     "bench_info_nce",
     "bench_wav2vec2",
     "bench_cpc_audio",
+    "bench_toolkits",
     "bench_joint_step",
     "bench_batching",
 )

@@ -50,6 +50,9 @@ from cpc_fast.losses.negatives import IGNORE_INDEX, philox_negatives, sample_neg
 REDUCTIONS = ("mean", "sum", "none")
 SIMILARITIES = ("dot", "cosine")
 MASK_DUPLICATES = ("none", "index", "value")
+# correct_on_tie's third value: fairseq's accuracy (the positive is the argmax and not also
+# the argmin of the N + 1 logits), which neither False nor True expresses.
+UNLESS_ALL_TIE = "unless_all_tie"
 
 
 def info_nce(
@@ -62,7 +65,7 @@ def info_nce(
     *,
     similarity: str = "dot",
     mask_duplicates: str = "none",
-    correct_on_tie: bool = False,
+    correct_on_tie: bool | str = False,
     backend: str | None = None,
     deterministic: bool = False,
     return_correct: bool = False,
@@ -84,8 +87,15 @@ def info_nce(
     ``return_correct`` also correct (M,) bool. A row is correct when its positive scores
     strictly above every kept negative and no kept negative equals the positive (by index
     or value: a tie); with ``correct_on_tie`` when it scores at or above them (a tie counts,
-    as an argmax that prefers the positive). ``deterministic=True`` makes the fused d_keys
-    independent of thread timing (no atomics; slower, see kernels/README.md).
+    as an argmax that prefers the positive: CPC_audio, SpeechBrain); with
+    ``correct_on_tie="unless_all_tie"`` when it is the argmax and not also the argmin of the
+    N + 1 logits, masked negatives counting at -inf (fairseq's ``Wav2vecCriterion``): a tie
+    counts unless every candidate ties, e.g. a zero query. That rule scores the rows a second
+    time with the negated queries (without gradient; negation is exact in floating point, so
+    "the positive is the argmin" is the kernels' own comparison) and, for the few rows where
+    both hold, checks for masked negatives: a device sync (and a graph break under
+    ``torch.compile``) that the other rules do not have. ``deterministic=True`` makes the
+    fused d_keys independent of thread timing (no atomics; slower, see kernels/README.md).
     ``check_indices=False`` skips the range check (and its device sync) on the fused
     backend: rows with an out-of-range index then get a NaN loss.
     """
@@ -100,6 +110,29 @@ def info_nce(
     check_index("pos_index", pos_index, (M,))
     check_index("neg_index", neg_index, (M, None))
     _check_options(temperature, reduction, similarity, mask_duplicates)
+    _check_tie_rule(correct_on_tie)
+    if correct_on_tie == UNLESS_ALL_TIE:
+        scoring = {
+            "temperature": temperature,
+            "similarity": similarity,
+            "mask_duplicates": mask_duplicates,
+            "backend": backend,
+        }
+        loss, top = info_nce(
+            queries,
+            keys,
+            pos_index,
+            neg_index,
+            reduction=reduction,
+            correct_on_tie=True,
+            deterministic=deterministic,
+            return_correct=True,
+            check_indices=check_indices,
+            **scoring,
+        )
+        if not return_correct:
+            return loss
+        return loss, top & ~_positive_is_argmin(queries, keys, pos_index, neg_index, top, scoring)
 
     if resolve_backend(backend, queries, keys) == "fused":
         fused = fused_ops()
@@ -139,6 +172,51 @@ def info_nce(
     return (loss, correct) if return_correct else loss
 
 
+def _positive_is_argmin(
+    queries: torch.Tensor,
+    keys: torch.Tensor,
+    pos_index: torch.Tensor,
+    neg_index: torch.Tensor,
+    top: torch.Tensor,
+    scoring: dict[str, Any],
+) -> torch.Tensor:
+    """(M,) bool: among the rows ``top`` (the positive's logit at or above every other), those
+    where it is also at or below every other of the N + 1, masked negatives counting at -inf
+    (so a row with one never is): the rows whose candidates all tie."""
+    with torch.no_grad():
+        # Negated queries negate every score exactly: "-s_0 >= every kept -s_j" is
+        # "s_0 <= every kept s_j", decided by the same kernels with the same rounding.
+        _, low = info_nce(
+            -queries.detach(),
+            keys.detach(),
+            pos_index,
+            neg_index,
+            reduction="none",
+            correct_on_tie=True,
+            return_correct=True,
+            check_indices=False,  # checked by the first pass
+            **scoring,
+        )
+        both = top & low
+        mode = scoring["mask_duplicates"]
+        if mode == "none":
+            return both
+        rows = both.nonzero().squeeze(1)  # a device sync; few rows, usually none
+        neg, pos = neg_index[rows].long(), pos_index[rows].long().unsqueeze(1)
+        if mode == "index":
+            masked = (neg == pos).any(1)
+        else:
+            masked = (keys[neg] == keys[pos]).all(-1).any(1)
+        return both.index_put((rows,), ~masked)
+
+
+def _check_tie_rule(correct_on_tie: bool | str) -> None:
+    if not isinstance(correct_on_tie, bool) and correct_on_tie != UNLESS_ALL_TIE:
+        raise UserInputError(
+            f"`correct_on_tie` must be False, True or {UNLESS_ALL_TIE!r}, got {correct_on_tie!r}"
+        )
+
+
 def _check_options(temperature: float, reduction: str, similarity: str, mask: str) -> None:
     check_temperature(temperature)
     check_choice("reduction", reduction, REDUCTIONS)
@@ -176,6 +254,7 @@ class InfoNCELoss(nn.Module):
             options.get("similarity", "dot"),
             options.get("mask_duplicates", "none"),
         )
+        _check_tie_rule(options.get("correct_on_tie", False))
 
     def forward(
         self,
