@@ -4,6 +4,7 @@ one is an error everywhere; and CI fails a run in which no Hugging Face parity t
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -40,11 +41,39 @@ def test_a_missing_extra_skips_unless_every_extra_is_required(tmp_path, require,
     assert "No module named 'cpc_fast_no_such_dependency'" in out
 
 
-def test_a_required_run_without_a_hugging_face_parity_test_fails():
-    cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q",
-           str(TESTS / "test_ccc.py")]  # fmt: skip
+def _whole_run(tmp_path: Path, test_code: str, *args: str) -> subprocess.CompletedProcess:
+    """``pytest`` (no paths) in a project laid out as this one, with this suite's conftest."""
+    (tmp_path / "tests").mkdir()
+    (tmp_path / "pyproject.toml").write_text(
+        '[tool.pytest.ini_options]\ntestpaths = ["tests"]\nmarkers = ["huggingface: parity"]\n'
+    )
+    for name in ("conftest.py", "optional_deps.py"):
+        shutil.copy(TESTS / name, tmp_path / "tests" / name)
+    (tmp_path / "tests" / "test_some.py").write_text(test_code)
     env = {**os.environ, "CPC_FAST_REQUIRE_EXTRAS": "1"}
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args]
+    return subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+
+
+PLAIN = "def test_plain():\n    pass\n"
+PARITY = "import pytest\n@pytest.mark.huggingface\ndef test_parity():\n    pass\n"
+
+
+def test_a_whole_required_run_without_a_hugging_face_parity_test_fails(tmp_path):
+    done = _whole_run(tmp_path, PLAIN)
     assert done.returncode == pytest.ExitCode.TESTS_FAILED, done.stdout
     assert "Hugging Face parity tests passed: 0 (CPC_FAST_REQUIRE_EXTRAS=1" in done.stdout
-    assert " passed" in done.stdout and "failed" not in done.stdout.splitlines()[-1]
+    assert "1 passed" in done.stdout.splitlines()[-1]
+
+
+def test_a_whole_required_run_counts_its_parity_tests(tmp_path):
+    done = _whole_run(tmp_path, PLAIN + PARITY)
+    assert done.returncode == pytest.ExitCode.OK, done.stdout
+    assert "Hugging Face parity tests passed: 1" in done.stdout
+
+
+@pytest.mark.parametrize("selection", [["tests/test_some.py"], ["-k", "plain"]])
+def test_a_selection_of_tests_is_not_held_to_it(tmp_path, selection):
+    done = _whole_run(tmp_path, PLAIN, *selection)
+    assert done.returncode == pytest.ExitCode.OK, done.stdout
+    assert "Hugging Face parity" not in done.stdout
