@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cpc_fast.data.audio import audio_info, read_audio
+from cpc_fast.data.audio import Conversions, audio_info, read_audio
 from cpc_fast.errors import UserInputError
 
 DIMENSIONS = ("activation", "valence", "dominance")
@@ -92,9 +92,13 @@ class BadRows:
         return list(self.problems)
 
 
-def check_audio(path: Path, source: str, bad: BadRows) -> bool:
-    """True when ``path`` is a readable 16 kHz mono file of at least one 10 ms frame;
-    otherwise records why (from the header only: nothing is decoded)."""
+def check_audio(
+    path: Path, source: str, bad: BadRows, conversions: Conversions | None = None
+) -> bool:
+    """True when ``path`` is a readable audio file of at least one 10 ms frame at 16 kHz;
+    otherwise records why (from the header only: nothing is decoded). A usable file at
+    another rate or with several channels (converted when read) is counted in
+    ``conversions``."""
     if not path.is_file():
         bad.add(source, f"audio file {path} does not exist")
         return False
@@ -103,16 +107,12 @@ def check_audio(path: Path, source: str, bad: BadRows) -> bool:
     except UserInputError as exc:  # AudioReadError names the file
         bad.add(source, f"unreadable audio: {exc}")
         return False
-    if info.sample_rate != SAMPLE_RATE or info.channels != 1:
-        bad.add(
-            source,
-            f"{path} is {info.sample_rate} Hz with {info.channels} channel(s); "
-            f"expected {SAMPLE_RATE} Hz mono",
-        )
+    samples = info.samples_at(SAMPLE_RATE)
+    if samples < MIN_SAMPLES:
+        bad.add(source, f"{path} has {samples} samples at 16 kHz, less than one 10 ms frame")
         return False
-    if info.frames < MIN_SAMPLES:
-        bad.add(source, f"{path} has {info.frames} samples, less than one 10 ms frame")
-        return False
+    if conversions is not None:
+        conversions.add(info)
     return True
 
 
@@ -142,6 +142,7 @@ class EmotionCorpus:
         label_range: tuple[float, float] | None = None,
         skipped: Sequence[str] = (),
         description: str = "",
+        conversions: Conversions | None = None,
     ) -> None:
         if protocol not in ("sessions", "splits"):
             raise ValueError(f"unknown protocol {protocol!r}")
@@ -153,13 +154,16 @@ class EmotionCorpus:
         self.label_range = label_range
         self.skipped = list(skipped)
         self.description = description
+        # what reading converts (resampling, down-mixing), reported once by the commands
+        self.conversions = conversions
         self._stats: list[os.stat_result | None] | None = None
 
     def __len__(self) -> int:
         return len(self.records)
 
     def wave(self, index: int) -> np.ndarray:
-        """The (n,) float32 16 kHz waveform of record ``index``."""
+        """The (n,) float32 16 kHz mono waveform of record ``index`` (converted when the file
+        is not)."""
         path = self.records[index].path
         if path is None:
             raise ValueError(f"{self.name}: record {index} has no audio file")
@@ -195,7 +199,7 @@ class EmotionCorpus:
         for i in files if progress is None else progress(files):
             try:
                 samples = self.wave(i).shape[0]
-            except UserInputError as exc:  # AudioReadError and AudioFormatError name the file
+            except UserInputError as exc:  # AudioReadError names the file
                 bad.append((i, str(exc)))
                 continue
             if samples < MIN_SAMPLES:

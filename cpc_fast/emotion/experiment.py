@@ -34,6 +34,7 @@ Launch: ``--gpus N`` (N > 1) or ``--cpu-processes N`` re-runs the command as N p
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -134,6 +135,9 @@ class _Runner:
         self.out = Path(config.out)
         self.cache_dir = Path(config.cache_dir) if config.cache_dir else self.out / "cache"
         self.corpus = open_corpus(config)
+        converted = self.corpus.conversions and self.corpus.conversions.summary()
+        if converted and self.progress:  # once per run, never per file
+            tqdm.write(converted, file=sys.stderr)
         # Every file decoded once before any fold is made: one that fails when read is
         # listed (or skipped and counted with `skip_bad`) now, not hours in.
         bad = on_main_then_broadcast(env, self._unreadable)

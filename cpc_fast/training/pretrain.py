@@ -392,6 +392,9 @@ def _announce(run: _Run, state: Progress, total: int, resume: bool) -> None:
     skipped = getattr(run.train_set, "skipped", [])
     if skipped:
         run.console.info(f"{len(skipped)} files were skipped while indexing")
+    conversions = getattr(run.train_set, "conversions", None)
+    if conversions is not None and conversions.summary():
+        run.console.info(conversions.summary())
 
 
 def _summarise(run: _Run, state: Progress) -> None:
