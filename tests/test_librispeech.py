@@ -135,7 +135,7 @@ def test_index_skips_bad_files_with_one_warning_each(corpus) -> None:
 
 
 def test_strict_stops_at_the_first_bad_file(corpus) -> None:
-    with pytest.raises(UserInputError, match=r"26-495-0010\.flac: too short: 120 samples at 16000 Hz"):
+    with pytest.raises(UserInputError, match=r"26-495-0010\.flac: too short: 120 samples"):
         load_librispeech(corpus, strict=True)
 
 

@@ -34,9 +34,7 @@ def _warn(message: str) -> None:
     typer.echo(f"warning: {message}", err=True)
 
 
-def _predict_file(
-    model: EmotionModel, path: Path, conversions: Conversions
-) -> dict[str, float]:
+def _predict_file(model: EmotionModel, path: Path, conversions: Conversions) -> dict[str, float]:
     """The three predictions for one file (converted to the model's rate and mono, counted
     in ``conversions``); a :class:`UserInputError` naming it when its audio fails or the
     prediction is not finite."""
