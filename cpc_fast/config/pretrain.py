@@ -198,6 +198,21 @@ class PretrainConfig(Config):
         resumable=True,
         help="Stop at the first bad audio file instead of skipping it.",
     )
+    cache: bool = setting(
+        True,
+        flag="--cache/--no-cache",
+        resumable=True,
+        help="Decode the corpus once into a prepared cache (16 kHz mono, memory-mapped shards) "
+        "and train from it; --no-cache decodes every file in every epoch.",
+    )
+    cache_dir: str | None = setting(
+        None,
+        flag=True,
+        resumable=True,
+        metavar="PATH",
+        help="Where prepared corpora are kept, one folder per corpus (keyed by its fingerprint).",
+        default_text="$CPC_FAST_CACHE or ~/.cache/cpc-fast/prepared",
+    )
     skip_nonfinite: int = setting(
         0,
         flag=True,
