@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from cli_helpers import run_main
+from cli_helpers import DecoderCalls, run_main
 
 from cpc_fast.data.speech_synth import synthesize, voice_for_speaker
 
@@ -61,7 +61,7 @@ def test_pretrain_on_a_folder_of_mixed_rates_channels_and_formats(tmp_path, caps
     assert summary["skipped_files_reading"] == 0
 
 
-def test_experiment_on_a_manifest_mixing_rates(tmp_path, capsys) -> None:
+def test_experiment_on_a_manifest_mixing_rates(tmp_path, capsys, monkeypatch) -> None:
     data = tmp_path / "data"
     paths = write_mixed_folder(data, seconds=0.5)
     for i in range(5):  # more 16 kHz utterances, so that each split has a few
@@ -74,9 +74,17 @@ def test_experiment_on_a_manifest_mixing_rates(tmp_path, capsys) -> None:
     (data / "manifest.csv").write_text("\n".join(rows) + "\n")
     args = ["experiment", "--dataset", "manifest", "--root", str(data / "manifest.csv")]
     args += ["--preset", "tiny", "--setups", "sup", "--runs", "1", "--epochs", "1"]
+    args += ["--cache-dir", str(tmp_path / "cache")]
+    calls = DecoderCalls(monkeypatch)
     code, out, err = run_main([*args, "--out", str(tmp_path / "exp")], capsys)
     assert code == 0, err
     assert err.count("converted to 16000 Hz mono") == 1
     assert CONVERTED.replace("6 of 7", "6 of 12") in err
     predictions = (tmp_path / "exp" / "sup" / "official" / "run1" / "predictions.csv").read_text()
     assert predictions.count("\n") == 1 + sum(1 for r in rows[1:] if ",test," in r)
+    # its decoding pass prepared the corpus once: another experiment on it decodes nothing
+    assert calls.count == 12 and "prepared 12 files" in err
+    calls.count = 0
+    code, out, err = run_main([*args, "--out", str(tmp_path / "again")], capsys)
+    assert code == 0, err
+    assert calls.count == 0 and "nothing to decode" in err

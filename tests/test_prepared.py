@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from cli_helpers import run_main
+from cli_helpers import DecoderCalls, run_main
 
 from cpc_fast.data import prepared as prepared_module
 from cpc_fast.data.audio import AudioReadError, read_audio
@@ -51,23 +51,9 @@ def _corpus(folder: Path, count: int = 9, seconds: float = 0.25) -> Path:
     return folder
 
 
-class _DecoderCalls:
-    """Counts soundfile decodes (``SoundFile.read``) in this process."""
-
-    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.count = 0
-        real = sf.SoundFile.read
-
-        def counting(sound_file, *args, **kwargs):
-            self.count += 1
-            return real(sound_file, *args, **kwargs)
-
-        monkeypatch.setattr(sf.SoundFile, "read", counting)
-
-
 def test_prepared_items_are_the_decoded_samples(tmp_path, monkeypatch) -> None:
     train, _ = load_folder(_corpus(tmp_path / "audio"), valid_fraction=0.0)
-    calls = _DecoderCalls(monkeypatch)
+    calls = DecoderCalls(monkeypatch)
     prepared = prepare_corpus(train, tmp_path / "cache", progress=False)
     assert prepared.decoded == len(train) == calls.count == 10
     assert prepared.fingerprint() == train.fingerprint() and prepared.items == train.items
@@ -229,7 +215,7 @@ def test_pretrain_killed_while_preparing_resumes_and_a_second_run_decodes_nothin
     assert (folder / "shard-00000.f32").stat().st_ino == first_shard  # kept, not rebuilt
     assert (folder / MARKER).is_file()
     # a second run on the same data, in this process: not one file decoded
-    calls = _DecoderCalls(monkeypatch)
+    calls = DecoderCalls(monkeypatch)
     code, out, err = run_main([*args, "--out", str(tmp_path / "second")], capsys)
     assert code == 0, err
     assert calls.count == 0 and "nothing to decode" in out

@@ -30,6 +30,8 @@ from pathlib import Path
 import numpy as np
 
 from cpc_fast.data.audio import Conversions, audio_info, read_audio
+from cpc_fast.data.file_index import AudioFileDataset, AudioItem
+from cpc_fast.data.prepared import PreparedCorpus, prepare_corpus
 from cpc_fast.errors import UserInputError
 
 DIMENSIONS = ("activation", "valence", "dominance")
@@ -156,6 +158,8 @@ class EmotionCorpus:
         self.description = description
         # what reading converts (resampling, down-mixing), reported once by the commands
         self.conversions = conversions
+        # the prepared cache wave() reads from once prepare() ran: (corpus, path -> its item)
+        self._prepared: tuple[PreparedCorpus, dict[str, int]] | None = None
         self._stats: list[os.stat_result | None] | None = None
 
     def __len__(self) -> int:
@@ -167,6 +171,12 @@ class EmotionCorpus:
         path = self.records[index].path
         if path is None:
             raise ValueError(f"{self.name}: record {index} has no audio file")
+        if self._prepared is not None and str(path) in self._prepared[1]:
+            prepared, positions = self._prepared
+            wave = prepared[positions[str(path)]]
+            if wave.dtype == np.int16:  # the float32 read_audio gives: int16 / 32768, exact
+                return np.multiply(wave, np.float32(1 / 32768), dtype=np.float32)
+            return np.array(wave)  # a writable copy of the memory-mapped samples
         return read_audio(path, sample_rate=SAMPLE_RATE)
 
     def labels(self, indices: Iterable[int] | None = None) -> np.ndarray:
@@ -199,6 +209,44 @@ class EmotionCorpus:
         for i in files if progress is None else progress(files):
             try:
                 samples = self.wave(i).shape[0]
+            except UserInputError as exc:  # AudioReadError names the file
+                bad.append((i, str(exc)))
+                continue
+            if samples < MIN_SAMPLES:
+                bad.append((i, f"{self.records[i].path}: {samples} samples, less than one frame"))
+        return bad
+
+    def prepare(
+        self,
+        root: str | os.PathLike | None,
+        *,
+        workers: int = 0,
+        progress: bool = False,
+        info: Callable[[str], None] | None = None,
+    ) -> list[tuple[int, str]]:
+        """Decodes every audio file once into the prepared cache under ``root``
+        (:func:`~cpc_fast.data.prepared.prepare_corpus`; a complete one is reused, decoding
+        nothing), after which :meth:`wave` reads from it. Returns what :meth:`unreadable`
+        returns: ``(index, why)`` of each file that fails."""
+        files = [i for i, r in enumerate(self.records) if r.path is not None]
+        if not files:
+            return []
+        items = [
+            AudioItem(str(self.records[i].path), self.records[i].utt_id, self.records[i].speaker, 0)
+            for i in files
+        ]
+        prepared = prepare_corpus(
+            AudioFileDataset(items, sample_rate=SAMPLE_RATE, description=self.description),
+            root,
+            workers=workers,
+            progress=progress,
+            info=info,
+        )
+        self._prepared = (prepared, {item.path: k for k, item in enumerate(items)})
+        bad = []
+        for k, i in enumerate(files):
+            try:
+                samples = prepared[k].shape[0]
             except UserInputError as exc:  # AudioReadError names the file
                 bad.append((i, str(exc)))
                 continue
