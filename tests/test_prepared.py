@@ -19,12 +19,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 from cli_helpers import DecoderCalls, run_main
 
 from cpc_fast.data import prepared as prepared_module
 from cpc_fast.data.audio import AudioReadError, read_audio
 from cpc_fast.data.corpora.folder import load_folder
 from cpc_fast.data.prepared import MARKER, prepare_corpus
+from cpc_fast.data.windows import WindowCollate, WindowDataset
 from cpc_fast.errors import UserInputError
 from cpc_fast.io.lock import FolderLock
 
@@ -225,3 +227,25 @@ def test_pretrain_killed_while_preparing_resumes_and_a_second_run_decodes_nothin
     code, out, err = run_main([*args, "--no-cache", "--out", str(tmp_path / "third")], capsys)
     assert code == 0, err
     assert calls.count > 0
+
+
+@pytest.mark.parametrize("normalize", [False, True])
+def test_cached_windows_are_the_batches_read_from_the_files(tmp_path, normalize) -> None:
+    """Cropped and repeat-padded from the memory-mapped shards (views, nothing copied in
+    Python), the batches are the bits of the on-the-fly path (--no-cache)."""
+    train, _ = load_folder(_corpus(tmp_path / "audio", count=12, seconds=0.5), valid_fraction=0)
+    prepared = prepare_corpus(train, tmp_path / "cache", progress=False)
+    window = 6000  # shorter than the 0.5-s utterances (8000 samples) and than nan.wav
+    collate = WindowCollate(window, normalize=normalize)
+    cached = WindowDataset(prepared, window, crop="random", seed=3)
+    direct = WindowDataset(train, window, crop="random", seed=3)
+    for epoch in range(3):
+        cached.set_epoch(epoch)
+        direct.set_epoch(epoch)
+        items = [cached[i] for i in range(len(cached))]
+        got, expected = collate(items), collate([direct[i] for i in range(len(direct))])
+        assert got["skipped"] == expected["skipped"] and len(got["skipped"]) == 1  # nan.wav
+        torch.testing.assert_close(got["wave"], expected["wave"], rtol=0, atol=0)
+        for i, (wave, _) in enumerate(items):
+            if wave is not None:  # a view into the shard's map
+                assert np.shares_memory(wave, prepared[i])
