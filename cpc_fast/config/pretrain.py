@@ -58,7 +58,7 @@ class DataConfig(Config):
         flag="--data",
         metavar="PATH",
         help="LibriSpeech root (or its LibriSpeech/ or subset folder) or any folder of "
-        ".wav/.flac/.ogg files.",
+        "audio files (any format soundfile reads, any rate and channel count).",
         default_text="the built-in synthetic corpus",
     )
     format: str | None = setting(

@@ -2,7 +2,8 @@
 
 Header and columns: ``path,activation,valence,dominance,split[,speaker,emotion]``.
 
-* ``path``: the audio file, relative to the CSV's folder (or absolute); 16 kHz.
+* ``path``: the audio file, relative to the CSV's folder (or absolute); any format,
+  rate and channel count (converted to 16 kHz mono when read).
 * ``activation``, ``valence``, ``dominance``: finite numbers on any scale (reports keep it).
 * ``split``: ``train``, ``validation`` (also ``valid``, ``dev``, ``development``) or ``test``.
   Without validation rows, validation is carved from the training rows (see

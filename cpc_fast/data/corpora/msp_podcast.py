@@ -1,6 +1,6 @@
 """MSP-Podcast in its public layout.
 
-    <root>/Audios/<FileName>                       audio (16 kHz wav)
+    <root>/Audios/<FileName>                       audio (wav; any rate is resampled)
     <root>/Labels/labels_consensus.csv             labels (newer releases)
     <root>/Labels/labels_concensus.csv             the same, older releases' spelling
 
