@@ -96,13 +96,14 @@ def test_conversions_are_counted_from_headers_and_summed_up_in_one_line(tmp_path
 
 
 def test_every_format_soundfile_writes_is_read(tmp_path):
-    """MP3 and Ogg/Vorbis (lossy: compared by correlation), FLAC at 48 kHz stereo."""
+    """MP3, Ogg/Vorbis and Opus (lossy: compared by correlation), FLAC; 48 kHz stereo."""
     t = np.arange(48000) / 48000
     tone = 0.3 * np.sin(2 * np.pi * 300 * t)
     expected = 0.3 * np.sin(2 * np.pi * 300 * np.arange(16000) / 16000)
     for name, fmt, subtype in (
         ("a.mp3", "MP3", "MPEG_LAYER_III"),
         ("a.ogg", "OGG", "VORBIS"),
+        ("a.opus", "OGG", "OPUS"),
         ("a.flac", "FLAC", "PCM_16"),
     ):
         path = tmp_path / name

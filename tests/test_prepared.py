@@ -21,6 +21,7 @@ import pytest
 import soundfile as sf
 import torch
 from cli_helpers import DecoderCalls, run_main
+from safetensors.torch import load_file
 
 from cpc_fast.data import prepared as prepared_module
 from cpc_fast.data.audio import AudioReadError, read_audio
@@ -215,7 +216,7 @@ def test_pretrain_killed_while_preparing_resumes_and_a_second_run_decodes_nothin
     assert done.returncode == 0, done.stderr
     assert "resuming the preparation in" in done.stdout
     assert (folder / "shard-00000.f32").stat().st_ino == first_shard  # kept, not rebuilt
-    assert (folder / MARKER).is_file()
+    assert (folder / MARKER).is_file() and not list(folder.glob(".*.tmp"))
     # a second run on the same data, in this process: not one file decoded
     calls = DecoderCalls(monkeypatch)
     code, out, err = run_main([*args, "--out", str(tmp_path / "second")], capsys)
@@ -249,3 +250,26 @@ def test_cached_windows_are_the_batches_read_from_the_files(tmp_path, normalize)
         for i, (wave, _) in enumerate(items):
             if wave is not None:  # a view into the shard's map
                 assert np.shares_memory(wave, prepared[i])
+
+
+def test_a_run_on_the_cache_trains_the_weights_of_a_run_without_it(tmp_path, capsys) -> None:
+    """16 kHz mono data: the prepared corpus changes nothing in what is trained."""
+    audio = tmp_path / "audio"
+    audio.mkdir()
+    rng = np.random.default_rng(2)
+    for i in range(12):
+        wave = (rng.standard_normal(int(16000 * rng.uniform(0.3, 1.0))) * 3000).astype(np.int16)
+        sf.write(audio / f"u{i:02d}.flac", wave, 16000, subtype="PCM_16")
+    args = ["pretrain", "--preset", "tiny", "--max-steps", "4", "--valid-fraction", "0.2"]
+    args += ["--data", str(audio), "--crop", "random", "--no-progress"]
+    weights = {}
+    for flag in ("--cache", "--no-cache"):
+        out = tmp_path / flag.strip("-")
+        code, _, err = run_main([*args, flag, "--out", str(out)], capsys)
+        assert code == 0, err
+        weights[flag] = load_file(out / "model.safetensors")
+        summary = json.loads((out / "summary.json").read_text())
+        assert summary["final_validation"]  # the validation set went through it too
+    assert weights["--cache"].keys() == weights["--no-cache"].keys()
+    for name, tensor in weights["--cache"].items():
+        assert torch.equal(tensor, weights["--no-cache"][name]), name

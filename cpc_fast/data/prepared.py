@@ -276,6 +276,8 @@ def _build(
 ) -> tuple[int, dict[str, Any]]:
     """Builds the missing shards, then writes the marker. Returns (files decoded, index)."""
     (folder / MARKER).unlink(missing_ok=True)
+    for stale in folder.glob(".*.tmp"):  # a killed writer's temporary files (we hold
+        stale.unlink(missing_ok=True)  # the lock: no one else is writing)
     metas: list[dict | None] = [_shard_meta(folder, key, s, items) for s, items in enumerate(plan)]
     todo = [s for s, meta in enumerate(metas) if meta is None]
     if len(todo) < len(plan):
