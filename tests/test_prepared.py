@@ -273,3 +273,27 @@ def test_a_run_on_the_cache_trains_the_weights_of_a_run_without_it(tmp_path, cap
     assert weights["--cache"].keys() == weights["--no-cache"].keys()
     for name, tensor in weights["--cache"].items():
         assert torch.equal(tensor, weights["--no-cache"][name]), name
+
+
+@pytest.mark.slow
+def test_two_gloo_ranks_share_one_prepared_corpus(tmp_path) -> None:
+    """Every rank opens the cache; the lock makes the first prepare and the other wait."""
+    audio = tmp_path / "audio"
+    audio.mkdir()
+    rng = np.random.default_rng(4)
+    for i in range(16):
+        wave = 0.1 * rng.standard_normal((22050, 2))  # 0.5 s at 44.1 kHz, stereo
+        sf.write(audio / f"u{i:02d}.wav", wave, 44100, subtype="PCM_16")
+    cache = tmp_path / "cache"
+    cmd = [sys.executable, "-m", "cpc_fast", "pretrain", "--preset", "tiny", "--max-steps", "2"]
+    cmd += ["--cpu-processes", "2", "--data", str(audio), "--cache-dir", str(cache)]
+    cmd += ["--valid-fraction", "0", "--out", str(tmp_path / "run")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    folders = list(cache.iterdir())
+    assert len(folders) == 1 and (folders[0] / MARKER).is_file()
+    assert proc.stdout.count("converted to 16000 Hz mono") == 1
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["steps"] == 2
+    assert summary["skipped_files_reading"] == 0
