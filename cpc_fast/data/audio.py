@@ -77,8 +77,9 @@ class AudioInfo:
 @dataclass
 class Conversions:
     """What :func:`read_audio` converts for a set of files, counted from their headers, so
-    that a command says it once: ``summary()`` -> "3 of 5 files converted to 16000 Hz mono:
-    2 resampled from 44100 Hz, 1 from 48000 Hz; 2 averaged from 2 channels"."""
+    that a command says it once: ``summary()`` -> "3 of 5 audio files converted to 16000 Hz
+    mono when read (resampled 2 from 44100 Hz, 1 from 48000 Hz; averaged to mono 2 from 2
+    channels)"."""
 
     sample_rate: int = SAMPLE_RATE
     files: int = 0  # files seen

@@ -132,7 +132,7 @@ class EmotionCorpus:
     """A list of records, their audio and their fold protocol.
 
     Subclasses that generate audio override :meth:`wave` and :meth:`fingerprint` (and
-    keep ``path`` None: their audio is not checked by :meth:`unreadable`).
+    keep ``path`` None: their audio is not checked by :meth:`prepare`).
     """
 
     def __init__(
@@ -198,24 +198,6 @@ class EmotionCorpus:
             parts["audio"].update(f"{r.utt_id}\t{size}\n".encode())
         return {name: h.hexdigest() for name, h in parts.items()}
 
-    def unreadable(
-        self, progress: Callable[[Iterable[int]], Iterable[int]] | None = None
-    ) -> list[tuple[int, str]]:
-        """Decodes every audio file once: ``(index, why)`` of each that fails (cannot be
-        decoded, holds NaN/Inf, is shorter than its header says or than one 10 ms frame).
-        Generated audio is not checked. ``progress`` wraps the loop (a tqdm)."""
-        files = [i for i, r in enumerate(self.records) if r.path is not None]
-        bad = []
-        for i in files if progress is None else progress(files):
-            try:
-                samples = self.wave(i).shape[0]
-            except UserInputError as exc:  # AudioReadError names the file
-                bad.append((i, str(exc)))
-                continue
-            if samples < MIN_SAMPLES:
-                bad.append((i, f"{self.records[i].path}: {samples} samples, less than one frame"))
-        return bad
-
     def prepare(
         self,
         root: str | os.PathLike | None,
@@ -226,8 +208,9 @@ class EmotionCorpus:
     ) -> list[tuple[int, str]]:
         """Decodes every audio file once into the prepared cache under ``root``
         (:func:`~cpc_fast.data.prepared.prepare_corpus`; a complete one is reused, decoding
-        nothing), after which :meth:`wave` reads from it. Returns what :meth:`unreadable`
-        returns: ``(index, why)`` of each file that fails."""
+        nothing), after which :meth:`wave` reads from it. Returns ``(index, why)`` of each
+        file that fails (cannot be decoded, holds NaN/Inf, is shorter than its header says
+        or than one 10 ms frame); generated audio is not checked."""
         files = [i for i, r in enumerate(self.records) if r.path is not None]
         if not files:
             return []
@@ -255,7 +238,7 @@ class EmotionCorpus:
         return bad
 
     def drop_unreadable(self, bad: Sequence[tuple[int, str]], skip_bad: bool) -> None:
-        """Raises listing ``bad`` (from :meth:`unreadable`), or with ``skip_bad`` drops those
+        """Raises listing ``bad`` (from :meth:`prepare`), or with ``skip_bad`` drops those
         records and counts them in ``skipped``."""
         if not bad:
             return

@@ -24,8 +24,9 @@ and std (fixed buffers saved with the model, see :mod:`cpc_fast.models.recognize
 
 Frozen CPC contexts and LFBE are extracted once into the feature cache (``<out>/cache`` by
 default), keyed by the weights' digest and the corpus's fingerprint. Before anything else
-every audio file is decoded once (the result is remembered in the cache): a file that fails
-is listed, or skipped and counted with ``skip_bad``. A re-run resumes only on the same
+every audio file is decoded once into the prepared corpus (``<cache>/prepared``, which
+later reads come from and a re-run reuses): a file that fails is listed, or skipped and
+counted with ``skip_bad``. A re-run resumes only on the same
 settings, data and pre-trained weights (:mod:`cpc_fast.emotion.experiment_folder`).
 
 Launch: ``--gpus N`` (N > 1) or ``--cpu-processes N`` re-runs the command as N processes
