@@ -106,13 +106,12 @@ class PreparedCorpus(Dataset):
         self.folder = folder
         self.decoded = decoded
         self._fingerprint = source.fingerprint()
-        self._shards = index["shards"]
         # per item: (shard, dtype, offset in samples, length) or the reason it is unusable
         self._where: list[tuple[int, str, int, int] | str] = [None] * len(self.items)
         for shard, meta in enumerate(index["shard_items"]):
             for i, entry in meta:
                 self._where[i] = entry if isinstance(entry, str) else (shard, *entry)
-        self._maps: dict[tuple[int, str], np.ndarray] = {}
+        self._maps: dict[tuple[int, str], np.memmap] = {}
 
     def __len__(self) -> int:
         return len(self.items)
@@ -124,7 +123,7 @@ class PreparedCorpus(Dataset):
         shard, dtype, offset, length = where
         return self._map(shard, dtype)[offset : offset + length]
 
-    def _map(self, shard: int, dtype: str) -> np.ndarray:
+    def _map(self, shard: int, dtype: str) -> np.memmap:
         key = (shard, dtype)
         if key not in self._maps:  # opened lazily: in each DataLoader worker its own map
             path = self.folder / f"{_shard_name(shard)}{_SUFFIX[dtype]}"
@@ -160,8 +159,9 @@ def prepare_corpus(
 
     ``workers`` processes decode (0: this process). ``info`` receives one-line notes (what
     was reused, rebuilt, waited for). Waits while another process prepares the same corpus.
-    A write that fails (a full disk) raises the ``OSError`` naming the file; nothing
-    written so far passes as complete.
+    A write that fails (a full disk) raises a :class:`UserInputError` naming the file and
+    what to do (an error of the machine, such as too many open files, its ``OSError``);
+    nothing written so far passes as complete, and the shards already whole are kept.
     """
     if not dataset.items:
         raise UserInputError("nothing to prepare: the dataset has no items")
