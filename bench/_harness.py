@@ -133,14 +133,14 @@ def log_partial(**record: dict) -> None:
 
 def import_needing_soundfile(case: Case, *modules: str) -> list:
     """Imports library modules that reach ``cpc_fast.data.audio`` (which reads audio with
-    soundfile); where soundfile is missing (the GPU image), the case is recorded as not
-    measured instead of the whole suite failing to collect."""
+    soundfile and resamples with soxr); where either is missing (the GPU image), the case is
+    recorded as not measured instead of the whole suite failing to collect."""
     try:
         return [importlib.import_module(name) for name in modules]
     except ImportError as exc:
-        if exc.name != "soundfile":
+        if exc.name not in ("soundfile", "soxr"):
             raise
-        case.skip("soundfile is not installed (cpc_fast.data imports it); carry its wheels")
+        case.skip(f"{exc.name} is not installed (cpc_fast.data imports it); carry its wheels")
     except OSError as exc:  # soundfile without its libsndfile
         case.skip(f"soundfile cannot load libsndfile ({exc})")
 

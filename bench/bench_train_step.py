@@ -12,9 +12,15 @@ autocast (the default there) and fp32; CPU: fp32. Columns:
                 already hold (bench/_harness.py says how it is measured)
 
 Data pipeline (CPU work, on any machine): one DataLoader worker's work for one batch of 8
-windows: read 12-s FLAC files (``flac``, needs soundfile) or synthesise them (``synthetic``,
-memoised after the warm-up), cut to 10 s, batch. ``audio s/s`` per worker says how many
-workers a GPU needs (its step throughput / this).
+windows: read 12-s FLAC files (``flac``, needs soundfile), read them from the prepared
+corpus (``cached``: memory-mapped int16 shards, decoded once by
+:mod:`cpc_fast.data.prepared`) or synthesise them (``synthetic``, memoised after the
+warm-up), cut to 10 s, batch. ``audio s/s`` per worker says how many workers a GPU needs
+(its step throughput / this).
+
+Preparing the corpus (``test_prepare_corpus``): decoding 8 files of 12 s into a fresh cache
+in this process, from 16-bit FLAC at 16 kHz (``flac``) or from a 44.1 kHz stereo MP3
+(``mp3-44k``: decoded, averaged, resampled); ``audio s/s per core``.
 
     pytest --benchmark -k train_step
 
@@ -109,7 +115,7 @@ def _flac_files(folder, synth) -> list[str]:
     return paths
 
 
-@pytest.mark.parametrize("source", ["flac", "synthetic"])
+@pytest.mark.parametrize("source", ["flac", "cached", "synthetic"])
 def test_data_pipeline(benchmark, tmp_path, source):
     case = Case(
         "data: one worker batches 8 windows of 10 s from 12-s utterances",
@@ -118,20 +124,23 @@ def test_data_pipeline(benchmark, tmp_path, source):
         f"B={B} T={int(SECONDS * SAMPLE_RATE)}",
         device="cpu",
     )
-    file_index, synth, corpus, windowing = import_needing_soundfile(
+    file_index, synth, corpus, windowing, prepared = import_needing_soundfile(
         case,
         "cpc_fast.data.file_index",
         "cpc_fast.data.speech_synth",
         "cpc_fast.data.corpora.synthetic_speech",
         "cpc_fast.data.windows",
+        "cpc_fast.data.prepared",
     )
     window = int(SECONDS * SAMPLE_RATE)
-    if source == "flac":
+    if source in ("flac", "cached"):
         items = [
             file_index.AudioItem(p, str(i), None, 12 * SAMPLE_RATE)
             for i, p in enumerate(_flac_files(tmp_path, synth))
         ]
         dataset = file_index.AudioFileDataset(items)
+        if source == "cached":
+            dataset = prepared.prepare_corpus(dataset, tmp_path / "cache", progress=False)
     else:
         dataset = corpus.SyntheticSpeechCorpus(B, 1, seconds=(12.0, 12.0))
     windows = windowing.WindowDataset(dataset, window, crop="random")
@@ -144,3 +153,52 @@ def test_data_pipeline(benchmark, tmp_path, source):
     median = measure(benchmark, case, batch)
     if median is not None:
         show(benchmark, **{"audio s/s per worker": f"{AUDIO_PER_STEP / median:,.0f}"})
+
+
+def _source_files(folder, synth, source: str) -> list[str]:
+    """8 files of 12 s of synthetic speech: 16-bit FLAC at 16 kHz, or 44.1 kHz stereo MP3."""
+    if source == "flac":
+        return _flac_files(folder, synth)
+    import soundfile as sf  # import_needing_soundfile has found it
+
+    paths = []
+    for i in range(B):
+        voice = synth.voice_for_speaker(str(i))
+        wave = synth.synthesize(12.0, voice, rng=np.random.default_rng(i), sample_rate=44100)
+        path = folder / f"{i}.mp3"
+        sf.write(path, np.stack([wave, 0.8 * wave], axis=1), 44100, format="MP3")
+        paths.append(str(path))
+    return paths
+
+
+@pytest.mark.parametrize("source", ["flac", "mp3-44k"])
+def test_prepare_corpus(benchmark, tmp_path, source):
+    case = Case(
+        "data: preparing the cache from 8 files of 12 s, one process",
+        source,
+        "flac",
+        "8 x 12 s -> 16 kHz mono",
+        device="cpu",
+    )
+    file_index, synth, prepared = import_needing_soundfile(
+        case, "cpc_fast.data.file_index", "cpc_fast.data.speech_synth", "cpc_fast.data.prepared"
+    )
+    items = [
+        file_index.AudioItem(p, str(i), None, 12 * SAMPLE_RATE)
+        for i, p in enumerate(_source_files(tmp_path, synth, source))
+    ]
+    dataset = file_index.AudioFileDataset(items)
+    rounds = iter(range(10**6))
+
+    def fresh_root():
+        return (tmp_path / f"cache{next(rounds)}",)  # nothing to reuse: every round decodes
+
+    def prepare(root):
+        return prepared.prepare_corpus(dataset, root, progress=False)
+
+    def check(corpus):
+        assert corpus.decoded == B and corpus[0].shape == (12 * SAMPLE_RATE,)
+
+    median = measure(benchmark, case, prepare, setup=fresh_root, check=check)
+    if median is not None:
+        show(benchmark, **{"audio s/s per core": f"{B * 12.0 / median:,.0f}"})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import soundfile as sf
 
 from cpc_fast.cli import main
 
@@ -25,3 +26,17 @@ def one_error_line(code: int, err: str) -> str:
     assert code == 2, err
     assert len(lines) == 1 and "Traceback" not in err, err
     return lines[0]
+
+
+class DecoderCalls:
+    """Counts soundfile decodes (``SoundFile.read``) in this process."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.count = 0
+        real = sf.SoundFile.read
+
+        def counting(sound_file, *args, **kwargs):
+            self.count += 1
+            return real(sound_file, *args, **kwargs)
+
+        monkeypatch.setattr(sf.SoundFile, "read", counting)

@@ -8,12 +8,16 @@ is present (then the ``cuda``-marked tests exercise the real compiler) or the ca
 from __future__ import annotations
 
 import os
+import tempfile
 
 import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+# Prepared corpora go to a folder of this session (subprocesses inherit it), never to the
+# user's cache.
+os.environ["CPC_FAST_CACHE"] = tempfile.mkdtemp(prefix="cpc-fast-test-cache-")
 
 import pytest  # noqa: E402
 from optional_deps import REQUIRE_EXTRAS  # noqa: E402

@@ -36,6 +36,7 @@ EXPERIMENT_FLAGS = {
     "--seed", "--data-seed", "--cache-dir", "--gpus", "--quiet", "-q",
 }  # fmt: skip
 NEW_PRETRAIN_FLAGS = {"--cpu-processes", "--skip-nonfinite", "--quiet", "-q"}
+NEW_PRETRAIN_FLAGS |= {"--cache", "--no-cache", "--cache-dir"}  # issue 19: the prepared corpus
 NEW_EXPERIMENT_FLAGS = {"--cpu-processes", "--restart"}
 
 
@@ -102,7 +103,7 @@ def test_json_round_trip_and_unknown_fields() -> None:
 def test_one_diff_rule_skips_resumable_fields_for_every_config() -> None:
     assert resumable_fields(PretrainConfig) == {
         "epochs", "max_steps", "save_every", "valid_every", "log_every", "workers", "strict",
-        "bf16", "skip_nonfinite",
+        "bf16", "skip_nonfinite", "cache", "cache_dir",
     }  # fmt: skip
     saved = pretrain.tiny().to_dict()
     longer = pretrain.tiny(epochs=90, workers=2).to_dict()

@@ -50,21 +50,29 @@ def test_finds_audio_recursively_in_any_case(tree) -> None:
     assert "UPPER.WAV" in found and "sub/deeper/c.ogg" in found and "notes.txt" not in found
     assert found == sorted(found) and len(found) == 4 + 8 + 5
     assert find_audio(tree / "a.wav") == [tree / "a.wav"]
-    with pytest.raises(UserInputError, match="not a .wav, .flac or .ogg"):
+    with pytest.raises(UserInputError, match=r"not an audio file \(.wav, .flac, .ogg"):
         find_audio(tree / "notes.txt")
 
 
 def test_bad_files_are_skipped_with_reasons(tree) -> None:
     warnings: list[str] = []
     train, valid = load_folder(tree, valid_fraction=0.0, warn=warnings.append)
-    assert len(train) == 12 and len(valid) == 0
+    assert len(train) == 14 and len(valid) == 0
     reasons = {Path(s.path).name: s.reason for s in train.skipped}
-    assert "44100 Hz" in reasons["rate.wav"]
-    assert "2 channels" in reasons["stereo.flac"]
+    assert reasons.keys() == {"empty.wav", "corrupt.ogg", "short.wav"}
     assert reasons["empty.wav"] == "empty (no samples)"
     assert reasons["corrupt.ogg"].startswith("unreadable")
     assert reasons["short.wav"].startswith("too short: 80 samples")
-    assert len(warnings) == 5 and all(w.startswith("skipping ") for w in warnings)
+    assert len(warnings) == 3 and all(w.startswith("skipping ") for w in warnings)
+    # another rate or several channels: usable, converted when read, counted once
+    ids = [i.utterance_id for i in train.items]
+    assert train.items[ids.index("bad/rate")].num_samples == round(4000 * 16000 / 44100)
+    assert train[ids.index("bad/rate")].shape == (round(4000 * 16000 / 44100),)
+    assert train[ids.index("bad/stereo")].shape == (4000,)
+    assert train.conversions.summary() == (
+        "2 of 14 audio files converted to 16000 Hz mono when read "
+        "(resampled 1 from 44100 Hz; averaged to mono 1 from 2 channels)"
+    )
     assert {i.speaker for i in train.items} == {None}
     assert train.items[0].utterance_id == "UPPER"  # the path below the root, no suffix
     wave = train[[i.utterance_id for i in train.items].index("sub/deeper/c")]
@@ -75,10 +83,10 @@ def test_strict_and_empty_folders(tree, tmp_path) -> None:
     with pytest.raises(UserInputError, match=r"bad/(corrupt\.ogg|empty\.wav|rate\.wav)"):
         load_folder(tree, strict=True)
     (tmp_path / "empty").mkdir()
-    with pytest.raises(UserInputError, match="no .wav, .flac or .ogg files"):
+    with pytest.raises(UserInputError, match="no audio files in this folder tree"):
         load_folder(tmp_path / "empty")
     only_bad = tmp_path / "only_bad"
-    _write(only_bad / "x.wav", 4000, rate=8000)
+    _write(only_bad / "x.wav", 60, rate=8000)  # 120 samples at 16 kHz: under one frame
     with pytest.raises(UserInputError, match=r"no usable training files \(1 skipped\)"):
         load_folder(only_bad)
 
@@ -86,7 +94,7 @@ def test_strict_and_empty_folders(tree, tmp_path) -> None:
 def test_split_by_path_hash(tree) -> None:
     train, valid = load_folder(tree, valid_fraction=0.4)
     names = {i.utterance_id for i in train.items} | {i.utterance_id for i in valid.items}
-    assert len(names) == 12 and len(valid) > 0
+    assert len(names) == 14 and len(valid) > 0
     again_train, again_valid = load_folder(tree, valid_fraction=0.4)
     assert [i.path for i in again_valid.items] == [i.path for i in valid.items]
 
@@ -113,6 +121,6 @@ def test_cli_on_a_folder(tree, tmp_path) -> None:
     args += ["--max-steps", "2", "--out", str(out), "--no-progress"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
-    assert result.output.count("warning: skipping") == 5
+    assert result.output.count("warning: skipping") == 3
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["skipped_files_indexing"] == 5 and summary["steps"] == 2
+    assert summary["skipped_files_indexing"] == 3 and summary["steps"] == 2

@@ -67,10 +67,18 @@ def test_bad_rows_are_listed(tmp_path: Path) -> None:
     assert "Ses01F_impro01_F000" not in {r.utt_id for r in corpus.records}
 
 
-def test_wrong_sample_rate_is_a_bad_row(tmp_path: Path) -> None:
+def test_other_sample_rates_are_converted_and_counted(tmp_path: Path) -> None:
     make_iemocap(tmp_path, sessions=(1,))
-    write_wav(tmp_path / "Session1/sentences/wav/Ses01F_impro01/Ses01F_impro01_F000.wav", sr=8000)
-    with pytest.raises(UserInputError, match="8000 Hz"):
+    path = tmp_path / "Session1/sentences/wav/Ses01F_impro01/Ses01F_impro01_F000.wav"
+    write_wav(path, 0.25, sr=8000, channels=2)
+    corpus = load_iemocap(tmp_path)
+    index = [r.utt_id for r in corpus.records].index("Ses01F_impro01_F000")
+    assert corpus.wave(index).shape == (4000,)  # 0.25 s at 16 kHz, mono
+    assert "resampled 1 from 8000 Hz; averaged to mono 1 from 2 channels" in (
+        corpus.conversions.summary()
+    )
+    write_wav(path, 0.006, sr=8000)  # 48 samples, 96 at 16 kHz: under one 10 ms frame
+    with pytest.raises(UserInputError, match="96 samples at 16 kHz, less than one 10 ms frame"):
         load_iemocap(tmp_path)
 
 

@@ -42,8 +42,8 @@ SPEAKERS_TXT = """\
 # (speaker, chapter, utterances, seconds each)
 GOOD = [("19", "198", 5, 0.5), ("19", "227", 3, 0.7), ("26", "495", 4, 0.4), ("32", "4137", 6, 0.3)]
 BAD = {
-    "26/495/26-495-0010.flac": "sample rate is 8000 Hz",
-    "26/495/26-495-0011.flac": "has 2 channels",
+    "26/495/26-495-0010.flac": "too short: 120 samples at 16000 Hz",  # 60 at 8 kHz
+    "26/495/26-495-0011.flac": "too short: 145 samples at 16000 Hz",  # 100 at 11025 Hz
     "32/4137/32-4137-0010.flac": "unreadable",  # 0 bytes
     "32/4137/32-4137-0011.flac": "unreadable",  # garbage bytes
     "32/4137/32-4137-0012.flac": "too short: 100 samples",
@@ -67,8 +67,8 @@ def corpus(tmp_path_factory) -> Path:
                 subset / spk / chapter / f"{spk}-{chapter}-{u:04d}.flac", int(seconds * SR), seed=n
             )
         (subset / spk / chapter / f"{spk}-{chapter}.trans.txt").write_text("TEXT\n")
-    _write(subset / "26/495/26-495-0010.flac", 8000, rate=8000)
-    _write(subset / "26/495/26-495-0011.flac", 8000, channels=2)
+    _write(subset / "26/495/26-495-0010.flac", 60, rate=8000)
+    _write(subset / "26/495/26-495-0011.flac", 100, rate=11025, channels=2)
     (subset / "32/4137/32-4137-0010.flac").write_bytes(b"")
     (subset / "32/4137/32-4137-0011.flac").write_bytes(b"\x00garbage" * 50)
     _write(subset / "32/4137/32-4137-0012.flac", 100)
@@ -135,7 +135,7 @@ def test_index_skips_bad_files_with_one_warning_each(corpus) -> None:
 
 
 def test_strict_stops_at_the_first_bad_file(corpus) -> None:
-    with pytest.raises(UserInputError, match=r"26-495-0010\.flac: sample rate is 8000 Hz"):
+    with pytest.raises(UserInputError, match=r"26-495-0010\.flac: too short: 120 samples"):
         load_librispeech(corpus, strict=True)
 
 
@@ -204,4 +204,4 @@ def test_cli_strict_is_one_line(corpus, tmp_path, capsys) -> None:
     assert exit_info.value.code == 2
     lines = capsys.readouterr().err.strip().splitlines()
     errors = [line for line in lines if line.startswith("error: ")]
-    assert errors == [lines[-1]] and "26-495-0010.flac: sample rate is 8000 Hz" in errors[0]
+    assert errors == [lines[-1]] and "26-495-0010.flac: too short: 120 samples" in errors[0]

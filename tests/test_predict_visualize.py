@@ -13,6 +13,7 @@ import pytest
 import soundfile as sf
 import torch
 from optional_deps import need
+from scipy.signal import resample_poly
 from typer.testing import CliRunner
 
 from cpc_fast.cli import app, main
@@ -86,6 +87,56 @@ def test_predict_matches_test_predictions(experiment: Path, tmp_path: Path, setu
         assert 0.0 < row["activation"] < 6.0  # the labels' 1-5 scale, not z-scores
     table = runner.invoke(app, ["predict", "--model", str(unit), str(next(iter(files.values())))])
     assert table.exit_code == 0 and "activation  valence  dominance" in table.output
+
+
+# How far a converted copy's predictions may stray from the 16 kHz original's, on the labels'
+# 1-5 scale. The round trip loses the original's content between soxr's cut-off and 8 kHz
+# (91-100 % of Nyquist), which LFBE's top mel bands see: measured 9e-3 for `sup` (LFBE) on
+# the WAV and FLAC copies, 1.8e-2 on the MP3 (lossy); 3e-5 and 7e-5 for `pre` (CPC).
+CONVERTED_ATOL = {"44k-stereo.wav": 0.03, "48k.flac": 0.03, "44k.mp3": 0.06}
+
+
+def _converted_copies(original: Path, folder: Path) -> dict[str, Path]:
+    """``original`` (16 kHz mono) as a 44.1 kHz stereo FLOAT WAV, a 48 kHz 24-bit FLAC and
+    a 44.1 kHz MP3, made with scipy's resampler (not the one under test)."""
+    wave, rate = sf.read(original, dtype="float64")
+    assert rate == 16000 and wave.ndim == 1
+    at_44k = resample_poly(wave, 441, 160)
+    at_48k = resample_poly(wave, 3, 1)
+    copies = {name: folder / name for name in CONVERTED_ATOL}
+    # left + right average to the original: 1.25 x + 0.75 x
+    sf.write(
+        copies["44k-stereo.wav"],
+        np.stack([1.25 * at_44k, 0.75 * at_44k], 1),
+        44100,
+        subtype="FLOAT",
+    )
+    sf.write(copies["48k.flac"], at_48k, 48000, subtype="PCM_24")
+    sf.write(copies["44k.mp3"], at_44k, 44100, format="MP3", subtype="MPEG_LAYER_III")
+    return copies
+
+
+@pytest.mark.parametrize("setup", ["sup", "pre"])
+def test_predict_on_converted_copies_is_close_to_the_original(
+    experiment: Path, tmp_path: Path, setup: str
+) -> None:
+    original = next(iter(_test_audio(tmp_path, 1).values()))
+    copies = _converted_copies(original, tmp_path)
+    unit = experiment / "exp" / setup / "fold1" / "run1"
+    result = runner.invoke(
+        app, ["predict", "--model", str(unit), str(original), *map(str, copies.values()), "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)
+    values = [np.array([r["activation"], r["valence"], r["dominance"]]) for r in rows]
+    for (name, _), got in zip(copies.items(), values[1:], strict=True):
+        np.testing.assert_allclose(got, values[0], atol=CONVERTED_ATOL[name], err_msg=name)
+    # reported once for the run, not per file
+    assert result.stderr.count("note: ") == 1
+    assert (
+        "3 of 4 audio files converted to 16000 Hz mono when read (resampled 2 from 44100 Hz, "
+        "1 from 48000 Hz; averaged to mono 1 from 2 channels)"
+    ) in result.stderr
 
 
 def test_moved_or_changed_cpc(

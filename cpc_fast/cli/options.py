@@ -66,13 +66,16 @@ def config_options(
         at = [p.name for p in own].index("overrides")
         generated = [_parameter(cls, dotted, f, built) for dotted, f in options]
         names = {_param_name(dotted): dotted for dotted, _ in options}
+        # An on-switch left out is False; a --x/--no-x pair left out is None (its --no-x is
+        # a given False, to be kept).
+        switches = {_param_name(d) for d, f in options if _is_switch(cls, d, f)}
 
         @functools.wraps(command)
         def run(**kwargs: Any) -> Any:
             given = Overrides()
             for param, dotted in names.items():
                 value = kwargs.pop(param)
-                if value is not None and value is not False:
+                if value is not None and not (value is False and param in switches):
                     given[dotted] = _parse(cls, dotted, value)
             return command(**kwargs, overrides=given)
 
@@ -93,7 +96,7 @@ def _parameter(
 ) -> inspect.Parameter:
     flag = flag_of(dotted, f)
     kind = field_type(cls, dotted)
-    is_switch = kind is bool and "/" not in flag
+    is_switch = _is_switch(cls, dotted, f)
     option_type = bool if kind is bool else (str if typing.get_origin(kind) is tuple else kind)
     help_text = f"{f.metadata['help']} {_defaults(dotted, f, presets, is_switch)}".rstrip()
     option = typer.Option(
@@ -108,6 +111,11 @@ def _parameter(
         default=default,
         annotation=Annotated[annotation, option],
     )
+
+
+def _is_switch(cls: type[Config], dotted: str, f: Any) -> bool:
+    """A bool option that can only be turned on (``--strict``), not a ``--x/--no-x`` pair."""
+    return field_type(cls, dotted) is bool and "/" not in flag_of(dotted, f)
 
 
 def _defaults(dotted: str, f: Any, presets: Mapping[str, Config], is_switch: bool) -> str:

@@ -10,7 +10,7 @@ import typer
 
 from cpc_fast.cli.app import app
 from cpc_fast.cli.options import FLAGS, Quiet
-from cpc_fast.data.audio import read_audio
+from cpc_fast.data.audio import Conversions, audio_info, read_audio
 from cpc_fast.data.corpora import open_emotion_corpus
 from cpc_fast.emotion.model_io import EmotionModel, load_cpc_checked, load_model
 from cpc_fast.emotion.visualize import check_figure_path, cpc_representations
@@ -27,17 +27,21 @@ FLAGS["visualize"] = {
     "out": "--out",
 }
 DIMENSIONS = ("activation", "valence", "dominance")
+SAMPLE_RATE = 16000  # every model here (LFBE and CPC front ends) takes 16 kHz
 
 
 def _warn(message: str) -> None:
     typer.echo(f"warning: {message}", err=True)
 
 
-def _predict_file(model: EmotionModel, path: Path) -> dict[str, float]:
-    """The three predictions for one file; a :class:`UserInputError` naming it when its
-    audio fails or the prediction is not finite."""
+def _predict_file(model: EmotionModel, path: Path, conversions: Conversions) -> dict[str, float]:
+    """The three predictions for one file (converted to the model's rate and mono, counted
+    in ``conversions``); a :class:`UserInputError` naming it when its audio fails or the
+    prediction is not finite."""
     try:
-        values = model.predict(read_audio(path, sample_rate=16000))
+        wave = read_audio(path, sample_rate=conversions.sample_rate)
+        conversions.add(audio_info(path))  # after the read: a bad file is not counted
+        values = model.predict(wave)
     except UserInputError as exc:
         raise UserInputError(naming(str(path), str(exc))) from None
     if not np.isfinite(values).all():
@@ -47,7 +51,13 @@ def _predict_file(model: EmotionModel, path: Path) -> dict[str, float]:
 
 @app.command()
 def predict(
-    files: Annotated[list[Path], typer.Argument(help="16 kHz mono audio files.")],
+    files: Annotated[
+        list[Path],
+        typer.Argument(
+            help="Audio files in any format soundfile reads, at any rate and channel count "
+            "(averaged to mono and resampled to 16 kHz)."
+        ),
+    ],
     model: Annotated[
         Path, typer.Option(help="A run folder of an experiment: OUT/<setup>/<fold>/run<r>.")
     ],
@@ -64,15 +74,18 @@ def predict(
     A file that fails stops the command with its name; with --skip-bad it is warned about
     and, in the JSON, listed with null values and its "error"."""
     emotion_model = load_model(model, cpc_path=cpc)
+    conversions = Conversions(SAMPLE_RATE)
     rows = []
     for path in files:
         try:
-            rows.append({"file": str(path), **_predict_file(emotion_model, path)})
+            rows.append({"file": str(path), **_predict_file(emotion_model, path, conversions)})
         except UserInputError as exc:
             if not skip_bad:
                 raise UserInputError(f"{exc} (with `skip_bad=True` it would be skipped)") from None
             _warn(f"skipping {exc}")
             rows.append({"file": str(path), **dict.fromkeys(DIMENSIONS), "error": str(exc)})
+    if conversions.summary():
+        typer.echo(f"note: {conversions.summary()}", err=True)
     skipped = sum("error" in r for r in rows)
     if skipped == len(rows):
         raise UserInputError(f"every one of the {skipped} file(s) was skipped")
@@ -127,6 +140,8 @@ def visualize(
     corpus = open_emotion_corpus(
         dataset, root, subset=subset, synthetic_size=synthetic_size, skip_bad=skip_bad
     )
+    if corpus.conversions is not None and corpus.conversions.summary():
+        typer.echo(f"note: {corpus.conversions.summary()}", err=True)
     if model is not None:
         emotion_model = load_model(model)
         represent = emotion_model.embed

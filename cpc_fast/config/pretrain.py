@@ -58,7 +58,7 @@ class DataConfig(Config):
         flag="--data",
         metavar="PATH",
         help="LibriSpeech root (or its LibriSpeech/ or subset folder) or any folder of "
-        ".wav/.flac/.ogg files.",
+        "audio files (any format soundfile reads, any rate and channel count).",
         default_text="the built-in synthetic corpus",
     )
     format: str | None = setting(
@@ -197,6 +197,21 @@ class PretrainConfig(Config):
         flag=True,
         resumable=True,
         help="Stop at the first bad audio file instead of skipping it.",
+    )
+    cache: bool = setting(
+        True,
+        flag="--cache/--no-cache",
+        resumable=True,
+        help="Decode the corpus once into a prepared cache (16 kHz mono, memory-mapped shards) "
+        "and train from it; --no-cache decodes every file in every epoch.",
+    )
+    cache_dir: str | None = setting(
+        None,
+        flag=True,
+        resumable=True,
+        metavar="PATH",
+        help="Where prepared corpora are kept, one folder per corpus (keyed by its fingerprint).",
+        default_text="$CPC_FAST_CACHE or ~/.cache/cpc-fast/prepared",
     )
     skip_nonfinite: int = setting(
         0,

@@ -1,13 +1,21 @@
-"""Reading audio files with soundfile: 16 kHz mono waveforms, checked, as 1-D numpy arrays.
+"""Reading audio files with soundfile: mono waveforms at the model's rate, checked, as 1-D
+numpy arrays.
 
-    info = audio_info("a.flac")           # AudioInfo(frames, sample_rate, channels): header only
-    wave = read_audio("a.flac")           # (n,) float32 in [-1, 1)
+    info = audio_info("a.mp3")            # AudioInfo(frames, sample_rate, channels): header only
+    wave = read_audio("a.flac")           # (n,) float32 in [-1, 1), 16 kHz mono
     wave = read_audio("a.wav", dtype="int16")   # (n,) int16, half the memory
+    wave = read_audio("a.wav", dtype="auto")    # int16 for 16-bit PCM at the rate, else float32
 
-Nothing is resampled or down-mixed: a file at another rate or with several channels raises
-:class:`AudioFormatError`; an unreadable, empty or non-finite one, or one that holds fewer
-samples than its header promises (a truncated file), :class:`AudioReadError`; both are
-:class:`~cpc_fast.errors.UserInputError` and name the file. A file that cannot be opened for
+Any format the installed soundfile (libsndfile) decodes is read: WAV, FLAC, OGG/Vorbis,
+Opus, MP3, AIFF, ... A file at another rate or with several channels is converted: its
+channels are averaged to mono, then it is resampled with soxr (``"HQ"``: a linear-phase
+filter flat to 91 % of the lower Nyquist frequency, 20-bit precision). A file that needs no
+conversion is returned as decoded, sample for sample. :class:`Conversions` counts what was
+converted so that a command reports it once, not per file.
+
+An unreadable, empty or non-finite file, or one that holds fewer samples than its header
+promises (a truncated file), raises :class:`AudioReadError`, a
+:class:`~cpc_fast.errors.UserInputError` naming the file. A file that cannot be opened for
 want of resources (too many open files, no memory) is not a bad file: that raises the
 ``OSError`` itself, naming the file, so callers that skip bad files stop on it.
 """
@@ -19,16 +27,19 @@ import errno
 import io
 import os
 import struct
+from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import soundfile as sf
+import soxr
 
 from cpc_fast.errors import UserInputError
 
 SAMPLE_RATE = 16_000
-_DTYPES = ("float32", "int16")
+_DTYPES = ("float32", "int16", "auto")
+RESAMPLE_QUALITY = "HQ"  # soxr's high quality: transparent for 16-bit audio, fast
 # errnos of the machine, not of the file: never a reason to skip a file
 ENVIRONMENT_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
 _WAV_UNKNOWN_SIZES = (0, 0xFFFFFFFF)  # streaming writers leave the data size open
@@ -36,10 +47,6 @@ _WAV_UNKNOWN_SIZES = (0, 0xFFFFFFFF)  # streaming writers leave the data size op
 
 class AudioReadError(UserInputError):
     """The file is missing, cannot be decoded, holds no samples or holds NaN/Inf."""
-
-
-class AudioFormatError(UserInputError):
-    """The file decodes but is not what the model expects (sample rate, channels)."""
 
 
 @dataclass(frozen=True)
@@ -54,6 +61,56 @@ class AudioInfo:
     def duration(self) -> float:
         """Seconds."""
         return self.frames / self.sample_rate
+
+    def needs_conversion(self, sample_rate: int = SAMPLE_RATE) -> bool:
+        """True when reading it at ``sample_rate`` averages channels or resamples."""
+        return self.sample_rate != sample_rate or self.channels != 1
+
+    def samples_at(self, sample_rate: int = SAMPLE_RATE) -> int:
+        """The samples :func:`read_audio` gives at ``sample_rate`` (soxr rounds the
+        resampled length to the nearest integer)."""
+        if self.sample_rate == sample_rate:
+            return self.frames
+        return round(self.frames * sample_rate / self.sample_rate)
+
+
+@dataclass
+class Conversions:
+    """What :func:`read_audio` converts for a set of files, counted from their headers, so
+    that a command says it once: ``summary()`` -> "3 of 5 audio files converted to 16000 Hz
+    mono when read (resampled 2 from 44100 Hz, 1 from 48000 Hz; averaged to mono 2 from 2
+    channels)"."""
+
+    sample_rate: int = SAMPLE_RATE
+    files: int = 0  # files seen
+    rates: Counter = field(default_factory=Counter)  # source rate -> files resampled
+    channels: Counter = field(default_factory=Counter)  # channel count -> files averaged
+    converted: int = 0
+
+    def add(self, info: AudioInfo) -> None:
+        """Counts one file by its header."""
+        self.files += 1
+        if info.sample_rate != self.sample_rate:
+            self.rates[info.sample_rate] += 1
+        if info.channels != 1:
+            self.channels[info.channels] += 1
+        self.converted += info.needs_conversion(self.sample_rate)
+
+    def summary(self) -> str | None:
+        """One line, or None when nothing is converted."""
+        if not self.converted:
+            return None
+        parts = []
+        if self.rates:
+            rates = ", ".join(f"{n} from {rate} Hz" for rate, n in sorted(self.rates.items()))
+            parts.append(f"resampled {rates}")
+        if self.channels:
+            chans = ", ".join(f"{n} from {c} channels" for c, n in sorted(self.channels.items()))
+            parts.append(f"averaged to mono {chans}")
+        return (
+            f"{self.converted} of {self.files} audio files converted to {self.sample_rate} Hz "
+            f"mono when read ({'; '.join(parts)})"
+        )
 
 
 def is_environment_error(exc: BaseException) -> bool:
@@ -80,10 +137,13 @@ def audio_info(path: str | os.PathLike) -> AudioInfo:
 def read_audio(
     path: str | os.PathLike, *, sample_rate: int = SAMPLE_RATE, dtype: str = "float32"
 ) -> np.ndarray:
-    """The (n,) waveform of a mono file at ``sample_rate``, as float32 or int16.
+    """The (n,) mono waveform of ``path`` at ``sample_rate``, as float32 or int16.
 
-    float32 samples lie in [-1, 1) (int16 / 32768 for PCM files); int16 keeps the PCM values.
-    The format is checked from the header before anything is decoded.
+    float32 samples lie in [-1, 1) (int16 / 32768 for PCM files); int16 keeps the PCM values
+    (a converted file is rounded to them). ``"auto"`` is int16 when the file holds 16-bit PCM
+    that needs no conversion (nothing is lost), float32 otherwise. Several channels are
+    averaged, another rate is resampled with soxr (module docstring); a mono file at
+    ``sample_rate`` is returned as decoded.
     """
     if dtype not in _DTYPES:
         raise ValueError(f"dtype must be one of {_DTYPES}, got {dtype!r}")
@@ -91,29 +151,38 @@ def read_audio(
         _check_wav_size(fh, path)
         try:
             with sf.SoundFile(fh.fileno(), closefd=False) as f:
-                if f.samplerate != sample_rate:
-                    raise AudioFormatError(
-                        f"{path}: sample rate is {f.samplerate} Hz, expected {sample_rate} Hz "
-                        "(resample it first, e.g. with sox or ffmpeg)"
-                    )
-                if f.channels != 1:
-                    raise AudioFormatError(
-                        f"{path}: has {f.channels} channels, expected mono (1 channel)"
-                    )
-                promised = f.frames
-                wave = f.read(dtype=dtype, always_2d=False)
+                info = AudioInfo(int(f.frames), f.samplerate, f.channels)
+                convert = info.needs_conversion(sample_rate)
+                if dtype == "auto":
+                    dtype = "int16" if f.subtype == "PCM_16" and not convert else "float32"
+                # A conversion works on float samples; 2-D keeps the channel axis to average.
+                wave = f.read(dtype="float32" if convert else dtype, always_2d=convert)
         except (sf.SoundFileError, OSError) as exc:
             raise AudioReadError(f"{path}: cannot decode the audio ({_why(exc)})") from None
     if wave.shape[0] == 0:
         raise AudioReadError(f"{path}: holds no samples")
-    if wave.shape[0] < promised:
+    if wave.shape[0] < info.frames:
         raise AudioReadError(
-            f"{path}: decodes to {wave.shape[0]} samples, its header promises {promised} "
+            f"{path}: decodes to {wave.shape[0]} samples, its header promises {info.frames} "
             "(a truncated file?)"
         )
-    if dtype == "float32":
+    if wave.dtype == np.float32:
         _check_finite(wave, path)
+    if convert:
+        wave = _convert(wave, info.sample_rate, sample_rate)
+        if dtype == "int16":
+            wave = np.clip(np.round(wave * 32768.0), -32768, 32767).astype(np.int16)
     return np.ascontiguousarray(wave)
+
+
+def _convert(wave: np.ndarray, rate: int, sample_rate: int) -> np.ndarray:
+    """(n, channels) float32 at ``rate`` -> (m,) float32 mono at ``sample_rate``,
+    m = round(n * sample_rate / rate)."""
+    # Averaging first: one channel to resample instead of several (both steps are linear).
+    mono = wave[:, 0] if wave.shape[1] == 1 else wave.mean(axis=1, dtype=np.float32)
+    if rate == sample_rate:
+        return mono
+    return soxr.resample(mono, rate, sample_rate, quality=RESAMPLE_QUALITY)
 
 
 @contextlib.contextmanager
@@ -185,7 +254,8 @@ def _check_wav_chunks(fh: io.RawIOBase, path: str | os.PathLike) -> None:
 
 
 def _check_finite(wave: np.ndarray, path: str | os.PathLike) -> None:
+    """``wave``: (n,) or (n, channels)."""
     finite = np.isfinite(wave)
     if not finite.all():
-        at = int(np.argmin(finite))
+        at = int(np.argmin(finite.reshape(finite.shape[0], -1).all(axis=1)))
         raise AudioReadError(f"{path}: sample {at} is {wave[at]} (audio must be finite)")

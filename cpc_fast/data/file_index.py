@@ -2,11 +2,13 @@
 split, and a ``Dataset`` that reads one file per item.
 
 Shared by the LibriSpeech and folder loaders. Files are checked with ``audio_info`` (the
-header only, no decoding): a wrong sample rate, several channels, an unreadable header, a
-WAV file shorter than its header says, no samples, or fewer than ``min_samples`` make a
-:class:`SkippedFile` with the reason, unless ``strict`` (then :class:`UserInputError`
-naming the file). Reading happens in DataLoader
-workers; what fails there is handled by :mod:`cpc_fast.data.windows`.
+header only, no decoding): an unreadable header, a WAV file shorter than its header says,
+no samples, or fewer than ``min_samples`` (at the model's rate) make a :class:`SkippedFile`
+with the reason, unless ``strict`` (then :class:`UserInputError` naming the file). Files at
+another rate or with several channels are usable (converted when read) and counted in a
+:class:`~cpc_fast.data.audio.Conversions`. Reading happens in DataLoader workers, or once
+into a prepared corpus (:mod:`cpc_fast.data.prepared`); what fails there is handled by
+:mod:`cpc_fast.data.windows`.
 """
 
 from __future__ import annotations
@@ -18,12 +20,35 @@ from dataclasses import KW_ONLY, dataclass
 from pathlib import Path
 
 import numpy as np
+import soundfile as sf
 from torch.utils.data import Dataset
 
-from cpc_fast.data.audio import audio_info, is_environment_error, read_audio
+from cpc_fast.data.audio import (
+    AudioInfo,
+    Conversions,
+    audio_info,
+    is_environment_error,
+    read_audio,
+)
 from cpc_fast.errors import UserInputError
 
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
+# Suffixes of the containers the installed libsndfile decodes (MP3 since 1.1, Opus in Ogg).
+_SUFFIXES_BY_FORMAT = {
+    "WAV": (".wav",),
+    "FLAC": (".flac",),
+    "OGG": (".ogg", ".oga", ".opus"),
+    "MP3": (".mp3",),
+    "AIFF": (".aiff", ".aif"),
+    "AU": (".au",),
+    "CAF": (".caf",),
+    "W64": (".w64",),
+}
+AUDIO_SUFFIXES = tuple(
+    suffix
+    for name, suffixes in _SUFFIXES_BY_FORMAT.items()
+    if name in sf.available_formats()
+    for suffix in suffixes
+)
 
 
 @dataclass(frozen=True)
@@ -53,22 +78,26 @@ def probe(
     sample_rate: int = 16000,
     min_samples: int = 160,
 ) -> int | str:
-    """Checks a file's header: its sample count if usable, else the reason it is not."""
+    """Checks a file's header: its sample count at ``sample_rate`` if usable, else the
+    reason it is not."""
+    result = _probe_info(path, sample_rate, min_samples)
+    return result if isinstance(result, str) else result.samples_at(sample_rate)
+
+
+def _probe_info(path: str | os.PathLike, sample_rate: int, min_samples: int) -> AudioInfo | str:
     try:
         info = audio_info(path)
     except (UserInputError, OSError) as exc:
         if is_environment_error(exc):
             raise  # the machine's limits, not the file: never a skip
         return f"unreadable ({_strip_path(str(exc), path)})"
-    if info.sample_rate != sample_rate:
-        return f"sample rate is {info.sample_rate} Hz, expected {sample_rate} Hz (resample it)"
-    if info.channels != 1:
-        return f"has {info.channels} channels, expected mono (downmix it)"
     if info.frames == 0:
         return "empty (no samples)"
-    if info.frames < min_samples:
-        return f"too short: {info.frames} samples, the minimum is {min_samples}"
-    return int(info.frames)
+    samples = info.samples_at(sample_rate)
+    if samples < min_samples:
+        at = "" if info.sample_rate == sample_rate else f" at {sample_rate} Hz"
+        return f"too short: {samples} samples{at}, the minimum is {min_samples}"
+    return info
 
 
 def _strip_path(message: str, path: str | os.PathLike) -> str:
@@ -84,15 +113,17 @@ def check_files(
     min_samples: int = 160,
     strict: bool = False,
     warn: Callable[[str], None] | None = None,
+    conversions: Conversions | None = None,
 ) -> tuple[list[AudioItem], list[SkippedFile]]:
     """Probes ``(path, utterance_id, speaker)`` candidates.
 
     Returns the usable items and the skipped files; each skip is passed to ``warn`` (one
     line). With ``strict`` the first bad file raises :class:`UserInputError` instead.
+    ``conversions`` counts the usable files that are converted when read.
     """
     items, skipped = [], []
     for path, utterance_id, speaker in candidates:
-        result = probe(path, sample_rate=sample_rate, min_samples=min_samples)
+        result = _probe_info(path, sample_rate, min_samples)
         if isinstance(result, str):
             bad = SkippedFile(str(path), result)
             if strict:
@@ -101,7 +132,9 @@ def check_files(
             if warn is not None:
                 warn(f"skipping {bad}")
             continue
-        items.append(AudioItem(str(path), utterance_id, speaker, result))
+        if conversions is not None:
+            conversions.add(result)
+        items.append(AudioItem(str(path), utterance_id, speaker, result.samples_at(sample_rate)))
     return items, skipped
 
 
@@ -134,6 +167,7 @@ class AudioFileDataset(Dataset):
         items: the :class:`AudioItem` list, in index order.
         skipped: files left out when indexing (counted in the run summary).
         description: one line saying what this is (recorded in config.json).
+        conversions: what reading converts (reported once when a run starts), if counted.
     """
 
     items: Sequence[AudioItem]
@@ -141,6 +175,7 @@ class AudioFileDataset(Dataset):
     sample_rate: int = 16000
     skipped: Sequence[SkippedFile] = ()
     description: str = ""
+    conversions: Conversions | None = None
 
     def __post_init__(self) -> None:
         self.items, self.skipped = list(self.items), list(self.skipped)

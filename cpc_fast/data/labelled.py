@@ -29,7 +29,9 @@ from pathlib import Path
 
 import numpy as np
 
-from cpc_fast.data.audio import audio_info, read_audio
+from cpc_fast.data.audio import Conversions, audio_info, read_audio
+from cpc_fast.data.file_index import AudioFileDataset, AudioItem
+from cpc_fast.data.prepared import PreparedCorpus, prepare_corpus
 from cpc_fast.errors import UserInputError
 
 DIMENSIONS = ("activation", "valence", "dominance")
@@ -92,9 +94,13 @@ class BadRows:
         return list(self.problems)
 
 
-def check_audio(path: Path, source: str, bad: BadRows) -> bool:
-    """True when ``path`` is a readable 16 kHz mono file of at least one 10 ms frame;
-    otherwise records why (from the header only: nothing is decoded)."""
+def check_audio(
+    path: Path, source: str, bad: BadRows, conversions: Conversions | None = None
+) -> bool:
+    """True when ``path`` is a readable audio file of at least one 10 ms frame at 16 kHz;
+    otherwise records why (from the header only: nothing is decoded). A usable file at
+    another rate or with several channels (converted when read) is counted in
+    ``conversions``."""
     if not path.is_file():
         bad.add(source, f"audio file {path} does not exist")
         return False
@@ -103,16 +109,12 @@ def check_audio(path: Path, source: str, bad: BadRows) -> bool:
     except UserInputError as exc:  # AudioReadError names the file
         bad.add(source, f"unreadable audio: {exc}")
         return False
-    if info.sample_rate != SAMPLE_RATE or info.channels != 1:
-        bad.add(
-            source,
-            f"{path} is {info.sample_rate} Hz with {info.channels} channel(s); "
-            f"expected {SAMPLE_RATE} Hz mono",
-        )
+    samples = info.samples_at(SAMPLE_RATE)
+    if samples < MIN_SAMPLES:
+        bad.add(source, f"{path} has {samples} samples at 16 kHz, less than one 10 ms frame")
         return False
-    if info.frames < MIN_SAMPLES:
-        bad.add(source, f"{path} has {info.frames} samples, less than one 10 ms frame")
-        return False
+    if conversions is not None:
+        conversions.add(info)
     return True
 
 
@@ -130,7 +132,7 @@ class EmotionCorpus:
     """A list of records, their audio and their fold protocol.
 
     Subclasses that generate audio override :meth:`wave` and :meth:`fingerprint` (and
-    keep ``path`` None: their audio is not checked by :meth:`unreadable`).
+    keep ``path`` None: their audio is not checked by :meth:`prepare`).
     """
 
     def __init__(
@@ -142,6 +144,7 @@ class EmotionCorpus:
         label_range: tuple[float, float] | None = None,
         skipped: Sequence[str] = (),
         description: str = "",
+        conversions: Conversions | None = None,
     ) -> None:
         if protocol not in ("sessions", "splits"):
             raise ValueError(f"unknown protocol {protocol!r}")
@@ -153,16 +156,27 @@ class EmotionCorpus:
         self.label_range = label_range
         self.skipped = list(skipped)
         self.description = description
+        # what reading converts (resampling, down-mixing), reported once by the commands
+        self.conversions = conversions
+        # the prepared cache wave() reads from once prepare() ran: (corpus, path -> its item)
+        self._prepared: tuple[PreparedCorpus, dict[str, int]] | None = None
         self._stats: list[os.stat_result | None] | None = None
 
     def __len__(self) -> int:
         return len(self.records)
 
     def wave(self, index: int) -> np.ndarray:
-        """The (n,) float32 16 kHz waveform of record ``index``."""
+        """The (n,) float32 16 kHz mono waveform of record ``index`` (converted when the file
+        is not)."""
         path = self.records[index].path
         if path is None:
             raise ValueError(f"{self.name}: record {index} has no audio file")
+        if self._prepared is not None and str(path) in self._prepared[1]:
+            prepared, positions = self._prepared
+            wave = prepared[positions[str(path)]]
+            if wave.dtype == np.int16:  # the float32 read_audio gives: int16 / 32768, exact
+                return np.multiply(wave, np.float32(1 / 32768), dtype=np.float32)
+            return np.array(wave)  # a writable copy of the memory-mapped samples
         return read_audio(path, sample_rate=SAMPLE_RATE)
 
     def labels(self, indices: Iterable[int] | None = None) -> np.ndarray:
@@ -184,18 +198,39 @@ class EmotionCorpus:
             parts["audio"].update(f"{r.utt_id}\t{size}\n".encode())
         return {name: h.hexdigest() for name, h in parts.items()}
 
-    def unreadable(
-        self, progress: Callable[[Iterable[int]], Iterable[int]] | None = None
+    def prepare(
+        self,
+        root: str | os.PathLike | None,
+        *,
+        workers: int = 0,
+        progress: bool = False,
+        info: Callable[[str], None] | None = None,
     ) -> list[tuple[int, str]]:
-        """Decodes every audio file once: ``(index, why)`` of each that fails (cannot be
-        decoded, holds NaN/Inf, is shorter than its header says or than one 10 ms frame).
-        Generated audio is not checked. ``progress`` wraps the loop (a tqdm)."""
+        """Decodes every audio file once into the prepared cache under ``root``
+        (:func:`~cpc_fast.data.prepared.prepare_corpus`; a complete one is reused, decoding
+        nothing), after which :meth:`wave` reads from it. Returns ``(index, why)`` of each
+        file that fails (cannot be decoded, holds NaN/Inf, is shorter than its header says
+        or than one 10 ms frame); generated audio is not checked."""
         files = [i for i, r in enumerate(self.records) if r.path is not None]
+        if not files:
+            return []
+        items = [
+            AudioItem(str(self.records[i].path), self.records[i].utt_id, self.records[i].speaker, 0)
+            for i in files
+        ]
+        prepared = prepare_corpus(
+            AudioFileDataset(items, sample_rate=SAMPLE_RATE, description=self.description),
+            root,
+            workers=workers,
+            progress=progress,
+            info=info,
+        )
+        self._prepared = (prepared, {item.path: k for k, item in enumerate(items)})
         bad = []
-        for i in files if progress is None else progress(files):
+        for k, i in enumerate(files):
             try:
-                samples = self.wave(i).shape[0]
-            except UserInputError as exc:  # AudioReadError and AudioFormatError name the file
+                samples = prepared[k].shape[0]
+            except UserInputError as exc:  # AudioReadError names the file
                 bad.append((i, str(exc)))
                 continue
             if samples < MIN_SAMPLES:
@@ -203,7 +238,7 @@ class EmotionCorpus:
         return bad
 
     def drop_unreadable(self, bad: Sequence[tuple[int, str]], skip_bad: bool) -> None:
-        """Raises listing ``bad`` (from :meth:`unreadable`), or with ``skip_bad`` drops those
+        """Raises listing ``bad`` (from :meth:`prepare`), or with ``skip_bad`` drops those
         records and counts them in ``skipped``."""
         if not bad:
             return

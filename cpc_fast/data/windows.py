@@ -8,8 +8,15 @@
   (too many open files) travels in the sentinel as the ``OSError`` itself, which the
   training loop raises.
 * :class:`WindowCollate` drops the sentinels and repeat-pads the rest to the window with
-  the C++ batching (through :class:`cpc_fast.data.collate.CPCCollate`): ``(B, window)``
-  float32.
+  the C++ batching (through :class:`cpc_fast.data.collate.CPCCollate`): ``(B,
+  window_samples)`` float32.
+
+Cropping has one owner in training: :class:`WindowDataset` alone chooses where a window
+starts, and its window is a view (no samples are touched in Python); the collate cuts
+nothing (offsets ``"start"``), it copies each view once into the batch, converting int16,
+repeating short ones. From a prepared corpus (:mod:`cpc_fast.data.prepared`) the view is of
+a memory-mapped shard, so the C++ batching reads the shard directly. (``CPCCollate``'s own
+``"random"`` offsets are for batching whole utterances without this module.)
 """
 
 from __future__ import annotations
@@ -32,8 +39,9 @@ class WindowDataset(Dataset):
     """``dataset[i]`` cut to at most ``window`` samples -> ``(wave, None)`` or ``(None, why)``.
 
     Args:
-        dataset: yields 1-D float32/float64/int16 numpy waveforms (any length).
-        window: samples per training window.
+        dataset: yields 1-D float32/float64/int16 numpy waveforms (any length); one with
+            ``checked_finite = True`` (a prepared corpus) is not scanned for NaN again.
+        window_samples: samples per training window.
         crop: "start" (cut at the window length) or "random" (an offset drawn from
             ``(seed, epoch, index)``; change the epoch with :meth:`set_epoch`).
         min_samples: shorter items are skipped (one frame, 160 samples, at least).
@@ -42,7 +50,7 @@ class WindowDataset(Dataset):
     def __init__(
         self,
         dataset: Dataset,
-        window: int,
+        window_samples: int,
         *,
         crop: str = "start",
         seed: int = 0,
@@ -51,7 +59,9 @@ class WindowDataset(Dataset):
         if crop not in CROPS:
             raise UserInputError(f"crop must be 'start' or 'random', got {crop!r}")
         self.dataset = dataset
-        self.window = window
+        self.window_samples = window_samples
+        # a prepared corpus checked every float sample once, when it was written
+        self._scan_finite = not getattr(dataset, "checked_finite", False)
         self.crop = crop
         self.seed = seed
         self.min_samples = min_samples
@@ -91,22 +101,22 @@ class WindowDataset(Dataset):
         problem = None
         if wave.shape[0] < self.min_samples:
             problem = f"too short: {wave.shape[0]} samples, the minimum is {self.min_samples}"
-        elif wave.dtype != np.int16 and not np.isfinite(wave).all():
+        elif wave.dtype != np.int16 and self._scan_finite and not np.isfinite(wave).all():
             problem = "contains NaN or infinite samples"
         if problem is not None:
             return None, f"{self._name(index)}: {problem}"
-        excess = wave.shape[0] - self.window
+        excess = wave.shape[0] - self.window_samples
         if excess > 0:
             offset = 0
             if self.crop == "random":
                 rng = np.random.default_rng([self.seed, self.epoch, index])
                 offset = int(rng.integers(0, excess + 1))
-            wave = wave[offset : offset + self.window]
+            wave = wave[offset : offset + self.window_samples]  # a view: nothing copied
         return wave, None
 
 
 class WindowCollate:
-    """Items of :class:`WindowDataset` -> ``{"wave": (B', window) float32 | None,
+    """Items of :class:`WindowDataset` -> ``{"wave": (B', window_samples) float32 | None,
     "skipped": [why or OSError, ...]}`` where B' counts the items that were not skipped.
 
     Shorter windows are repeat-padded (the paper: padded by repeating themselves) by
@@ -115,9 +125,10 @@ class WindowCollate:
     shared memory. Picklable, so it runs in DataLoader workers.
     """
 
-    def __init__(self, window: int, *, normalize: bool = False) -> None:
-        self.window = window
-        self._pad = CPCCollate(window, offsets="start", normalize=normalize)
+    def __init__(self, window_samples: int, *, normalize: bool = False) -> None:
+        self.window_samples = window_samples
+        # "start": the items are cut already; CPCCollate only pads (its length is ours)
+        self._pad = CPCCollate(window_samples, offsets="start", normalize=normalize)
 
     def __call__(self, items: list[Item]) -> dict[str, Any]:
         waves = [w for w, _ in items if w is not None]

@@ -24,8 +24,9 @@ and std (fixed buffers saved with the model, see :mod:`cpc_fast.models.recognize
 
 Frozen CPC contexts and LFBE are extracted once into the feature cache (``<out>/cache`` by
 default), keyed by the weights' digest and the corpus's fingerprint. Before anything else
-every audio file is decoded once (the result is remembered in the cache): a file that fails
-is listed, or skipped and counted with ``skip_bad``. A re-run resumes only on the same
+every audio file is decoded once into the prepared corpus (``<cache>/prepared``, which
+later reads come from and a re-run reuses): a file that fails is listed, or skipped and
+counted with ``skip_bad``. A re-run resumes only on the same
 settings, data and pre-trained weights (:mod:`cpc_fast.emotion.experiment_folder`).
 
 Launch: ``--gpus N`` (N > 1) or ``--cpu-processes N`` re-runs the command as N processes
@@ -34,6 +35,8 @@ Launch: ``--gpus N`` (N > 1) or ``--cpu-processes N`` re-runs the command as N p
 
 from __future__ import annotations
 
+import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -61,7 +64,7 @@ from cpc_fast.errors import UserInputError
 from cpc_fast.features.cache import FeatureSet, cache_key, frame_statistics, module_digest
 from cpc_fast.features.extract import cpc_context_features, cpc_contexts, lfbe_features
 from cpc_fast.features.lfbe import LFBEConfig
-from cpc_fast.io.atomic import atomic_write_bytes, check_writable_folder, read_json, write_json
+from cpc_fast.io.atomic import atomic_write_bytes, check_writable_folder, write_json
 from cpc_fast.io.lock import FolderLock
 from cpc_fast.io.metrics import MetricsLogger, truncate_metrics
 from cpc_fast.models.cpc import CPCModel
@@ -126,6 +129,11 @@ def _selected_folds(corpus: EmotionCorpus, config: ExperimentConfig) -> list[Fol
     return [folds[f - 1] for f in sorted(set(config.folds))]
 
 
+# Worker processes that decode a labelled corpus into its prepared cache (fewer on fewer
+# cores): decoding is a few ms a file, so more would wait on the disk.
+_PREPARE_WORKERS = min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
+
+
 class _Runner:
     def __init__(self, config: ExperimentConfig, env: DistEnv, progress: bool) -> None:
         self.config = config
@@ -134,9 +142,12 @@ class _Runner:
         self.out = Path(config.out)
         self.cache_dir = Path(config.cache_dir) if config.cache_dir else self.out / "cache"
         self.corpus = open_corpus(config)
+        converted = self.corpus.conversions and self.corpus.conversions.summary()
+        if converted and self.progress:  # once per run, never per file
+            tqdm.write(converted, file=sys.stderr)
         # Every file decoded once before any fold is made: one that fails when read is
         # listed (or skipped and counted with `skip_bad`) now, not hours in.
-        bad = on_main_then_broadcast(env, self._unreadable)
+        bad = self._unreadable()
         self.corpus.drop_unreadable(bad, config.skip_bad)
         numbers = {
             f.name: k for k, f in enumerate(self.corpus.folds(config.validation, config.split_seed))
@@ -148,19 +159,21 @@ class _Runner:
     # -- inputs --------------------------------------------------------------------------
 
     def _unreadable(self) -> list[tuple[int, str]]:
-        """The corpus's files that fail when decoded, remembered in the cache by the
-        corpus's fingerprint (paths, sizes, times), so a resumed experiment decodes nothing."""
-        if all(r.path is None for r in self.corpus.records):
-            return []  # generated audio
-        key = cache_key({"audio": self.corpus.fingerprint()})
-        path = self.cache_dir / f"audio-check-{key[:20]}.json"
-        try:
-            return [(int(i), str(why)) for i, why in read_json(path)["unreadable"]]
-        except (OSError, UserInputError, KeyError, TypeError, ValueError):
-            pass  # not checked yet (or the record is damaged): decode the files
-        bad = self.corpus.unreadable(progress=self._bar("checking audio"))
-        write_json(path, {"unreadable": bad})
-        return bad
+        """Every audio file decoded once into the prepared corpus (``<cache>/prepared``,
+        keyed by the files' fingerprint, so a resumed experiment decodes nothing), which
+        later reads come from; the files that fail. Rank 0 prepares, the others then open."""
+
+        def prepare() -> list[tuple[int, str]]:
+            say = (lambda line: tqdm.write(line, file=sys.stderr)) if self.progress else None
+            return self.corpus.prepare(
+                self.cache_dir / "prepared",
+                workers=_PREPARE_WORKERS,
+                progress=self.progress,
+                info=say,
+            )
+
+        bad = on_main_then_broadcast(self.env, prepare)  # an error stops every rank
+        return bad if self.env.is_main else prepare()  # complete now: opened, not decoded
 
     def _bar(self, desc: str):
         if not self.progress:

@@ -2,6 +2,7 @@
 
     with FolderLock(run_dir):   # refused with one line while another process holds it
         ...
+    lock.acquire(wait=True)     # or waits for it (a cache that another process is filling)
 
 The lock is an ``flock`` on ``<folder>/.lock``, which holds the owner's host and pid for
 the message. The operating system releases it when the owner exits in any way (SIGKILL
@@ -14,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
@@ -50,8 +52,9 @@ class FolderLock:
         self.what = what
         self._fd: int | None = None
 
-    def acquire(self) -> None:
-        """Takes the lock; raises :class:`UserInputError` naming the owner while it is held."""
+    def acquire(self, wait: bool = False, on_wait: Callable[[str], None] | None = None) -> None:
+        """Takes the lock. While another process holds it: raises :class:`UserInputError`
+        naming the owner, or with ``wait`` tells ``on_wait`` who it is and waits."""
         if fcntl is None or self._fd is not None:
             return
         try:
@@ -61,8 +64,16 @@ class FolderLock:
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except BlockingIOError:
-                    os.close(fd)
-                    raise UserInputError(self._held_message()) from None
+                    if not wait:
+                        os.close(fd)
+                        raise UserInputError(self._held_message()) from None
+                    try:
+                        if on_wait is not None:
+                            on_wait(f"{self.folder}: waiting for {self._owner()}, which uses it")
+                        fcntl.flock(fd, fcntl.LOCK_EX)
+                    except BaseException:  # Ctrl-C while waiting: leave no descriptor open
+                        os.close(fd)
+                        raise
                 if self._same_file(fd):
                     os.ftruncate(fd, 0)
                     owner = {"host": socket.gethostname(), "pid": os.getpid()}
@@ -90,15 +101,17 @@ class FolderLock:
         except FileNotFoundError:
             return False
 
-    def _held_message(self) -> str:
+    def _owner(self) -> str:
         try:
             owner = json.loads(self.path.read_text())
-            who = f"process {owner['pid']} on {owner['host']}"
+            return f"process {owner['pid']} on {owner['host']}"
         except (OSError, ValueError, KeyError, TypeError):
-            who = "another process"
+            return "another process"
+
+    def _held_message(self) -> str:
         return (
-            f"{self.folder}: this {self.what} is in use by {who}; wait for it to finish (or "
-            "stop it), or use another folder"
+            f"{self.folder}: this {self.what} is in use by {self._owner()}; wait for it to "
+            "finish (or stop it), or use another folder"
         )
 
     def __enter__(self) -> FolderLock:

@@ -1,6 +1,7 @@
 """From a pre-training configuration to batches: the corpus it names, its windows, loaders.
 
 train, valid, data = open_pretrain_data(config.data, seed=config.seed)  # data: resolved
+train, valid = prepared_sets(config, train, valid, console)  # decoded once, memory-mapped
 windows = train_windows(train, config)  # (window,) float32 items or skip reasons
 loader = window_loader(windows, sampler, config, env)  # {"wave": (B, window), ...}
 wave, weight = read(batch)  # BatchReader: (B, window) on the device, skips counted
@@ -17,6 +18,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from cpc_fast.config.pretrain import DataConfig, PretrainConfig
 from cpc_fast.data.corpora import open_pretrain_corpus
+from cpc_fast.data.file_index import AudioFileDataset
+from cpc_fast.data.prepared import prepare_corpus
 from cpc_fast.data.windows import WindowCollate, WindowDataset
 from cpc_fast.errors import UserInputError
 from cpc_fast.training.console import Console
@@ -30,6 +33,29 @@ def open_pretrain_data(data: DataConfig, **indexing: Any) -> tuple[Dataset, Data
     ``min_samples``, ``strict``, ``warn``)."""
     train, valid, source = open_pretrain_corpus(**asdict(data), **indexing)
     return train, valid, replace(data, format=source.format, path=source.path)
+
+
+def prepared_sets(
+    config: PretrainConfig, train: Dataset, valid: Dataset | None, console: Console
+) -> tuple[Dataset, Dataset | None]:
+    """``train`` and ``valid`` read from their prepared caches (built here when missing, by
+    ``config.workers`` processes) when ``config.cache`` and they are audio files; other
+    datasets (the synthetic corpus, your own) as they are. Every rank calls this: the
+    first prepares, the others wait on the cache's lock and then open it."""
+    if not config.cache:
+        return train, valid
+    sets = []
+    for dataset in (train, valid):
+        if isinstance(dataset, AudioFileDataset) and len(dataset) > 0:
+            dataset = prepare_corpus(
+                dataset,
+                config.cache_dir,
+                workers=config.workers,
+                progress=console.verbose,
+                info=console.info,
+            )
+        sets.append(dataset)
+    return sets[0], sets[1]
 
 
 def train_windows(dataset: Dataset, config: PretrainConfig) -> WindowDataset:
@@ -118,4 +144,4 @@ class BatchReader:
         return int(count.item())
 
 
-__all__ = ["BatchReader", "open_pretrain_data", "train_windows", "window_loader"]
+__all__ = ["BatchReader", "open_pretrain_data", "prepared_sets", "train_windows", "window_loader"]

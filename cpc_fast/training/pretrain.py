@@ -51,7 +51,7 @@ from cpc_fast.models.loading import save_cpc
 from cpc_fast.training import distributed
 from cpc_fast.training.checkpointer import Checkpointer
 from cpc_fast.training.console import Console
-from cpc_fast.training.data import BatchReader, train_windows, window_loader
+from cpc_fast.training.data import BatchReader, prepared_sets, train_windows, window_loader
 from cpc_fast.training.guard import NonFiniteGuard
 from cpc_fast.training.run_folder import (
     METRICS_NAME,
@@ -155,6 +155,10 @@ class _Run:
 
 def _train(config, train_set, valid_set, run_dir, env, progress, restart) -> Path:
     console = Console(env, progress)
+    # Decoded once into the prepared cache (unless `cache` is off): later epochs and runs
+    # read memory-mapped windows. The datasets keep their fingerprints, so the run record
+    # is the same either way.
+    train_set, valid_set = prepared_sets(config, train_set, valid_set, console)
     resume = distributed.on_main_then_broadcast(
         env,
         lambda: prepare_run_folder(run_dir, run_record(config, train_set, valid_set, env), restart),
@@ -392,6 +396,9 @@ def _announce(run: _Run, state: Progress, total: int, resume: bool) -> None:
     skipped = getattr(run.train_set, "skipped", [])
     if skipped:
         run.console.info(f"{len(skipped)} files were skipped while indexing")
+    conversions = getattr(run.train_set, "conversions", None)
+    if conversions is not None and conversions.summary():
+        run.console.info(conversions.summary())
 
 
 def _summarise(run: _Run, state: Progress) -> None:

@@ -3,7 +3,7 @@
 Unlabelled audio for CPC pre-training, :func:`open_pretrain_corpus` (``cpc-fast pretrain``):
 
     librispeech   LibriSpeech subsets (train-clean-100 by default)     corpora.librispeech
-    folder        any tree of .wav/.flac/.ogg files                    corpora.folder
+    folder        any tree of audio files (.wav/.flac/.ogg/.mp3/...)   corpora.folder
     synthetic     the built-in speech-like corpus                       corpora.synthetic_speech
 
 Labelled emotion corpora, :func:`open_emotion_corpus` (``cpc-fast experiment``, ``visualize``):

@@ -21,6 +21,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from cpc_fast.data.audio import Conversions
 from cpc_fast.data.labelled import BadRows, EmotionCorpus, EmotionRecord, check_audio, parse_score
 from cpc_fast.errors import UserInputError
 
@@ -84,6 +85,7 @@ def load_iemocap(
     """Reads labels and checks audio headers; bad rows raise (listed) unless ``skip_bad``."""
     root = Path(root)
     keep = resolve_subset(subset)
+    conversions = Conversions()
     bad = BadRows(f"IEMOCAP {root}")
     records: list[EmotionRecord] = []
     seen: set[str] = set()
@@ -109,7 +111,7 @@ def load_iemocap(
                 session, gender = int(match.group(1)), match.group(2)
                 dialog = utterance.rsplit("_", 1)[0]
                 wav = session_dir / "sentences" / "wav" / dialog / f"{utterance}.wav"
-                if not check_audio(wav, source, bad):
+                if not check_audio(wav, source, bad, conversions):
                     continue
                 records.append(
                     EmotionRecord(
@@ -132,6 +134,7 @@ def load_iemocap(
         label_range=LABEL_RANGE,
         skipped=skipped,
         description=f"IEMOCAP ({subset} subset)",
+        conversions=conversions,
     )
 
 

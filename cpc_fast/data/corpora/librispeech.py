@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from cpc_fast.data.audio import Conversions
 from cpc_fast.data.file_index import AudioFileDataset, AudioItem, check_files, split_items
 from cpc_fast.errors import UserInputError
 
@@ -169,7 +170,8 @@ def load_librispeech(
 ) -> LibriSpeech:
     """Indexes LibriSpeech under ``root`` (no decoding: headers only).
 
-    Bad files (wrong rate, not mono, unreadable, empty, shorter than ``min_samples``) are
+    Files at another rate or with several channels are converted when read (counted in
+    ``train.conversions``). Bad files (unreadable, empty, shorter than ``min_samples``) are
     skipped, each reported through ``warn`` and listed in ``train.skipped``; with ``strict``
     the first one raises :class:`UserInputError` naming it.
     """
@@ -183,8 +185,14 @@ def load_librispeech(
         candidates.extend(_candidates(subset_dir, warn))
     if not candidates:
         raise UserInputError(f"{root}: no .flac files in the LibriSpeech layout")
+    conversions = Conversions(sample_rate)
     items, skipped = check_files(
-        candidates, sample_rate=sample_rate, min_samples=min_samples, strict=strict, warn=warn
+        candidates,
+        sample_rate=sample_rate,
+        min_samples=min_samples,
+        strict=strict,
+        warn=warn,
+        conversions=conversions,
     )
     train, valid = split_items(items, valid_fraction)
     if max_minutes_per_speaker is not None:
@@ -194,7 +202,11 @@ def load_librispeech(
     names = "+".join(p.name for p in subsets)
     return LibriSpeech(
         train=AudioFileDataset(
-            train, sample_rate=sample_rate, skipped=skipped, description=f"librispeech {names}"
+            train,
+            sample_rate=sample_rate,
+            skipped=skipped,
+            description=f"librispeech {names}",
+            conversions=conversions,
         ),
         valid=AudioFileDataset(
             valid, sample_rate=sample_rate, description=f"librispeech {names} (validation)"

@@ -2,7 +2,8 @@
 
 Header and columns: ``path,activation,valence,dominance,split[,speaker,emotion]``.
 
-* ``path``: the audio file, relative to the CSV's folder (or absolute); 16 kHz.
+* ``path``: the audio file, relative to the CSV's folder (or absolute); any format,
+  rate and channel count (converted to 16 kHz mono when read).
 * ``activation``, ``valence``, ``dominance``: finite numbers on any scale (reports keep it).
 * ``split``: ``train``, ``validation`` (also ``valid``, ``dev``, ``development``) or ``test``.
   Without validation rows, validation is carved from the training rows (see
@@ -17,6 +18,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+from cpc_fast.data.audio import Conversions
 from cpc_fast.data.labelled import BadRows, EmotionCorpus, EmotionRecord, check_audio, parse_score
 from cpc_fast.errors import UserInputError
 
@@ -44,6 +46,7 @@ def load_manifest(root: str | Path, *, skip_bad: bool = False) -> EmotionCorpus:
     """Reads a manifest CSV; bad rows (listed as file:line) raise unless ``skip_bad``."""
     csv_path = find_manifest(Path(root))
     folder = csv_path.resolve().parent
+    conversions = Conversions()
     bad = BadRows(f"manifest {csv_path}")
     records: list[EmotionRecord] = []
     with open(csv_path, newline="", encoding="utf-8-sig") as fh:
@@ -79,7 +82,7 @@ def load_manifest(root: str | Path, *, skip_bad: bool = False) -> EmotionCorpus:
                 bad.add(source, f"{rel}: bad label value ({exc})")
                 continue
             wav = Path(rel) if Path(rel).is_absolute() else folder / rel
-            if not check_audio(wav, source, bad):
+            if not check_audio(wav, source, bad, conversions):
                 continue
             speaker = (row.get("speaker") or "").strip() or None
             emotion = (row.get("emotion") or "").strip() or None
@@ -101,6 +104,7 @@ def load_manifest(root: str | Path, *, skip_bad: bool = False) -> EmotionCorpus:
         protocol="splits",
         skipped=skipped,
         description=f"manifest {csv_path}",
+        conversions=conversions,
     )
 
 

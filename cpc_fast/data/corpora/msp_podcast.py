@@ -1,6 +1,6 @@
 """MSP-Podcast in its public layout.
 
-    <root>/Audios/<FileName>                       audio (16 kHz wav)
+    <root>/Audios/<FileName>                       audio (wav; any rate is resampled)
     <root>/Labels/labels_consensus.csv             labels (newer releases)
     <root>/Labels/labels_concensus.csv             the same, older releases' spelling
 
@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+from cpc_fast.data.audio import Conversions
 from cpc_fast.data.labelled import BadRows, EmotionCorpus, EmotionRecord, check_audio, parse_score
 from cpc_fast.errors import UserInputError
 
@@ -45,6 +46,7 @@ def load_msp_podcast(
     if test_set not in TEST_SETS:
         raise UserInputError(f"`test_set` must be one of {', '.join(TEST_SETS)}, got {test_set!r}")
     label_file = find_label_file(root)
+    conversions = Conversions()
     bad = BadRows(f"MSP-Podcast {label_file}")
     records: list[EmotionRecord] = []
     unused = 0
@@ -80,7 +82,7 @@ def load_msp_podcast(
                 bad.add(source, f"{name}: bad label value ({exc})")
                 continue
             wav = root / "Audios" / name
-            if not check_audio(wav, source, bad):
+            if not check_audio(wav, source, bad, conversions):
                 continue
             speaker = (row["SpkrID"] or "").strip()
             records.append(
@@ -102,6 +104,7 @@ def load_msp_podcast(
         label_range=LABEL_RANGE,
         skipped=skipped,
         description=f"MSP-Podcast (test set {test_set}; {unused} rows of other test sets unused)",
+        conversions=conversions,
     )
 
 
