@@ -8,6 +8,7 @@ is present (then the ``cuda``-marked tests exercise the real compiler) or the ca
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 
 import torch
@@ -17,7 +18,7 @@ if not torch.cuda.is_available():
 os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
 # Prepared corpora go to a folder of this session (subprocesses inherit it), never to the
 # user's cache.
-os.environ["CPC_FAST_CACHE"] = tempfile.mkdtemp(prefix="cpc-fast-test-cache-")
+_CACHE = os.environ["CPC_FAST_CACHE"] = tempfile.mkdtemp(prefix="cpc-fast-test-cache-")
 
 import pytest  # noqa: E402
 from optional_deps import REQUIRE_EXTRAS  # noqa: E402
@@ -76,3 +77,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
     if required and not _huggingface_passed:
         line += " (CPC_FAST_REQUIRE_EXTRAS=1 requires at least one: failing the run)"
     terminalreporter.write_line(line)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    shutil.rmtree(_CACHE, ignore_errors=True)
