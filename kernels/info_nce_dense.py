@@ -69,7 +69,8 @@ def _dot(a, b, IEEE: tl.constexpr, F32_DOT: tl.constexpr):
 @triton.jit
 def _load_tile(base, rows, stride_row, n_rows, offs_d, stride_d, D):
     """(rows, BLOCK_D) in the input dtype; rows >= n_rows and columns >= D read as 0."""
-    ptrs = base + rows.to(tl.int64)[:, None] * stride_row + offs_d[None, :] * stride_d
+    ptrs = (base + rows.to(tl.int64)[:, None] * stride_row
+            + offs_d.to(tl.int64)[None, :] * stride_d)  # int64: see gather's _load_rows
     return tl.load(ptrs, mask=(rows < n_rows)[:, None] & (offs_d < D)[None, :], other=0.0)
 
 
@@ -181,7 +182,8 @@ def _dense_bwd_dq_kernel(
     dq = dq * g[:, None]  # g is per row: factored out of the sum over frames exactly
 
     dq_ptrs = (bk_base(dq_ptr, b, k, stride_dqb, stride_dqk)
-               + offs_t.to(tl.int64)[:, None] * stride_dqt + offs_d[None, :] * stride_dqd)
+               + offs_t.to(tl.int64)[:, None] * stride_dqt
+               + offs_d.to(tl.int64)[None, :] * stride_dqd)
     tl.store(dq_ptrs, dq.to(dq_ptr.dtype.element_ty),
              mask=(offs_t < L)[:, None] & (offs_d < D)[None, :])
 
@@ -225,6 +227,6 @@ def _dense_bwd_dz_kernel(
             dz += _dot(tl.trans(dp.to(q.dtype)), q, IEEE, F32_DOT) * g_max
 
     dz_ptrs = (bk_base(dz_ptr, b, 0, stride_dzb, 0) + offs_f.to(tl.int64)[:, None] * stride_dzt
-               + offs_d[None, :] * stride_dzd)
+               + offs_d.to(tl.int64)[None, :] * stride_dzd)
     tl.store(dz_ptrs, dz.to(dz_ptr.dtype.element_ty),
              mask=(offs_f < L)[:, None] & (offs_d < D)[None, :])
