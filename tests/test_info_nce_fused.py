@@ -215,6 +215,38 @@ def test_deterministic_gradients_are_bitwise_reproducible():
     assert all(torch.equal(a, b) for a, b in zip(*runs, strict=True))
 
 
+@pytest.mark.parametrize("form", ["cpc", "general"])
+def test_torch_deterministic_flag_selects_the_deterministic_backward(form, monkeypatch):
+    from cpc_fast.kernels import info_nce as launchers
+
+    segment_passes = []
+    segment_dk = launchers._segment_dk
+    monkeypatch.setattr(
+        launchers, "_segment_dk", lambda *a: segment_passes.append(1) or segment_dk(*a)
+    )
+    pred, z, neg = _cpc_inputs(2, 3, 9, 16, 4)
+
+    def backward(**kwargs):
+        if form == "cpc":
+            loss = cpc_info_nce(pred, z, neg_index=neg, backend="fused", design="gather",
+                                **kwargs).loss  # fmt: skip
+        else:
+            q, keys = pred[0, 0], z[0]
+            pos = torch.arange(1, 10, device=DEVICE) % 9
+            loss = info_nce(q, keys, pos, neg[0, 0], backend="fused", **kwargs)
+        torch.autograd.grad(loss, [pred, z])
+        return len(segment_passes)
+
+    assert backward() == 0  # today's default: atomics
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        assert backward() == 1  # the run asked for determinism: no atomics
+        assert backward(deterministic=False) == 1  # an explicit choice still wins
+    finally:
+        torch.use_deterministic_algorithms(previous)
+
+
 def test_contiguous_and_strided_inputs_agree():
     pred, z, neg = _cpc_inputs(2, 3, 9, 20, 4)
     strided = cpc_info_nce(pred, z, neg_index=neg, backend="fused", design="gather")

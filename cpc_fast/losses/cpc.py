@@ -28,7 +28,13 @@ import torch
 
 from cpc_fast.errors import UserInputError
 from cpc_fast.losses import negatives as sampling
-from cpc_fast.losses._checks import check_choice, check_float, check_same_device, check_temperature
+from cpc_fast.losses._checks import (
+    check_choice,
+    check_float,
+    check_same_device,
+    check_temperature,
+    follow_deterministic,
+)
 from cpc_fast.losses.backend import fused_ops, resolve_backend
 from cpc_fast.losses.info_nce_reference import cpc_info_nce_rows_reference
 
@@ -66,7 +72,7 @@ def cpc_info_nce(
     seed: int | None = None,
     exclude_positive: bool = False,
     backend: str | None = None,
-    deterministic: bool = False,
+    deterministic: bool | None = None,
     *,
     design: str | None = None,
     check_indices: bool = True,
@@ -91,7 +97,8 @@ def cpc_info_nce(
     (the Philox design reads one draw of a CUDA generator back to the host: a device sync
     per call; a seed or a CPU generator avoids it). ``design`` picks the fused kernels
     (module docstring) and ``deterministic=True`` makes the fused d_z bitwise reproducible
-    (no atomics); the reference backend has one implementation and ignores both. The
+    (no atomics; None, the default, follows ``torch.use_deterministic_algorithms``); the
+    reference backend has one implementation and ignores both. The
     accuracy counts a row whose positive scores strictly above every negative, a negative
     at the positive's own frame being a tie; with ``correct_on_tie`` a tie counts (the
     argmax convention of CPC_audio). Returns fp32 losses (fp64 for fp64 inputs on the
@@ -123,7 +130,8 @@ def cpc_info_nce(
     if resolve_backend(backend, predictions, z) == "fused":
         design = _fused_design(design, negatives, predictions.shape, L)
         rows, correct = _fused_rows(
-            predictions, z, negatives, scale, design, deterministic, correct_on_tie
+            predictions, z, negatives, scale, design, follow_deterministic(deterministic),
+            correct_on_tie,
         )
     else:
         negatives = _drawn(negatives, B, K, T, L, z.device)

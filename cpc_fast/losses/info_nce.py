@@ -30,6 +30,7 @@ from cpc_fast.losses._checks import (
     check_index,
     check_same_device,
     check_temperature,
+    follow_deterministic,
 )
 from cpc_fast.losses.backend import (  # noqa: F401  (re-exported: the module's API)
     BACKEND_ENV,
@@ -64,7 +65,7 @@ def info_nce(
     mask_duplicates: str = "none",
     correct_on_tie: bool = False,
     backend: str | None = None,
-    deterministic: bool = False,
+    deterministic: bool | None = None,
     return_correct: bool = False,
     check_indices: bool = True,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
@@ -85,7 +86,8 @@ def info_nce(
     strictly above every kept negative and no kept negative equals the positive (by index
     or value: a tie); with ``correct_on_tie`` when it scores at or above them (a tie counts,
     as an argmax that prefers the positive). ``deterministic=True`` makes the fused d_keys
-    independent of thread timing (no atomics; slower, see kernels/README.md).
+    independent of thread timing (no atomics; slower, see kernels/README.md); None (the
+    default) follows ``torch.use_deterministic_algorithms``.
     ``check_indices=False`` skips the range check (and its device sync) on the fused
     backend: rows with an out-of-range index then get a NaN loss.
     """
@@ -109,7 +111,7 @@ def info_nce(
             cosine=similarity == "cosine",
             mask=mask_duplicates,
             correct_on_tie=correct_on_tie,
-            deterministic=deterministic,
+            deterministic=follow_deterministic(deterministic),
             check_indices=check_indices,
         )
         rows, correct = fused.fused_rows(
