@@ -129,9 +129,9 @@ def cpc_info_nce(
     scale = 1.0 / temperature
     if resolve_backend(backend, predictions, z) == "fused":
         design = _fused_design(design, negatives, predictions.shape, L)
+        deterministic = follow_deterministic(deterministic)
         rows, correct = _fused_rows(
-            predictions, z, negatives, scale, design, follow_deterministic(deterministic),
-            correct_on_tie,
+            predictions, z, negatives, scale, design, deterministic, correct_on_tie
         )
     else:
         negatives = _drawn(negatives, B, K, T, L, z.device)
