@@ -7,10 +7,13 @@ GPU, and compiles each recorded launch through Triton's full pipeline (TTIR -> T
 Triton's own launch-time specialisation of the recorded arguments, so what compiles here is
 what a GPU compiles: unit strides become constants, sizes and pointers get their 16-byte
 alignment, integers past 2**31 become int64. Two shapes are recorded: the paper's (B=8,
-K=12, L=1000, N=50 at each D) and an edge shape where K, N, ceil(N/4) and the seed are 1,
-which Triton turns into compile-time constants. One JSON line per distinct variant gives
-registers, spills and shared memory from ``ptxas -v``. It must run with ``TRITON_INTERPRET``
-unset: the interpreter replaces ``triton.jit`` functions.
+K=12, L=1000, N=50 at each D) and an edge shape where K, N and ceil(N/4) are 1, which Triton
+turns into compile-time constants (and the seed is 1: it is a device tensor the kernels
+read, so no value of it specialises anything). One JSON line per distinct variant gives
+registers, spills and shared memory from ``ptxas -v``. ``--seeds 1,16,17`` instead prints
+one JSON line per seed with the specialisation key of every launch at the paper's shape:
+the lines must be equal (a seed that changes every step must never recompile). It must
+run with ``TRITON_INTERPRET`` unset: the interpreter replaces ``triton.jit`` functions.
 """
 
 from __future__ import annotations
@@ -123,7 +126,8 @@ def _launch_all(
 ) -> None:
     """Calls every launcher path once: general and CPC forms, every design and mode; sets
     ``labels[0]`` to "path|tag" for the recorder."""
-    B, K, L, N, seed = shape["B"], shape["K"], shape["L"], shape["N"], shape["seed"]
+    B, K, L, N = shape["B"], shape["K"], shape["L"], shape["N"]
+    seed = torch.full((1,), shape["seed"], dtype=torch.int64)  # as the op hands it over
     g = torch.Generator().manual_seed(0)
     q = torch.empty(B, L, K, D, dtype=dtype).permute(0, 2, 1, 3)  # the model's layout
     z = torch.empty(B, L, D, dtype=dtype)
@@ -131,7 +135,7 @@ def _launch_all(
     grad = torch.empty(B, K, L)
     neg = torch.randint(0, L, (B, K, L, N), generator=g, dtype=index_dtype)
     cpc = [
-        launchers.Candidates(None, neg, N, 0, False),
+        launchers.Candidates(None, neg, N, None, False),
         launchers.Candidates(None, None, N, seed, False),
         launchers.Candidates(None, None, N, seed, True),
     ]
@@ -139,10 +143,10 @@ def _launch_all(
     flat = (torch.empty(M, D, dtype=dtype)[None, None], torch.empty(1, M, D, dtype=dtype))
     pos = torch.randint(0, M, (M,), generator=g, dtype=index_dtype)[None, None]
     negs = torch.randint(0, M, (M, N), generator=g, dtype=index_dtype)[None, None]
-    general = launchers.Candidates(pos, negs, N, 0, False)
+    general = launchers.Candidates(pos, negs, N, None, False)
     # CPC_audio: negatives from the whole batch (keys (1, B·L, D)), shared by the K steps.
     shared = torch.randint(0, B * L, (B, 1, L, N), generator=g, dtype=index_dtype)
-    batch = launchers.Candidates(None, shared.expand(B, K, L, N), N, 0, False, L, True)
+    batch = launchers.Candidates(None, shared.expand(B, K, L, N), N, None, False, L, True)
     plain = launchers.PLAIN
     paths = {  # path -> ((queries, keys), candidates, scoring)
         "general": (flat, general, plain),
@@ -199,6 +203,16 @@ def variants(dims: tuple[int, ...] = (128,), index: str = "i64") -> list[Variant
             v.name = f"{base[:-1]},#{n}]"
         out[v.name] = v
     return list(out.values())
+
+
+def seed_keys(seed: int, D: int = 128) -> list[str]:
+    """The specialisation key of every launch at the paper's shape with this seed, in launch
+    order (fp32): equal for every seed when no kernel specialises on it."""
+    calls: list = []
+    labels = [""]
+    with _recording(calls, labels):
+        _launch_all(D, torch.float32, PAPER | {"seed": seed}, torch.int64, labels, f"D={D}")
+    return [_variant(fn, args, kwargs, label).key() for fn, args, kwargs, label in calls]
 
 
 def compile_variant(v: Variant, arch: int = 90) -> dict[str, Any]:
@@ -267,9 +281,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--index", default="i64", choices=("i64", "i32"))
     parser.add_argument("--filter", default="", help="only variants whose name contains this")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--seeds", default="", help="print the launch keys for these seeds")
     args = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         raise SystemExit("unset TRITON_INTERPRET: the interpreter cannot compile kernels")
+    if args.seeds:
+        for seed in args.seeds.split(","):
+            print(json.dumps({"seed": int(seed), "keys": seed_keys(int(seed))}), flush=True)
+        return
     dims = tuple(int(d) for d in args.dims.split(","))
     _JOBS[:] = [v for v in variants(dims, args.index) if args.filter in v.name]
     jobs = [(i, args.arch) for i in range(len(_JOBS))]

@@ -81,6 +81,8 @@ class Candidates(NamedTuple):
         t + k + 1 of the row's sequence, rows with t + k + 1 >= seq_len left out.
     neg: (B, K, L, N) explicit key rows (any strides: a stride 0 over K shares them between
         steps), or None to draw them in-kernel from seed (frames of the row's own sequence).
+    seed: the Philox key as a 1-element int64 tensor on the queries' device (read by the
+        kernels on the device: see ``sampling.load_seed``), or None with explicit ``neg``.
     seq_len: CPC frames per sequence; 0 means keys.shape[1].
     batch_keys: CPC keys are the whole batch's frames (1, B * seq_len, D): positives are
         offset by b * seq_len and negatives index the whole batch.
@@ -89,7 +91,7 @@ class Candidates(NamedTuple):
     pos: torch.Tensor | None
     neg: torch.Tensor | None
     N: int
-    seed: int
+    seed: torch.Tensor | None
     exclude_positive: bool
     seq_len: int = 0
     batch_keys: bool = False
@@ -132,6 +134,12 @@ def _dummy(like: torch.Tensor) -> torch.Tensor:
     return torch.empty(1, dtype=torch.int64, device=like.device)
 
 
+def _or_dummy(t: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+    """An optional pointer argument: the kernels read it only under the constexpr that says
+    it is there."""
+    return t if t is not None else _dummy(like)
+
+
 def _on_device(t: torch.Tensor) -> contextlib.AbstractContextManager:
     """Makes t's GPU the current device for the launch (Triton launches on the current one)."""
     return torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext()
@@ -152,11 +160,10 @@ def _gather_launch(q, keys, cand: Candidates, scale: float, scoring: Scoring):
     """The gather kernels' shared arguments: (index tensors, sizes and strides, constants)."""
     B, K, L, D = q.shape
     seq_len = _seq_len(cand, keys)
-    indices = (cand.pos if cand.pos is not None else _dummy(q),
-               cand.neg if cand.neg is not None else _dummy(q))  # fmt: skip
+    indices = (_or_dummy(cand.pos, q), _or_dummy(cand.neg, q), _or_dummy(cand.seed, q))
     sizes = (
         K, L, D, cand.N, n_groups(cand.N), keys.shape[1], seq_len,
-        seq_len if cand.batch_keys else 0, cand.seed, scale,
+        seq_len if cand.batch_keys else 0, scale,
         *q.stride(), *_batch_strides(keys, B), _pos_stride(cand), *_neg_strides(cand),
     )  # fmt: skip
     cfg = gather_config(D)
@@ -281,10 +288,11 @@ def candidate_keys(
 
 
 def _dense_launch(q, z, cand: Candidates, scale: float):
-    """The dense kernels' shared arguments: (negatives, sizes and strides, constants, cfg)."""
+    """The dense kernels' shared arguments: ((negatives, seed), sizes and strides, constants,
+    cfg)."""
     B, K, L, D = q.shape
     cfg = dense_config(D)
-    sizes = (K, L, D, cand.N, n_groups(cand.N), cand.seed, scale,
+    sizes = (K, L, D, cand.N, n_groups(cand.N), scale,
              *q.stride(), *z.stride(), *_neg_strides(cand))  # fmt: skip
     meta = dict(
         SAMPLED=cand.neg is None, EXCLUDE_POS=cand.exclude_positive,
@@ -292,7 +300,7 @@ def _dense_launch(q, z, cand: Candidates, scale: float):
         BLOCK_F=cfg.BLOCK_F, BLOCK_D=cfg.BLOCK_D, num_warps=cfg.num_warps,
         num_stages=cfg.num_stages,
     )  # fmt: skip
-    return cand.neg if cand.neg is not None else _dummy(q), sizes, meta, cfg
+    return (_or_dummy(cand.neg, q), _or_dummy(cand.seed, q)), sizes, meta, cfg
 
 
 def dense_forward(
@@ -305,10 +313,10 @@ def dense_forward(
     """Design (c) forward (CPC only) -> (loss, correct, lse), each (B, K, L)."""
     B, K, L, _ = q.shape
     lse, loss, correct = _row_outputs(q)
-    neg, sizes, meta, cfg = _dense_launch(q, z, cand, scale)
+    ptrs, sizes, meta, cfg = _dense_launch(q, z, cand, scale)
     with _on_device(q):
         _dense_fwd_kernel[(triton.cdiv(L, cfg.BLOCK_M), K, B)](
-            q, z, neg, lse, loss, correct, *sizes, ON_TIE=correct_on_tie, **meta
+            q, z, *ptrs, lse, loss, correct, *sizes, ON_TIE=correct_on_tie, **meta
         )
     return loss, correct.bool(), lse
 
@@ -328,21 +336,21 @@ def dense_backward(
     B, K, L, _ = q.shape
     dq = torch.empty_like(q) if need_dq else None
     dz = torch.empty(z.shape, dtype=z.dtype, device=z.device) if need_dz else None
-    neg, sizes, meta, cfg = _dense_launch(q, z, cand, scale)
+    ptrs, sizes, meta, cfg = _dense_launch(q, z, cand, scale)
     with _on_device(q):
         if need_dq:
             _dense_bwd_dq_kernel[(triton.cdiv(L, cfg.BLOCK_M), K, B)](
-                q, z, neg, lse, grad, dq, *sizes, *dq.stride(), **meta
+                q, z, *ptrs, lse, grad, dq, *sizes, *dq.stride(), **meta
             )
         if need_dz:
             _dense_bwd_dz_kernel[(triton.cdiv(L, cfg.BLOCK_F), B)](
-                q, z, neg, lse, grad, dz, *dz.stride(), *sizes, **meta
+                q, z, *ptrs, lse, grad, dz, *dz.stride(), *sizes, **meta
             )
     return dq, dz
 
 
 def materialize_negatives(
-    seed: int,
+    seed: int | torch.Tensor,
     B: int,
     K: int,
     L: int,
@@ -351,13 +359,16 @@ def materialize_negatives(
     exclude_positive: bool,
     n_frames: int | None = None,
 ) -> torch.Tensor:
-    """The (B, K, L, N) int64 frames the SAMPLED kernels draw for ``seed`` (L rows per step,
-    from sequences of ``n_frames`` frames, default L)."""
+    """The (B, K, L, N) int64 frames the SAMPLED kernels draw for ``seed`` (a Philox key, or
+    a 1-element int64 tensor holding one) (L rows per step, from sequences of ``n_frames``
+    frames, default L)."""
     out = torch.empty((B, K, L, N), dtype=torch.int64, device=device)
+    if not isinstance(seed, torch.Tensor):
+        seed = torch.full((), seed, dtype=torch.int64, device=device)  # a fill: no copy
     block = 64
     with _on_device(out):
         _materialize_negatives_kernel[(triton.cdiv(L, block), K, B)](
-            out, K, L, N, n_groups(N), n_frames or L, seed, EXCLUDE_POS=exclude_positive,
+            out, seed, K, L, N, n_groups(N), n_frames or L, EXCLUDE_POS=exclude_positive,
             BLOCK_M=block,
         )  # fmt: skip
     return out

@@ -21,7 +21,7 @@ import triton
 import triton.language as tl
 
 from .indexing import bk_base, row_ptrs, store_row_outputs
-from .sampling import negatives4
+from .sampling import load_seed, negatives4
 
 # Kernels are laid out by hand (argument groups per line), as in the Triton tutorials.
 # fmt: off
@@ -95,9 +95,9 @@ def _row_tile(q_ptr, z_ptr, neg_ptr, K, L, D, stride_qb, stride_qk, stride_qt, s
 
 @triton.jit
 def _dense_fwd_kernel(
-    q_ptr, z_ptr, neg_ptr,
+    q_ptr, z_ptr, neg_ptr, seed_ptr,
     lse_ptr, loss_ptr, correct_ptr,  # (B, K, L) contiguous
-    K, L, D, N, n_groups, seed, scale,
+    K, L, D, N, n_groups, scale,
     stride_qb, stride_qk, stride_qt, stride_qd,
     stride_zb, stride_zt, stride_zd,
     stride_nb, stride_nk, stride_nt, stride_nn,
@@ -107,6 +107,7 @@ def _dense_fwd_kernel(
     b, k, offs_t, offs_d, row_mask, pos, row, neg_row, q, z_base = _row_tile(
         q_ptr, z_ptr, neg_ptr, K, L, D, stride_qb, stride_qk, stride_qt, stride_qd, stride_zb,
         stride_nb, stride_nk, stride_nt, BLOCK_M, BLOCK_D)
+    seed = load_seed(seed_ptr, SAMPLED)
     bad = offs_t < 0
 
     m = tl.full((BLOCK_M,), _NEG_BIG, tl.float32)
@@ -155,8 +156,8 @@ def _dprobs(q, z, offs_f, pos, cnt, lse, scale, IEEE: tl.constexpr, F32_DOT: tl.
 
 @triton.jit
 def _dense_bwd_dq_kernel(
-    q_ptr, z_ptr, neg_ptr, lse_ptr, grad_ptr, dq_ptr,
-    K, L, D, N, n_groups, seed, scale,
+    q_ptr, z_ptr, neg_ptr, seed_ptr, lse_ptr, grad_ptr, dq_ptr,
+    K, L, D, N, n_groups, scale,
     stride_qb, stride_qk, stride_qt, stride_qd,
     stride_zb, stride_zt, stride_zd,
     stride_nb, stride_nk, stride_nt, stride_nn,
@@ -168,6 +169,7 @@ def _dense_bwd_dq_kernel(
     b, k, offs_t, offs_d, row_mask, pos, row, neg_row, q, z_base = _row_tile(
         q_ptr, z_ptr, neg_ptr, K, L, D, stride_qb, stride_qk, stride_qt, stride_qd, stride_zb,
         stride_nb, stride_nk, stride_nt, BLOCK_M, BLOCK_D)
+    seed = load_seed(seed_ptr, SAMPLED)
     g = tl.load(grad_ptr + row, mask=row_mask, other=0.0) * scale
     lse = tl.load(lse_ptr + row, mask=row_mask, other=0.0)
 
@@ -190,9 +192,9 @@ def _dense_bwd_dq_kernel(
 
 @triton.jit
 def _dense_bwd_dz_kernel(
-    q_ptr, z_ptr, neg_ptr, lse_ptr, grad_ptr,
+    q_ptr, z_ptr, neg_ptr, seed_ptr, lse_ptr, grad_ptr,
     dz_ptr, stride_dzb, stride_dzt, stride_dzd,  # the output (B, L, D), written once
-    K, L, D, N, n_groups, seed, scale,
+    K, L, D, N, n_groups, scale,
     stride_qb, stride_qk, stride_qt, stride_qd,
     stride_zb, stride_zt, stride_zd,
     stride_nb, stride_nk, stride_nt, stride_nn,
@@ -202,6 +204,7 @@ def _dense_bwd_dz_kernel(
     """One program per (frame block, b): dz = Σ_k Σ_row-blocks dSᵀ q, in a fixed order."""
     pid_f = tl.program_id(0)
     b = tl.program_id(1)
+    seed = load_seed(seed_ptr, SAMPLED)
     offs_f = pid_f * BLOCK_F + tl.arange(0, BLOCK_F)
     offs_d = tl.arange(0, BLOCK_D)
     z = _load_tile(bk_base(z_ptr, b, 0, stride_zb, 0), offs_f, stride_zt, L, offs_d, stride_zd, D)

@@ -8,8 +8,8 @@ gathering one key row per query row per step, so no (rows, N + 1, D) tensor ever
 - CPC: the positive of row (b, k, t) is frame t + k + 1 of sequence b (plus ``pos_b`` · b when
   the keys are the whole batch's frames) and rows with t + k + 1 >= seq_len are skipped;
   otherwise positives come from ``pos_ptr`` (IGNORE drops a row) and all rows count.
-- SAMPLED (design (b)): negatives are regenerated from ``seed`` (see ``sampling.py``) instead
-  of read from ``neg_ptr``.
+- SAMPLED (design (b)): negatives are regenerated from the seed at ``seed_ptr`` (see
+  ``sampling.py``) instead of read from ``neg_ptr``.
 - COSINE: s = <q, c> / (max(|q|, eps) · max(|c|, eps)) · scale, torch's cosine_similarity,
   with the norms computed from the rows in registers (nothing normalised is stored).
 - MASK: a negative equal to the row's positive by index (1) or in all D components (2) gets
@@ -34,7 +34,7 @@ import triton
 import triton.language as tl
 
 from .indexing import bk_base, checked_positive, row_ptrs, store_row_outputs
-from .sampling import negatives4
+from .sampling import load_seed, negatives4
 
 # Kernels are laid out by hand (argument groups per line), as in the Triton tutorials.
 # fmt: off
@@ -220,9 +220,9 @@ def _walk_negatives(q, rq, key_base, neg_row, stride_nn, row_mask, row, pos, c_p
 
 @triton.jit
 def _info_nce_fwd_kernel(
-    q_ptr, key_ptr, pos_ptr, neg_ptr,
+    q_ptr, key_ptr, pos_ptr, neg_ptr, seed_ptr,
     lse_ptr, loss_ptr, correct_ptr,  # (B, K, L) contiguous outputs
-    K, L, D, N, n_groups, n_frames, seq_len, pos_b, seed, scale,
+    K, L, D, N, n_groups, n_frames, seq_len, pos_b, scale,
     stride_qb, stride_qk, stride_qt, stride_qd,
     stride_kb, stride_kt, stride_kd,
     stride_pt,
@@ -237,6 +237,7 @@ def _info_nce_fwd_kernel(
         BLOCK_M, BLOCK_D)
     s_pos, _, c_pos, _, _ = _score(q, rq, key_base, pos, stride_kt, offs_d, stride_kd, mask,
                                    scale, COSINE, BLOCK_M)
+    seed = load_seed(seed_ptr, SAMPLED)
 
     # State: running max (from the positive), sum, max negative, tied; no lse/gradients yet.
     m, l, neg_max, tied, bad_neg = _walk_negatives(
@@ -252,9 +253,9 @@ def _info_nce_fwd_kernel(
 
 @triton.jit
 def _info_nce_bwd_kernel(
-    q_ptr, key_ptr, pos_ptr, neg_ptr, lse_ptr, grad_ptr,
+    q_ptr, key_ptr, pos_ptr, neg_ptr, seed_ptr, lse_ptr, grad_ptr,
     dq_ptr, dk_ptr,  # dq strided like q; dk (B, Lk, D) fp32, used only with ATOMIC
-    K, L, D, N, n_groups, n_frames, seq_len, pos_b, seed, scale,
+    K, L, D, N, n_groups, n_frames, seq_len, pos_b, scale,
     stride_qb, stride_qk, stride_qt, stride_qd,
     stride_kb, stride_kt, stride_kd,
     stride_pt,
@@ -276,6 +277,7 @@ def _info_nce_bwd_kernel(
 
     s_pos, sim, c_pos, rc, uc = _score(q, rq, key_base, pos, stride_kt, offs_d, stride_kd, mask,
                                        scale, COSINE, BLOCK_M)
+    seed = load_seed(seed_ptr, SAMPLED)
     dq, S = _grad_step(q, rq, c_pos, rc, uc, sim, g * (tl.exp(s_pos - lse) - 1.0), pos, mask,
                        tl.zeros((BLOCK_M, BLOCK_D), tl.float32),
                        tl.zeros((BLOCK_M,), tl.float32), dk_base, stride_dkt, offs_d,

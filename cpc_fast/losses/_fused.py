@@ -21,7 +21,12 @@ reduction was.
 - Gradients are computed only for the inputs that need them (``ctx.needs_input_grad``): with
   frozen keys (a target network) no d_keys atomics or sort run at all.
 - Given indices are range-checked inside the op (``check_indices``: one ``aminmax`` and one
-  device sync each), so the check runs in compiled graphs too.
+  device sync each), so the check runs in compiled graphs too; while a CUDA graph is being
+  captured the check is a device-side assertion instead (no host read).
+- No host sync otherwise: the Philox seed is a device tensor the kernels read, so the op
+  can be captured in a CUDA graph (``torch.cuda.graph``, ``torch.compile(mode=
+  "reduce-overhead")``), and a seed drawn on the device inside the captured region (the
+  default of ``cpc_info_nce``) is drawn afresh at every replay.
 """
 
 from __future__ import annotations
@@ -67,9 +72,12 @@ _OPTIONS = ", ".join(f"{t.__name__} {n}" for n, t in get_type_hints(FusedOptions
 _TENSORS = "Tensor q, Tensor keys, Tensor? pos, Tensor? neg, Tensor? seed"
 
 
-def _candidates(pos, neg, seed, o: FusedOptions) -> Candidates:
-    philox_seed = int(seed) if seed is not None else 0
-    return Candidates(pos, neg, o.N, philox_seed, o.exclude_positive, o.seq_len, o.batch_keys)
+def _candidates(q, pos, neg, seed, o: FusedOptions) -> Candidates:
+    # The seed stays a tensor that the kernels read on the device: never read to the host
+    # (a sync, and a value a captured CUDA graph would replay forever).
+    if seed is not None:
+        seed = seed.to(device=q.device, dtype=torch.int64).reshape(1)
+    return Candidates(pos, neg, o.N, seed, o.exclude_positive, o.seq_len, o.batch_keys)
 
 
 @torch.library.custom_op(
@@ -82,7 +90,7 @@ def fused_info_nce(q, keys, pos, neg, seed, *options):
     o = FusedOptions(*options)
     if o.check_indices:
         check_candidate_ranges(pos, neg, keys.shape[1])
-    cand = _candidates(pos, neg, seed, o)
+    cand = _candidates(q, pos, neg, seed, o)
     if o.design == "dense":
         return dense_forward(q, keys, cand, o.scale, o.correct_on_tie)
     return gather_forward(q, keys, cand, o.scale, Scoring(o.cosine, o.mask, o.correct_on_tie))
@@ -107,7 +115,7 @@ def fused_info_nce_backward(grad, q, keys, pos, neg, seed, lse, *options_and_nee
     """-> (dq like q, dk (keys' shape, contiguous)); an empty tensor for one not needed."""
     *options, need_dq, need_dk = options_and_needs
     o = FusedOptions(*options)
-    cand = _candidates(pos, neg, seed, o)
+    cand = _candidates(q, pos, neg, seed, o)
     if o.design == "dense":
         dq, dk = dense_backward(q, keys, cand, o.scale, lse, grad, need_dq, need_dk)
     else:
