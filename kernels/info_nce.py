@@ -69,6 +69,27 @@ def dense_config(D: int) -> DenseConfig:
     return DenseConfig(64 if bd <= 128 else 32, 32, bd, 8, 2)
 
 
+# Programs per SM the dense dz pass aims for: one resident program per SM cannot hide the
+# latency of its serial loop over steps and row blocks.
+DZ_PROGRAMS_PER_SM = 4
+H100_SMS = 132  # the SM count assumed where no GPU says its own (the interpreter, AOT)
+
+
+def dz_splits(L: int, B: int, K: int, sms: int, block_f: int = 32) -> int:
+    """Into how many groups of steps k the dense dz pass splits (``_dense_bwd_dz_kernel``'s
+    third grid axis), so that it launches at least DZ_PROGRAMS_PER_SM programs per SM:
+    ceil(L / block_f) · B frame blocks alone give 256 at the paper's shape, 2 per SM of an
+    H100. At most K splits (one step each)."""
+    blocks = triton.cdiv(L, block_f) * B
+    return max(1, min(K, triton.cdiv(DZ_PROGRAMS_PER_SM * sms, blocks)))
+
+
+def _sm_count(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return H100_SMS
+
+
 def n_groups(N: int) -> int:
     """Philox counters per row: each yields four draws."""
     return (N + 3) // 4
@@ -332,21 +353,31 @@ def dense_backward(
     need_dz: bool = True,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """Design (c) backward -> (dq like q, dz (B, L, D)), each None when not needed (its
-    kernel is skipped); deterministic by construction."""
+    kernel is skipped); deterministic by construction. The dz pass runs in ``dz_splits``
+    groups of steps, each writing an fp32 partial dz (4 MB per split at the paper's
+    shape), summed in split order."""
     B, K, L, _ = q.shape
     dq = torch.empty_like(q) if need_dq else None
-    dz = torch.empty(z.shape, dtype=z.dtype, device=z.device) if need_dz else None
     ptrs, sizes, meta, cfg = _dense_launch(q, z, cand, scale)
+    splits = dz_splits(L, B, K, _sm_count(q.device), cfg.BLOCK_F)
+    if need_dz and splits > 1:
+        partial = torch.empty((splits, *z.shape), dtype=torch.float32, device=z.device)
+    elif need_dz:
+        partial = torch.empty((1, *z.shape), dtype=z.dtype, device=z.device)
     with _on_device(q):
         if need_dq:
             _dense_bwd_dq_kernel[(triton.cdiv(L, cfg.BLOCK_M), K, B)](
                 q, z, *ptrs, lse, grad, dq, *sizes, *dq.stride(), **meta
             )
         if need_dz:
-            _dense_bwd_dz_kernel[(triton.cdiv(L, cfg.BLOCK_F), B)](
-                q, z, *ptrs, lse, grad, dz, *dz.stride(), *sizes, **meta
-            )
-    return dq, dz
+            _dense_bwd_dz_kernel[(triton.cdiv(L, cfg.BLOCK_F), B, splits)](
+                q, z, *ptrs, lse, grad, partial, *partial.stride(), triton.cdiv(K, splits),
+                *sizes, **meta,
+            )  # fmt: skip
+    if not need_dz:
+        return dq, None
+    # A plain reduction over the split axis (no atomics): the same sum in every run.
+    return dq, partial[0] if splits == 1 else partial.sum(0).to(z.dtype)
 
 
 def materialize_negatives(

@@ -247,6 +247,50 @@ def test_torch_deterministic_flag_selects_the_deterministic_backward(form, monke
         torch.use_deterministic_algorithms(previous)
 
 
+def test_dense_dz_pass_fills_an_h100_at_the_papers_shape(monkeypatch):
+    # ceil(L / 32) * B = 256 programs were 2 per SM of an H100's 132, each 192 serial steps.
+    from cpc_fast.kernels import info_nce as launchers
+
+    grids = {}
+
+    class _Grid:  # records the launch grid instead of running the kernel
+        def __init__(self, name):
+            self.name = name
+
+        def __getitem__(self, grid):
+            return lambda *args, **kwargs: grids.setdefault(self.name, grid)
+
+    for name in ("_dense_bwd_dq_kernel", "_dense_bwd_dz_kernel"):
+        monkeypatch.setattr(launchers, name, _Grid(name))
+    B, K, L, D, N = 8, 12, 1000, 128, 50
+    q = torch.empty(B, L, K, D).permute(0, 2, 1, 3)
+    seed = torch.zeros(1, dtype=torch.int64)
+    cand = launchers.Candidates(None, None, N, seed, False)
+    rows = torch.empty(B, K, L)
+    launchers.dense_backward(q, torch.empty(B, L, D), cand, 1.0, rows, rows)
+    f_blocks, b, splits = grids["_dense_bwd_dz_kernel"]
+    assert (f_blocks, b) == (32, 8) and f_blocks * b * splits >= 4 * launchers.H100_SMS
+
+
+def test_dense_dz_splits_are_reproducible_and_agree_with_one(monkeypatch):
+    from cpc_fast.kernels import info_nce as launchers
+
+    pred, z, neg = _cpc_inputs(2, 5, 11, 24, 6)
+
+    def grads():
+        out = cpc_info_nce(pred, z, neg_index=neg, backend="fused", design="dense")
+        return torch.autograd.grad(out.loss, [pred, z])
+
+    assert launchers.dz_splits(11, 2, 5, launchers.H100_SMS) == 5  # one step per split
+    split, again = grads(), grads()
+    assert all(torch.equal(a, b) for a, b in zip(split, again, strict=True))
+    monkeypatch.setattr(launchers, "DZ_PROGRAMS_PER_SM", 0)  # one program per frame block
+    assert launchers.dz_splits(11, 2, 5, launchers.H100_SMS) == 1
+    whole = grads()
+    torch.testing.assert_close(split[1], whole[1], rtol=1e-5, atol=1e-6)
+    assert torch.equal(split[0], whole[0])  # dq has its own pass
+
+
 def test_contiguous_and_strided_inputs_agree():
     pred, z, neg = _cpc_inputs(2, 3, 9, 20, 4)
     strided = cpc_info_nce(pred, z, neg_index=neg, backend="fused", design="gather")
