@@ -60,7 +60,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench"
 WHEELS = ("soundfile==0.14.0", "cffi==2.0.0", "pycparser==3.0")  # what the GPU image lacks
 RESERVE_S = 25  # kept for the summary and the archive
-MEMCHECK_S = 75  # sanitized launches are slow; the Triton compiles are most of it
+MEMCHECK_S = 90  # sanitized launches are slow; the Triton compiles are most of it
 SANITIZER_PATHS = ("/usr/local/cuda/bin/compute-sanitizer", "/opt/cuda/bin/compute-sanitizer")
 # The fused-kernel test files: they skip unless CUDA or Triton's interpreter is there.
 CUDA_TEST_FILE = re.compile(r'mark\.cuda|get\("TRITON_INTERPRET"\) != "1"')
