@@ -135,52 +135,45 @@ def _launch_all(
     lse = torch.empty(B, K, L)
     grad = torch.empty(B, K, L)
     neg = torch.randint(0, L, (B, K, L, N), generator=g, dtype=index_dtype)
-    cpc = [
-        launchers.Candidates(None, neg, N, None, False),
-        launchers.Candidates(None, None, N, seed, False),
-        launchers.Candidates(None, None, N, seed, True),
-    ]
+    Options = launchers.Options
     M = B * L
     flat = (torch.empty(M, D, dtype=dtype)[None, None], torch.empty(1, M, D, dtype=dtype))
     pos = torch.randint(0, M, (M,), generator=g, dtype=index_dtype)[None, None]
     negs = torch.randint(0, M, (M, N), generator=g, dtype=index_dtype)[None, None]
-    general = launchers.Candidates(pos, negs, N, None, False)
+    general = (pos, negs, None)  # (positives, negatives, seed)
     # CPC_audio: negatives from the whole batch (keys (1, B·L, D)), shared by the K steps.
     shared = torch.randint(0, B * L, (B, 1, L, N), generator=g, dtype=index_dtype)
-    batch = launchers.Candidates(None, shared.expand(B, K, L, N), N, None, False, L, True)
-    plain = launchers.PLAIN
-    paths = {  # path -> ((queries, keys), candidates, scoring)
-        "general": (flat, general, plain),
-        "cpc": ((q, z), cpc[0], plain),
-        "philox": ((q, z), cpc[1], plain),
-        "philox-exclude": ((q, z), cpc[2], plain),
+    paths = {  # path -> ((queries, keys), (pos, neg, seed), options)
+        "general": (flat, general, Options(N, 1.0)),
+        "cpc": ((q, z), (None, neg, None), Options(N, 1.0)),
+        "philox": ((q, z), (None, None, seed), Options(N, 1.0)),
+        "philox-exclude": ((q, z), (None, None, seed), Options(N, 1.0, exclude_positive=True)),
         # wav2vec 2.0: cosine similarity, negatives equal to the positive masked by value.
-        "general-cosine-value": (flat, general, launchers.Scoring(True, "value")),
-        "general-index-tie": (flat, general, launchers.Scoring(False, "index", True)),
+        "general-cosine-value": (flat, general, Options(N, 1.0, cosine=True, mask="value")),
+        "general-index-tie": (flat, general, Options(N, 1.0, mask="index", correct_on_tie=True)),
         "cpc-batch-tie": (
             (q, z.reshape(1, B * L, D)),
-            batch,
-            launchers.Scoring(False, "none", True),
+            (None, shared.expand(B, K, L, N), None),
+            Options(N, 1.0, seq_len=L, batch_keys=True, correct_on_tie=True),
         ),
     }
-    for path, ((qq, keys), cand, scoring) in paths.items():
+    for path, ((qq, keys), tensors, o) in paths.items():
         labels[0] = f"{path}|{tag}"
-        launchers.gather_forward(qq, keys, cand, 1.0, scoring)
-        grads = grad[:1, :1, :M] if cand.pos is not None else grad
-        lses = lse[:1, :1, :M] if cand.pos is not None else lse
+        launchers.gather_forward(qq, keys, *tensors, o)
+        grads = grad[:1, :1, :M] if tensors[0] is not None else grad
+        lses = lse[:1, :1, :M] if tensors[0] is not None else lse
         for deterministic in (False, True):
-            launchers.gather_backward(
-                qq, keys, cand, 1.0, lses, grads, deterministic, scoring=scoring
-            )
+            o = o._replace(deterministic=deterministic)
+            launchers.gather_backward(grads, qq, keys, *tensors, lses, o)
     Bd = shape.get("dense_B", B)
     qd = torch.empty(Bd, L, K, D, dtype=dtype).permute(0, 2, 1, 3)
     zd, rows = torch.empty(Bd, L, D, dtype=dtype), torch.empty(Bd, K, L)
     negd = torch.randint(0, L, (Bd, K, L, N), generator=g, dtype=index_dtype)
-    dense = [launchers.Candidates(None, negd, N, None, False), cpc[1]]
-    for path, cand in zip(["dense", "dense-philox"], dense, strict=True):
+    for path, (nd, sd) in (("dense", (negd, None)), ("dense-philox", (None, seed))):
         labels[0] = f"{path}|{tag}"
-        launchers.dense_forward(qd, zd, cand, 1.0)
-        launchers.dense_backward(qd, zd, cand, 1.0, rows, rows)
+        o = Options(N, 1.0, design="dense")
+        launchers.dense_forward(qd, zd, nd, sd, o)
+        launchers.dense_backward(rows, qd, zd, nd, sd, rows, o)
     for path, exclude in (("philox", False), ("philox-exclude", True)):
         labels[0] = f"{path}|{tag}"
         launchers.materialize_negatives(seed, B, K, L, N, torch.device("cpu"), exclude)

@@ -265,9 +265,9 @@ def test_dense_dz_pass_fills_an_h100_at_the_papers_shape(monkeypatch):
     B, K, L, D, N = 8, 12, 1000, 128, 50
     q = torch.empty(B, L, K, D).permute(0, 2, 1, 3)
     seed = torch.zeros(1, dtype=torch.int64)
-    cand = launchers.Candidates(None, None, N, seed, False)
     rows = torch.empty(B, K, L)
-    launchers.dense_backward(q, torch.empty(B, L, D), cand, 1.0, rows, rows)
+    options = launchers.Options(N, 1.0, design="dense")
+    launchers.dense_backward(rows, q, torch.empty(B, L, D), None, seed, rows, options)
     f_blocks, b, splits = grids["_dense_bwd_dz_kernel"]
     assert (f_blocks, b) == (32, 8) and f_blocks * b * splits >= 4 * launchers.H100_SMS
 
@@ -289,6 +289,41 @@ def test_dense_dz_splits_are_reproducible_and_agree_with_one(monkeypatch):
     whole = grads()
     torch.testing.assert_close(split[1], whole[1], rtol=1e-5, atol=1e-6)
     assert torch.equal(split[0], whole[0])  # dq has its own pass
+
+
+@pytest.mark.parametrize("design", ["philox", "gather", "dense", "general"])
+def test_three_calls_from_the_loss_to_the_kernel_launch(design, monkeypatch):
+    # The path a reader follows: the loss calls the op, the op calls the launcher, the
+    # launcher launches (torch's dispatch frames in between are not the project's).
+    import traceback
+    from pathlib import Path
+
+    from cpc_fast.kernels import info_nce as launchers
+
+    root = Path(__file__).resolve().parents[1]
+    project = (str(root / "cpc_fast"), str(root / "kernels"))
+    chains = []
+
+    class _Launch:
+        def __getitem__(self, grid):
+            names = [f.name for f in traceback.extract_stack() if f.filename.startswith(project)]
+            chains.append(names[next(i for i, n in enumerate(names) if "info_nce" in n) :])
+            return lambda *args, **kwargs: None
+
+    for name in ("_info_nce_fwd_kernel", "_dense_fwd_kernel"):
+        monkeypatch.setattr(launchers, name, _Launch())
+    pred, z, neg = _cpc_inputs(2, 3, 9, 16, 4)
+    with torch.no_grad():
+        if design == "general":
+            pos = torch.arange(1, 10, device=DEVICE) % 9
+            info_nce(pred[0, 0], z[0], pos, neg[0, 0], backend="fused")
+            want = ["info_nce", "fused_info_nce", "gather_forward"]
+        else:
+            given = {"neg_index": neg} if design == "gather" else {"num_negatives": 4, "seed": 1}
+            cpc_info_nce(pred, z, backend="fused", design=design, **given)
+            launcher = "dense_forward" if design == "dense" else "gather_forward"
+            want = ["cpc_info_nce", "fused_info_nce", launcher]
+    assert chains == [want]
 
 
 def test_contiguous_and_strided_inputs_agree():

@@ -21,7 +21,7 @@ from test_info_nce_fused import DESIGNS, DEVICE, _cpc_inputs, _oracle
 
 from cpc_fast.errors import UserInputError
 from cpc_fast.losses import cpc_info_nce
-from cpc_fast.losses._fused import FusedOptions, fused_rows
+from cpc_fast.losses._fused import FusedOptions, fused_info_nce
 from cpc_fast.losses.info_nce import info_nce
 
 pytestmark = pytest.mark.skipif(
@@ -176,7 +176,7 @@ def _fused_rows(pred, z, neg, design):
     kind = "dense" if design == "dense" else "gather"
     options = FusedOptions(neg.shape[3], 1.0, seq_len=L, design=kind, check_indices=False)
     with torch.no_grad():
-        return fused_rows(pred, z, None, neg, None, options)[0]
+        return fused_info_nce(pred, z, None, neg, None, *options)[0]
 
 
 @pytest.mark.parametrize("deterministic", [False, True])

@@ -8,7 +8,11 @@ registered autograd formula, so ``torch.compile`` traces through them without a 
 outside in plain PyTorch, so autograd hands backward the per-row gradient whatever the
 reduction was.
 
-- Everything that is not a tensor travels as :class:`FusedOptions` (an op takes it flat).
+- Everything that is not a tensor travels as :class:`FusedOptions` (the launchers' own
+  ``Options``, packed once by the loss; an op takes it flat and hands it on as it came).
+  The path from ``cpc_fast.cpc_info_nce`` to a kernel launch is three calls: the loss
+  calls the op, the op calls the launcher (``gather_forward`` or ``dense_forward``), the
+  launcher launches.
 - Autocast: the ops take inputs as given (no casting). The kernels read fp32, bf16 or fp16
   and always accumulate scores, logsumexp and gradients in fp32, so casting inputs up would
   only double the bytes the kernels gather.
@@ -31,14 +35,13 @@ reduction was.
 
 from __future__ import annotations
 
-from typing import NamedTuple, get_type_hints
+from typing import get_type_hints
 
 import torch
 from torch import Tensor
 
 from cpc_fast.kernels.info_nce import (
-    Candidates,
-    Scoring,
+    Options,
     dense_backward,
     dense_forward,
     gather_backward,
@@ -52,32 +55,17 @@ _NO_DOUBLE_BACKWARD = (
 )
 
 
-class FusedOptions(NamedTuple):
-    """How a fused call finds and scores its candidates: everything but the tensors."""
-
-    N: int  # negatives per row
-    scale: float  # 1 / temperature
-    exclude_positive: bool = False  # in-kernel draws skip the positive
-    seq_len: int = 0  # CPC frames per sequence (0: keys.shape[1])
-    batch_keys: bool = False  # CPC keys are the whole batch's frames
-    cosine: bool = False
-    mask: str = "none"  # or "index", "value"
-    correct_on_tie: bool = False
-    design: str = "gather"  # given or Philox negatives; or "dense"
-    deterministic: bool = False
-    check_indices: bool = True
+FusedOptions = Options  # how a fused call finds and scores its candidates: all but tensors
 
 
 _OPTIONS = ", ".join(f"{t.__name__} {n}" for n, t in get_type_hints(FusedOptions).items())
 _TENSORS = "Tensor q, Tensor keys, Tensor? pos, Tensor? neg, Tensor? seed"
 
 
-def _candidates(q, pos, neg, seed, o: FusedOptions) -> Candidates:
-    # The seed stays a tensor that the kernels read on the device: never read to the host
-    # (a sync, and a value a captured CUDA graph would replay forever).
-    if seed is not None:
-        seed = seed.to(device=q.device, dtype=torch.int64).reshape(1)
-    return Candidates(pos, neg, o.N, seed, o.exclude_positive, o.seq_len, o.batch_keys)
+def _device_seed(seed: Tensor | None, q: Tensor) -> Tensor | None:
+    """The seed as the kernels read it: (1,) int64 on q's device. It stays a tensor, never
+    read to the host (a sync, and a value a captured CUDA graph would replay forever)."""
+    return None if seed is None else seed.to(device=q.device, dtype=torch.int64).reshape(1)
 
 
 @torch.library.custom_op(
@@ -90,10 +78,10 @@ def fused_info_nce(q, keys, pos, neg, seed, *options):
     o = FusedOptions(*options)
     if o.check_indices:
         check_candidate_ranges(pos, neg, keys.shape[1])
-    cand = _candidates(q, pos, neg, seed, o)
+    seed = _device_seed(seed, q)
     if o.design == "dense":
-        return dense_forward(q, keys, cand, o.scale, o.correct_on_tie)
-    return gather_forward(q, keys, cand, o.scale, Scoring(o.cosine, o.mask, o.correct_on_tie))
+        return dense_forward(q, keys, neg, seed, o)
+    return gather_forward(q, keys, pos, neg, seed, o)
 
 
 @fused_info_nce.register_fake
@@ -115,14 +103,11 @@ def fused_info_nce_backward(grad, q, keys, pos, neg, seed, lse, *options_and_nee
     """-> (dq like q, dk (keys' shape, contiguous)); an empty tensor for one not needed."""
     *options, need_dq, need_dk = options_and_needs
     o = FusedOptions(*options)
-    cand = _candidates(q, pos, neg, seed, o)
+    seed = _device_seed(seed, q)
     if o.design == "dense":
-        dq, dk = dense_backward(q, keys, cand, o.scale, lse, grad, need_dq, need_dk)
+        dq, dk = dense_backward(grad, q, keys, neg, seed, lse, o, need_dq, need_dk)
     else:
-        scoring = Scoring(o.cosine, o.mask, o.correct_on_tie)
-        dq, dk = gather_backward(
-            q, keys, cand, o.scale, lse, grad, o.deterministic, need_dk, scoring
-        )
+        dq, dk = gather_backward(grad, q, keys, pos, neg, seed, lse, o, need_dk)
     return _or_empty(dq, need_dq, q), _or_empty(dk, need_dk, q)
 
 
@@ -172,16 +157,3 @@ def _refuse_double_backward(ctx, *grads):
 fused_info_nce_backward.register_autograd(
     _refuse_double_backward, setup_context=lambda ctx, inputs, output: None
 )
-
-
-def fused_rows(
-    q: Tensor,
-    keys: Tensor,
-    pos: Tensor | None,
-    neg: Tensor | None,
-    seed: Tensor | None,
-    options: FusedOptions,
-) -> tuple[Tensor, Tensor]:
-    """Per-row (loss, correct), each (B, K, L), through the custom op."""
-    loss, correct, _ = fused_info_nce(q, keys, pos, neg, seed, *options)
-    return loss, correct

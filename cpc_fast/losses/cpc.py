@@ -133,9 +133,11 @@ def cpc_info_nce(
     if resolve_backend(backend, predictions, z) == "fused":
         design = _fused_design(design, negatives, predictions.shape, L)
         deterministic = follow_deterministic(deterministic)
-        rows, correct = _fused_rows(
+        q, keys, neg, seed, options = _fused_arguments(
             predictions, z, negatives, scale, design, deterministic, correct_on_tie
         )
+        # The op calls the launcher, which launches: three calls from here to the kernel.
+        rows, correct, _ = fused_ops().fused_info_nce(q, keys, None, neg, seed, *options)
     else:
         negatives = _drawn(negatives, B, K, T, L, z.device)
         if negatives.check and not torch.compiler.is_compiling():
@@ -219,7 +221,10 @@ def _fused_design(design: str | None, negatives: _Negatives, shape, L: int) -> s
     return design
 
 
-def _fused_rows(predictions, z, negatives: _Negatives, scale, design, deterministic, on_tie):
+def _fused_arguments(predictions, z, negatives: _Negatives, scale, design, deterministic, on_tie):
+    """The fused op's arguments for this call: (queries (B, K, T, D), keys (B, L, D) or
+    (1, B·L, D), negatives (B, K, T, N) or None, the Philox seed or None, FusedOptions),
+    the options packed here once for the op and its launchers."""
     B, K, T, D = predictions.shape
     L = z.shape[1]
     fused = fused_ops()
@@ -250,7 +255,7 @@ def _fused_rows(predictions, z, negatives: _Negatives, scale, design, determinis
         check_indices=negatives.check and not philox,
     )
     seed = _philox_seed(negatives.generator, negatives.seed, z.device) if philox else None
-    return fused.fused_rows(predictions, keys, None, neg, seed, options)
+    return predictions, keys, neg, seed, options
 
 
 def _philox_seed(

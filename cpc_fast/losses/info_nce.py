@@ -114,13 +114,14 @@ def info_nce(
             deterministic=follow_deterministic(deterministic),
             check_indices=check_indices,
         )
-        rows, correct = fused.fused_rows(
+        # The grid (1, 1, M) over keys (1, Nk, D); the op calls the launcher, which launches.
+        rows, correct, _ = fused.fused_info_nce(
             queries[None, None],
             row_major(keys)[None],
             pos_index[None, None],
             neg_index[None, None],
             None,
-            options,
+            *options,
         )
         rows, correct = rows.view(M), correct.view(M)
     else:
@@ -221,7 +222,7 @@ class CPCInfoNCELoss(nn.Module):
         z: torch.Tensor,
         neg_index: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
-        seed: int | None = None,
+        seed: int | torch.Tensor | None = None,
     ) -> CPCInfoNCEOutput:
         return cpc_info_nce(
             predictions, z, neg_index=neg_index, generator=generator, seed=seed, **self.options
