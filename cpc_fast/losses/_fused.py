@@ -26,7 +26,8 @@ reduction was.
   frozen keys (a target network) no d_keys atomics or sort run at all.
 - Given indices are range-checked inside the op (``check_indices``: one ``aminmax`` and one
   device sync each), so the check runs in compiled graphs too; while a CUDA graph is being
-  captured the check is a device-side assertion instead (no host read).
+  captured the check is a device-side assertion instead (no host read). A compiled graph
+  without CUDA graphs keeps the host check's sync: ``check_indices=False`` has none.
 - No host sync otherwise: the Philox seed is a device tensor the kernels read, so the op
   can be captured in a CUDA graph (``torch.cuda.graph``, ``torch.compile(mode=
   "reduce-overhead")``), and a seed drawn on the device inside the captured region (the
