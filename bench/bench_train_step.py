@@ -2,8 +2,11 @@
 
 Step (``train_step``: forward, InfoNCE, backward, Adam) on B=8 windows of 10 s (160000
 samples -> L=1000 frames, K=12, N=50, the paper's CPCConfig), with the loss on the
-``reference`` backend (the baseline) or the ``fused`` Triton kernels (CUDA only). GPU: bf16
-autocast (the default there) and fp32; CPU: fp32. Columns:
+``reference`` backend (the baseline) or the ``fused`` Triton kernels (CUDA only), and
+``fused-compile``: the fused step as ``cpc-fast pretrain --compile`` runs it (model and loss
+under ``torch.compile`` with CUDA graphs; its compile and graph capture happen in three
+warm-up steps before the timing). GPU: bf16 autocast (the default there) and fp32; CPU:
+fp32. Columns:
 
   audio s/s     80 s of audio / median step time: the throughput of one process
   loss share    median time of the loss alone (forward + backward on the step's own
@@ -73,21 +76,31 @@ def _loss_seconds(model, wave, config, amp_dtype, rounds: int) -> float:
 
 
 @pytest.mark.parametrize("precision", list(PRECISIONS))
-@pytest.mark.parametrize("provider", ["fused", "reference"])
+@pytest.mark.parametrize("provider", ["fused", "fused-compile", "reference"])
 def test_train_step(benchmark, monkeypatch, provider, precision):
-    case = Case(f"CPC pre-training step {precision}", provider, "reference", STEP_SHAPE)
-    if provider == "fused":
+    compiled = provider == "fused-compile"
+    # torch.compile of the whole model takes about a minute: start it only with that left.
+    case = Case(f"CPC pre-training step {precision}", provider, "reference", STEP_SHAPE,
+                needs_s=90.0 if compiled else 20.0)  # fmt: skip
+    if provider != "reference":
         case.skip_unless_fused()
     pretrain, training = import_needing_soundfile(
         case, "cpc_fast.config.pretrain", "cpc_fast.training.step"
     )
-    monkeypatch.setenv(BACKEND_ENV, provider)
+    monkeypatch.setenv(BACKEND_ENV, "fused" if compiled else provider)
     torch.backends.cudnn.benchmark = True
     amp_dtype = PRECISIONS[precision]
     config, model, optimizer, wave = _setup(pretrain, training)
+    forward_loss = training.compile_forward_loss(wave.device) if compiled else None
+    # measure's untimed first call does three steps compiled: the compile, then the CUDA
+    # graphs' warm-up and capture (after measure's deadline check, not before it).
+    pending = [3 if compiled else 1]
 
     def step() -> None:
-        training.train_step(model, optimizer, wave, config.model, seed=0, amp_dtype=amp_dtype)
+        for _ in range(pending[0]):
+            training.train_step(model, optimizer, wave, config.model, seed=0,
+                                amp_dtype=amp_dtype, compiled=forward_loss)  # fmt: skip
+        pending[0] = 1
 
     # measure's warm-up step runs cudnn.benchmark's autotuning, Triton's compilation and
     # creates Adam's state, so the peak of the next step is the steady state's.

@@ -14,10 +14,18 @@ what it finished; no benchmark case starts within its own time need of the end):
      the checkout on PYTHONPATH with bench/_checkout_site (kernels/ as cpc_fast.kernels, as
      the editable install maps it) and the C++ extension built in place (else NumPy);
   2. the CUDA tests, compiled (TRITON_INTERPRET unset): every tests/ file that runs the
-     fused kernels or has ``cuda``-marked tests, in parallel with pytest-xdist;
-  3. ``pytest --benchmark`` (training step first; CUDA events), saved as the next run of this
-     device's results folder (the checkout's bench/results/<device>/ continued) and as JSON;
-  4. summary.md: device, versions, commands, steps, test counts and failures, the tables.
+     fused kernels or has ``cuda``-marked tests, in parallel with pytest-xdist (among them
+     tests/test_info_nce_graphs.py: a CUDA graph of the loss replayed, fresh negatives at
+     every replay);
+  3. memcheck: bench/sanitize_cases.py (one small case of every kernel, bad indices and the
+     deterministic d_keys pass's old out-of-bounds trigger included) under
+     ``compute-sanitizer --tool memcheck`` with PyTorch's caching allocator off. Where the
+     tool is absent the cases run without it and the summary says the check was skipped;
+     a CPU rehearsal runs them in the interpreter with its bounds check instead;
+  4. ``pytest --benchmark`` (training step first, with ``fused-compile``: the step under
+     ``--compile``; CUDA events), saved as the next run of this device's results folder
+     (the checkout's bench/results/<device>/ continued) and as JSON;
+  5. summary.md: device, versions, commands, steps, test counts and failures, the tables.
 
 OUT_DIR gets summary.md, benchmarks.json (when a benchmark finished) and gpu-check.tar.gz
 (logs, JUnit XML, nvidia-smi, the saved run under results/). Keep the run with
@@ -52,6 +60,8 @@ ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench"
 WHEELS = ("soundfile==0.14.0", "cffi==2.0.0", "pycparser==3.0")  # what the GPU image lacks
 RESERVE_S = 25  # kept for the summary and the archive
+MEMCHECK_S = 90  # sanitized launches are slow; the Triton compiles are most of it
+SANITIZER_PATHS = ("/usr/local/cuda/bin/compute-sanitizer", "/opt/cuda/bin/compute-sanitizer")
 # The fused-kernel test files: they skip unless CUDA or Triton's interpreter is there.
 CUDA_TEST_FILE = re.compile(r'mark\.cuda|get\("TRITON_INTERPRET"\) != "1"')
 PREFLIGHT = r"""
@@ -187,6 +197,28 @@ class Check:
         if self.pre.get("packages", {}).get("pytest-xdist"):
             cmd += ["-n", "8"]  # the Triton compilations are most of this step
         self.run("cuda-tests", cmd, self.tests_budget)
+
+    def memcheck(self, on_gpu: bool) -> None:
+        """bench/sanitize_cases.py under compute-sanitizer's memcheck; without the tool the
+        cases still run (compiled on a GPU, interpreted and bounds-checked on a CPU)."""
+        cases = [sys.executable, "bench/sanitize_cases.py"]
+        tool = shutil.which("compute-sanitizer") or next(
+            (p for p in SANITIZER_PATHS if os.path.exists(p)), None
+        )
+        env = {"PYTORCH_NO_CUDA_MEMORY_CACHING": "1"}  # every tensor its own allocation
+        if not on_gpu:
+            env["TRITON_INTERPRET"] = "1"
+        if tool and on_gpu:
+            cmd = [tool, "--tool", "memcheck", "--error-exitcode", "1", *cases]
+            self.run("memcheck", cmd, MEMCHECK_S, **env)
+            return
+        if on_gpu:
+            self.notes.append("memcheck: skipped, compute-sanitizer is not installed here; "
+                              "the cases ran compiled without it")  # fmt: skip
+        else:
+            self.notes.append("memcheck: skipped, no GPU; the cases ran in the interpreter "
+                              "with its bounds check (tests/interpreter_bounds.py)")  # fmt: skip
+        self.run("memcheck-cases-unsanitized", cases, MEMCHECK_S, **env)
 
     def benchmarks(self) -> None:
         slug = self.python("import _harness; print(_harness.device_slug())", cwd=BENCH)
@@ -326,6 +358,7 @@ def main(argv: list[str]) -> int:
     if not check.make_importable():
         return check.finish(2, "cpc_fast cannot be imported here: nothing was measured")
     check.cuda_tests()
+    check.memcheck(bool(pre.get("cuda")))
     check.benchmarks()
     failed = [s for s in check.steps if s[1] != "0" and s[0] != "build-extension"]
     where = "" if pre.get("cuda") else " (a rehearsal on a CPU: no GPU figure)"

@@ -7,10 +7,13 @@ GPU, and compiles each recorded launch through Triton's full pipeline (TTIR -> T
 Triton's own launch-time specialisation of the recorded arguments, so what compiles here is
 what a GPU compiles: unit strides become constants, sizes and pointers get their 16-byte
 alignment, integers past 2**31 become int64. Two shapes are recorded: the paper's (B=8,
-K=12, L=1000, N=50 at each D) and an edge shape where K, N, ceil(N/4) and the seed are 1,
-which Triton turns into compile-time constants. One JSON line per distinct variant gives
-registers, spills and shared memory from ``ptxas -v``. It must run with ``TRITON_INTERPRET``
-unset: the interpreter replaces ``triton.jit`` functions.
+K=12, L=1000, N=50 at each D) and an edge shape where K, N and ceil(N/4) are 1, which Triton
+turns into compile-time constants (and the seed is 1: it is a device tensor the kernels
+read, so no value of it specialises anything). One JSON line per distinct variant gives
+registers, spills and shared memory from ``ptxas -v``. ``--seeds 1,16,17`` instead prints
+one JSON line per seed with the specialisation key of every launch at the paper's shape:
+the lines must be equal (a seed that changes every step must never recompile). It must
+run with ``TRITON_INTERPRET`` unset: the interpreter replaces ``triton.jit`` functions.
 """
 
 from __future__ import annotations
@@ -45,8 +48,9 @@ KERNELS = {
     "_materialize_negatives_kernel": "materialize",
 }
 # B only sizes the grid (strides of a size-1 batch dim are the same), so B = 1 records the
-# paper shape's specialisation cheaply.
-PAPER = {"B": 1, "K": 12, "L": 1000, "N": 50, "seed": 2**40 + 3}
+# paper shape's specialisation cheaply; except for the dense dz pass, whose steps per split
+# follow from the grid's size (``dz_splits``): the dense kernels are recorded at B = 8.
+PAPER = {"B": 1, "dense_B": 8, "K": 12, "L": 1000, "N": 50, "seed": 2**40 + 3}
 EDGE = {"B": 2, "K": 1, "L": 40, "N": 1, "seed": 1}  # ints Triton specialises to constants
 
 
@@ -123,54 +127,53 @@ def _launch_all(
 ) -> None:
     """Calls every launcher path once: general and CPC forms, every design and mode; sets
     ``labels[0]`` to "path|tag" for the recorder."""
-    B, K, L, N, seed = shape["B"], shape["K"], shape["L"], shape["N"], shape["seed"]
+    B, K, L, N = shape["B"], shape["K"], shape["L"], shape["N"]
+    seed = torch.full((1,), shape["seed"], dtype=torch.int64)  # as the op hands it over
     g = torch.Generator().manual_seed(0)
     q = torch.empty(B, L, K, D, dtype=dtype).permute(0, 2, 1, 3)  # the model's layout
     z = torch.empty(B, L, D, dtype=dtype)
     lse = torch.empty(B, K, L)
     grad = torch.empty(B, K, L)
     neg = torch.randint(0, L, (B, K, L, N), generator=g, dtype=index_dtype)
-    cpc = [
-        launchers.Candidates(None, neg, N, 0, False),
-        launchers.Candidates(None, None, N, seed, False),
-        launchers.Candidates(None, None, N, seed, True),
-    ]
+    Options = launchers.Options
     M = B * L
     flat = (torch.empty(M, D, dtype=dtype)[None, None], torch.empty(1, M, D, dtype=dtype))
     pos = torch.randint(0, M, (M,), generator=g, dtype=index_dtype)[None, None]
     negs = torch.randint(0, M, (M, N), generator=g, dtype=index_dtype)[None, None]
-    general = launchers.Candidates(pos, negs, N, 0, False)
+    general = (pos, negs, None)  # (positives, negatives, seed)
     # CPC_audio: negatives from the whole batch (keys (1, B·L, D)), shared by the K steps.
     shared = torch.randint(0, B * L, (B, 1, L, N), generator=g, dtype=index_dtype)
-    batch = launchers.Candidates(None, shared.expand(B, K, L, N), N, 0, False, L, True)
-    plain = launchers.PLAIN
-    paths = {  # path -> ((queries, keys), candidates, scoring)
-        "general": (flat, general, plain),
-        "cpc": ((q, z), cpc[0], plain),
-        "philox": ((q, z), cpc[1], plain),
-        "philox-exclude": ((q, z), cpc[2], plain),
+    paths = {  # path -> ((queries, keys), (pos, neg, seed), options)
+        "general": (flat, general, Options(N, 1.0)),
+        "cpc": ((q, z), (None, neg, None), Options(N, 1.0)),
+        "philox": ((q, z), (None, None, seed), Options(N, 1.0)),
+        "philox-exclude": ((q, z), (None, None, seed), Options(N, 1.0, exclude_positive=True)),
         # wav2vec 2.0: cosine similarity, negatives equal to the positive masked by value.
-        "general-cosine-value": (flat, general, launchers.Scoring(True, "value")),
-        "general-index-tie": (flat, general, launchers.Scoring(False, "index", True)),
+        "general-cosine-value": (flat, general, Options(N, 1.0, cosine=True, mask="value")),
+        "general-index-tie": (flat, general, Options(N, 1.0, mask="index", correct_on_tie=True)),
         "cpc-batch-tie": (
             (q, z.reshape(1, B * L, D)),
-            batch,
-            launchers.Scoring(False, "none", True),
+            (None, shared.expand(B, K, L, N), None),
+            Options(N, 1.0, seq_len=L, batch_keys=True, correct_on_tie=True),
         ),
     }
-    for path, ((qq, keys), cand, scoring) in paths.items():
+    for path, ((qq, keys), tensors, o) in paths.items():
         labels[0] = f"{path}|{tag}"
-        launchers.gather_forward(qq, keys, cand, 1.0, scoring)
-        grads = grad[:1, :1, :M] if cand.pos is not None else grad
-        lses = lse[:1, :1, :M] if cand.pos is not None else lse
+        launchers.gather_forward(qq, keys, *tensors, o)
+        grads = grad[:1, :1, :M] if tensors[0] is not None else grad
+        lses = lse[:1, :1, :M] if tensors[0] is not None else lse
         for deterministic in (False, True):
-            launchers.gather_backward(
-                qq, keys, cand, 1.0, lses, grads, deterministic, scoring=scoring
-            )
-    for path, cand in zip(["dense", "dense-philox"], cpc[:2], strict=True):
+            o = o._replace(deterministic=deterministic)
+            launchers.gather_backward(grads, qq, keys, *tensors, lses, o)
+    Bd = shape.get("dense_B", B)
+    qd = torch.empty(Bd, L, K, D, dtype=dtype).permute(0, 2, 1, 3)
+    zd, rows = torch.empty(Bd, L, D, dtype=dtype), torch.empty(Bd, K, L)
+    negd = torch.randint(0, L, (Bd, K, L, N), generator=g, dtype=index_dtype)
+    for path, (nd, sd) in (("dense", (negd, None)), ("dense-philox", (None, seed))):
         labels[0] = f"{path}|{tag}"
-        launchers.dense_forward(q, z, cand, 1.0)
-        launchers.dense_backward(q, z, cand, 1.0, lse, grad)
+        o = Options(N, 1.0, design="dense")
+        launchers.dense_forward(qd, zd, nd, sd, o)
+        launchers.dense_backward(rows, qd, zd, nd, sd, rows, o)
     for path, exclude in (("philox", False), ("philox-exclude", True)):
         labels[0] = f"{path}|{tag}"
         launchers.materialize_negatives(seed, B, K, L, N, torch.device("cpu"), exclude)
@@ -199,6 +202,16 @@ def variants(dims: tuple[int, ...] = (128,), index: str = "i64") -> list[Variant
             v.name = f"{base[:-1]},#{n}]"
         out[v.name] = v
     return list(out.values())
+
+
+def seed_keys(seed: int, D: int = 128) -> list[str]:
+    """The specialisation key of every launch at the paper's shape with this seed, in launch
+    order (fp32): equal for every seed when no kernel specialises on it."""
+    calls: list = []
+    labels = [""]
+    with _recording(calls, labels):
+        _launch_all(D, torch.float32, PAPER | {"seed": seed}, torch.int64, labels, f"D={D}")
+    return [_variant(fn, args, kwargs, label).key() for fn, args, kwargs, label in calls]
 
 
 def compile_variant(v: Variant, arch: int = 90) -> dict[str, Any]:
@@ -267,9 +280,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--index", default="i64", choices=("i64", "i32"))
     parser.add_argument("--filter", default="", help="only variants whose name contains this")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--seeds", default="", help="print the launch keys for these seeds")
     args = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         raise SystemExit("unset TRITON_INTERPRET: the interpreter cannot compile kernels")
+    if args.seeds:
+        for seed in args.seeds.split(","):
+            print(json.dumps({"seed": int(seed), "keys": seed_keys(int(seed))}), flush=True)
+        return
     dims = tuple(int(d) for d in args.dims.split(","))
     _JOBS[:] = [v for v in variants(dims, args.index) if args.filter in v.name]
     jobs = [(i, args.arch) for i in range(len(_JOBS))]

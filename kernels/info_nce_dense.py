@@ -9,8 +9,9 @@ w[t, f] = #{j : neg_j(t) = f} + [f = t + k + 1] the loss is
 and dS[t, f] = g_t (w[t, f] exp(S[t, f] - lse_t) - [f = pos_t]) gives dq = dS z and
 dz = dSᵀ q as plain tensor-core GEMMs (dS / g_t is the operand, so fp16 never holds a
 subnormal ~1e-7 value). Nothing is gathered and nothing is atomic: dq is
-owned by the program of its row block, dz by the program of its frame block (which loops
-over every k and row block), so the result is bitwise reproducible. The price is scoring all
+owned by the program of its row block, dz by the program of its frame block and split
+(which loops over its steps k and every row block; the splits' partial sums are added in
+a fixed order), so the result is bitwise reproducible. The price is scoring all
 L frames instead of N + 1 (~L / (N + 1) ≈ 20x the FLOPs) and rebuilding the count tile from
 the row's indices (N compares per score) in each of the three passes.
 """
@@ -21,7 +22,7 @@ import triton
 import triton.language as tl
 
 from .indexing import bk_base, row_ptrs, store_row_outputs
-from .sampling import negatives4
+from .sampling import load_seed, negatives4
 
 # Kernels are laid out by hand (argument groups per line), as in the Triton tutorials.
 # fmt: off
@@ -69,7 +70,8 @@ def _dot(a, b, IEEE: tl.constexpr, F32_DOT: tl.constexpr):
 @triton.jit
 def _load_tile(base, rows, stride_row, n_rows, offs_d, stride_d, D):
     """(rows, BLOCK_D) in the input dtype; rows >= n_rows and columns >= D read as 0."""
-    ptrs = base + rows.to(tl.int64)[:, None] * stride_row + offs_d[None, :] * stride_d
+    ptrs = (base + rows.to(tl.int64)[:, None] * stride_row
+            + offs_d.to(tl.int64)[None, :] * stride_d)  # int64: see gather's _load_rows
     return tl.load(ptrs, mask=(rows < n_rows)[:, None] & (offs_d < D)[None, :], other=0.0)
 
 
@@ -94,9 +96,9 @@ def _row_tile(q_ptr, z_ptr, neg_ptr, K, L, D, stride_qb, stride_qk, stride_qt, s
 
 @triton.jit
 def _dense_fwd_kernel(
-    q_ptr, z_ptr, neg_ptr,
+    q_ptr, z_ptr, neg_ptr, seed_ptr,
     lse_ptr, loss_ptr, correct_ptr,  # (B, K, L) contiguous
-    K, L, D, N, n_groups, seed, scale,
+    K, L, D, N, n_groups, scale,
     stride_qb, stride_qk, stride_qt, stride_qd,
     stride_zb, stride_zt, stride_zd,
     stride_nb, stride_nk, stride_nt, stride_nn,
@@ -106,6 +108,7 @@ def _dense_fwd_kernel(
     b, k, offs_t, offs_d, row_mask, pos, row, neg_row, q, z_base = _row_tile(
         q_ptr, z_ptr, neg_ptr, K, L, D, stride_qb, stride_qk, stride_qt, stride_qd, stride_zb,
         stride_nb, stride_nk, stride_nt, BLOCK_M, BLOCK_D)
+    seed = load_seed(seed_ptr, SAMPLED)
     bad = offs_t < 0
 
     m = tl.full((BLOCK_M,), _NEG_BIG, tl.float32)
@@ -154,8 +157,8 @@ def _dprobs(q, z, offs_f, pos, cnt, lse, scale, IEEE: tl.constexpr, F32_DOT: tl.
 
 @triton.jit
 def _dense_bwd_dq_kernel(
-    q_ptr, z_ptr, neg_ptr, lse_ptr, grad_ptr, dq_ptr,
-    K, L, D, N, n_groups, seed, scale,
+    q_ptr, z_ptr, neg_ptr, seed_ptr, lse_ptr, grad_ptr, dq_ptr,
+    K, L, D, N, n_groups, scale,
     stride_qb, stride_qk, stride_qt, stride_qd,
     stride_zb, stride_zt, stride_zd,
     stride_nb, stride_nk, stride_nt, stride_nn,
@@ -167,6 +170,7 @@ def _dense_bwd_dq_kernel(
     b, k, offs_t, offs_d, row_mask, pos, row, neg_row, q, z_base = _row_tile(
         q_ptr, z_ptr, neg_ptr, K, L, D, stride_qb, stride_qk, stride_qt, stride_qd, stride_zb,
         stride_nb, stride_nk, stride_nt, BLOCK_M, BLOCK_D)
+    seed = load_seed(seed_ptr, SAMPLED)
     g = tl.load(grad_ptr + row, mask=row_mask, other=0.0) * scale
     lse = tl.load(lse_ptr + row, mask=row_mask, other=0.0)
 
@@ -181,30 +185,37 @@ def _dense_bwd_dq_kernel(
     dq = dq * g[:, None]  # g is per row: factored out of the sum over frames exactly
 
     dq_ptrs = (bk_base(dq_ptr, b, k, stride_dqb, stride_dqk)
-               + offs_t.to(tl.int64)[:, None] * stride_dqt + offs_d[None, :] * stride_dqd)
+               + offs_t.to(tl.int64)[:, None] * stride_dqt
+               + offs_d.to(tl.int64)[None, :] * stride_dqd)
     tl.store(dq_ptrs, dq.to(dq_ptr.dtype.element_ty),
              mask=(offs_t < L)[:, None] & (offs_d < D)[None, :])
 
 
 @triton.jit
 def _dense_bwd_dz_kernel(
-    q_ptr, z_ptr, neg_ptr, lse_ptr, grad_ptr,
-    dz_ptr, stride_dzb, stride_dzt, stride_dzd,  # the output (B, L, D), written once
-    K, L, D, N, n_groups, seed, scale,
+    q_ptr, z_ptr, neg_ptr, seed_ptr, lse_ptr, grad_ptr,
+    dz_ptr, stride_dzs, stride_dzb, stride_dzt, stride_dzd,  # (splits, B, L, D), written once
+    k_per_split,
+    K, L, D, N, n_groups, scale,
     stride_qb, stride_qk, stride_qt, stride_qd,
     stride_zb, stride_zt, stride_zd,
     stride_nb, stride_nk, stride_nt, stride_nn,
     SAMPLED: tl.constexpr, EXCLUDE_POS: tl.constexpr, IEEE: tl.constexpr, F32_DOT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_F: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    """One program per (frame block, b): dz = Σ_k Σ_row-blocks dSᵀ q, in a fixed order."""
+    """One program per (frame block, b, split): the split's share Σ_k Σ_row-blocks dSᵀ q
+    of dz over steps k in [split · k_per_split, (split + 1) · k_per_split), in a fixed
+    order. The launcher sums the splits' partial dz in split order: deterministic, and
+    the paper's shape launches more than 4 programs per SM instead of 2."""
     pid_f = tl.program_id(0)
     b = tl.program_id(1)
+    split = tl.program_id(2)
+    seed = load_seed(seed_ptr, SAMPLED)
     offs_f = pid_f * BLOCK_F + tl.arange(0, BLOCK_F)
     offs_d = tl.arange(0, BLOCK_D)
     z = _load_tile(bk_base(z_ptr, b, 0, stride_zb, 0), offs_f, stride_zt, L, offs_d, stride_zd, D)
     dz = tl.zeros((BLOCK_F, BLOCK_D), tl.float32)
-    for k in range(0, K):
+    for k in range(split * k_per_split, tl.minimum(K, (split + 1) * k_per_split)):
         q_base = bk_base(q_ptr, b, k, stride_qb, stride_qk)
         for t0 in range(0, L - k - 1, BLOCK_M):
             offs_t = t0 + tl.arange(0, BLOCK_M)
@@ -224,7 +235,8 @@ def _dense_bwd_dz_kernel(
             dp = _dprobs(q, z, offs_f, pos, cnt, lse, scale, IEEE, F32_DOT) * (g / g_max)[:, None]
             dz += _dot(tl.trans(dp.to(q.dtype)), q, IEEE, F32_DOT) * g_max
 
-    dz_ptrs = (bk_base(dz_ptr, b, 0, stride_dzb, 0) + offs_f.to(tl.int64)[:, None] * stride_dzt
-               + offs_d[None, :] * stride_dzd)
+    dz_ptrs = (bk_base(dz_ptr, split, b, stride_dzs, stride_dzb)
+               + offs_f.to(tl.int64)[:, None] * stride_dzt
+               + offs_d.to(tl.int64)[None, :] * stride_dzd)
     tl.store(dz_ptrs, dz.to(dz_ptr.dtype.element_ty),
              mask=(offs_f < L)[:, None] & (offs_d < D)[None, :])

@@ -8,8 +8,8 @@ gathering one key row per query row per step, so no (rows, N + 1, D) tensor ever
 - CPC: the positive of row (b, k, t) is frame t + k + 1 of sequence b (plus ``pos_b`` · b when
   the keys are the whole batch's frames) and rows with t + k + 1 >= seq_len are skipped;
   otherwise positives come from ``pos_ptr`` (IGNORE drops a row) and all rows count.
-- SAMPLED (design (b)): negatives are regenerated from ``seed`` (see ``sampling.py``) instead
-  of read from ``neg_ptr``.
+- SAMPLED (design (b)): negatives are regenerated from the seed at ``seed_ptr`` (see
+  ``sampling.py``) instead of read from ``neg_ptr``.
 - COSINE: s = <q, c> / (max(|q|, eps) · max(|c|, eps)) · scale, torch's cosine_similarity,
   with the norms computed from the rows in registers (nothing normalised is stored).
 - MASK: a negative equal to the row's positive by index (1) or in all D components (2) gets
@@ -34,7 +34,7 @@ import triton
 import triton.language as tl
 
 from .indexing import bk_base, checked_positive, row_ptrs, store_row_outputs
-from .sampling import negatives4
+from .sampling import load_seed, negatives4
 
 # Kernels are laid out by hand (argument groups per line), as in the Triton tutorials.
 # fmt: off
@@ -44,7 +44,10 @@ _EPS = tl.constexpr(1e-8)  # torch.nn.functional.cosine_similarity's default eps
 
 @triton.jit
 def _load_rows(base, rows, stride_row, offs_d, stride_d, mask):
-    ptrs = base + rows.to(tl.int64)[:, None] * stride_row + offs_d[None, :] * stride_d
+    # Both offsets in int64: a column-major tensor has stride_d = rows, and offs_d * stride_d
+    # passes 2**31 once rows * D does.
+    ptrs = (base + rows.to(tl.int64)[:, None] * stride_row
+            + offs_d.to(tl.int64)[None, :] * stride_d)
     return tl.load(ptrs, mask=mask, other=0.0).to(tl.float32)
 
 
@@ -152,7 +155,8 @@ def _grad_step(q, rq, c, rc, uc, sim, w, idx, mask, dq, S, dk_base, stride_dkt, 
             v = (rc * rq)[:, None] * q - (rc * sim * uc)[:, None] * c
         else:
             v = q
-        ptrs = dk_base + idx.to(tl.int64)[:, None] * stride_dkt + offs_d[None, :] * stride_dkd
+        ptrs = (dk_base + idx.to(tl.int64)[:, None] * stride_dkt
+                + offs_d.to(tl.int64)[None, :] * stride_dkd)
         tl.atomic_add(ptrs, w[:, None] * v, mask=mask, sem="relaxed")
     return dq, S
 
@@ -216,9 +220,9 @@ def _walk_negatives(q, rq, key_base, neg_row, stride_nn, row_mask, row, pos, c_p
 
 @triton.jit
 def _info_nce_fwd_kernel(
-    q_ptr, key_ptr, pos_ptr, neg_ptr,
+    q_ptr, key_ptr, pos_ptr, neg_ptr, seed_ptr,
     lse_ptr, loss_ptr, correct_ptr,  # (B, K, L) contiguous outputs
-    K, L, D, N, n_groups, n_frames, seq_len, pos_b, seed, scale,
+    K, L, D, N, n_groups, n_frames, seq_len, pos_b, scale,
     stride_qb, stride_qk, stride_qt, stride_qd,
     stride_kb, stride_kt, stride_kd,
     stride_pt,
@@ -233,6 +237,7 @@ def _info_nce_fwd_kernel(
         BLOCK_M, BLOCK_D)
     s_pos, _, c_pos, _, _ = _score(q, rq, key_base, pos, stride_kt, offs_d, stride_kd, mask,
                                    scale, COSINE, BLOCK_M)
+    seed = load_seed(seed_ptr, SAMPLED)
 
     # State: running max (from the positive), sum, max negative, tied; no lse/gradients yet.
     m, l, neg_max, tied, bad_neg = _walk_negatives(
@@ -248,9 +253,9 @@ def _info_nce_fwd_kernel(
 
 @triton.jit
 def _info_nce_bwd_kernel(
-    q_ptr, key_ptr, pos_ptr, neg_ptr, lse_ptr, grad_ptr,
+    q_ptr, key_ptr, pos_ptr, neg_ptr, seed_ptr, lse_ptr, grad_ptr,
     dq_ptr, dk_ptr,  # dq strided like q; dk (B, Lk, D) fp32, used only with ATOMIC
-    K, L, D, N, n_groups, n_frames, seq_len, pos_b, seed, scale,
+    K, L, D, N, n_groups, n_frames, seq_len, pos_b, scale,
     stride_qb, stride_qk, stride_qt, stride_qd,
     stride_kb, stride_kt, stride_kd,
     stride_pt,
@@ -272,6 +277,7 @@ def _info_nce_bwd_kernel(
 
     s_pos, sim, c_pos, rc, uc = _score(q, rq, key_base, pos, stride_kt, offs_d, stride_kd, mask,
                                        scale, COSINE, BLOCK_M)
+    seed = load_seed(seed_ptr, SAMPLED)
     dq, S = _grad_step(q, rq, c_pos, rc, uc, sim, g * (tl.exp(s_pos - lse) - 1.0), pos, mask,
                        tl.zeros((BLOCK_M, BLOCK_D), tl.float32),
                        tl.zeros((BLOCK_M,), tl.float32), dk_base, stride_dkt, offs_d,
@@ -286,17 +292,22 @@ def _info_nce_bwd_kernel(
 
     # Rows past the valid range get an exact zero gradient (the grid covers all L rows).
     dq_ptrs = (bk_base(dq_ptr, b, k, stride_dqb, stride_dqk)
-               + offs_t.to(tl.int64)[:, None] * stride_dqt + offs_d[None, :] * stride_dqd)
+               + offs_t.to(tl.int64)[:, None] * stride_dqt
+               + offs_d.to(tl.int64)[None, :] * stride_dqd)
     out_mask = (offs_t < L)[:, None] & (offs_d < D)[None, :]
     tl.store(dq_ptrs, dq.to(dq_ptr.dtype.element_ty), mask=out_mask)
 
 
 @triton.jit
-def _entry_positive(pos_ptr, stride_pt, bb, kk, t, e_mask, pos_b, CPC: tl.constexpr):
-    """(entries,) key row of each entry's row's positive (ignored rows never reach here)."""
+def _entry_positive(pos_ptr, stride_pt, bb, kk, t, e_mask, pos_b, Lk, CPC: tl.constexpr):
+    """(entries,) key row of each entry's row's positive (ignored rows never reach here).
+    A given positive outside [0, Lk) reads as row 0, as in the other kernels: the entries
+    of its row are not parked (their negatives may be valid key rows), and their weight is
+    NaN already through the row's NaN lse."""
     if CPC:
         return bb * pos_b + t + kk + 1
-    return tl.load(pos_ptr + t * stride_pt, mask=e_mask, other=0)
+    pos, _, _ = checked_positive(pos_ptr + t * stride_pt, e_mask, Lk)
+    return pos
 
 
 @triton.jit
@@ -320,7 +331,7 @@ def _dk_segment_kernel(
     offs_d = tl.arange(0, BLOCK_D)
     d_mask = offs_d < D
     key_base = key_ptr + b * stride_kb
-    key = tl.load(key_base + frame * stride_kt + offs_d * stride_kd, mask=d_mask,
+    key = tl.load(key_base + frame * stride_kt + offs_d.to(tl.int64) * stride_kd, mask=d_mask,
                   other=0.0).to(tl.float32)
     rk, uk = _norms(key[None, :], COSINE, 1)
     start = tl.load(seg_ptr + f)
@@ -337,7 +348,7 @@ def _dk_segment_kernel(
         kk = (row // L) % K
         bb = row // (L * K)
         q_ptrs = (q_ptr + bb[:, None] * stride_qb + kk[:, None] * stride_qk
-                  + t[:, None] * stride_qt + offs_d[None, :] * stride_qd)
+                  + t[:, None] * stride_qt + offs_d.to(tl.int64)[None, :] * stride_qd)
         q_mask = e_mask[:, None] & d_mask[None, :]
         q = tl.load(q_ptrs, mask=q_mask, other=0.0).to(tl.float32)
         rq, _ = _norms(q, COSINE, BLOCK_E)
@@ -346,7 +357,7 @@ def _dk_segment_kernel(
         g = tl.load(grad_ptr + row, mask=e_mask, other=0.0) * scale
         w = g * (tl.exp(sim * scale - lse) - (slot == 0).to(tl.float32))
         if MASK != 0:
-            pos = _entry_positive(pos_ptr, stride_pt, bb, kk, t, e_mask, pos_b, CPC)
+            pos = _entry_positive(pos_ptr, stride_pt, bb, kk, t, e_mask, pos_b, Lk, CPC)
             c_pos = _load_rows(key_base, pos, stride_kt, offs_d, stride_kd, q_mask)
             same = _masked(pos, frame, c_pos, key[None, :], MASK)
             w = tl.where(same & (slot > 0), 0.0, w)
@@ -356,5 +367,5 @@ def _dk_segment_kernel(
     dk = tl.sum(acc, axis=0)
     if COSINE:
         dk = rk * dk - rk * tl.sum(S, axis=0) * uk * key
-    tl.store(dk_ptr + b * stride_dkb + frame * stride_dkt + offs_d * stride_dkd,
+    tl.store(dk_ptr + b * stride_dkb + frame * stride_dkt + offs_d.to(tl.int64) * stride_dkd,
              dk.to(dk_ptr.dtype.element_ty), mask=d_mask)

@@ -18,6 +18,18 @@ from .indexing import checked_index
 
 
 @triton.jit
+def load_seed(seed_ptr, SAMPLED: tl.constexpr):
+    """The Philox key, read on the device from a 1-element int64 tensor. A seed that changes
+    every step is never a kernel argument: Triton would specialise an integer on being 1 or
+    a multiple of 16 (a recompile for about one step in 16), and a CUDA graph would replay
+    the value it captured instead of reading the current one."""
+    if SAMPLED:
+        return tl.load(seed_ptr)
+    else:
+        return 0
+
+
+@triton.jit
 def _to_frame(r, span, pos, EXCLUDE_POS: tl.constexpr):
     r = r.to(tl.uint32, bitcast=True)
     idx = ((r.to(tl.uint64) * span.to(tl.uint64)) >> 32).to(tl.int32)
@@ -63,10 +75,11 @@ def negatives4(neg_row, stride_nn, row_mask, g, N, seed, row, n_groups, n_frames
 
 
 @triton.jit
-def _materialize_negatives_kernel(out_ptr, K, L, N, n_groups, n_frames, seed,
+def _materialize_negatives_kernel(out_ptr, seed_ptr, K, L, N, n_groups, n_frames,
                                   EXCLUDE_POS: tl.constexpr, BLOCK_M: tl.constexpr):
-    """out (B, K, L, N) int64 contiguous: the draws SAMPLED kernels make for ``seed`` over
-    sequences of ``n_frames`` frames (L rows per step, L <= n_frames)."""
+    """out (B, K, L, N) int64 contiguous: the draws SAMPLED kernels make for the seed at
+    ``seed_ptr`` over sequences of ``n_frames`` frames (L rows per step, L <= n_frames)."""
+    seed = load_seed(seed_ptr, True)
     pid_t = tl.program_id(0)
     k = tl.program_id(1)
     b = tl.program_id(2)

@@ -101,6 +101,56 @@ def cpc_batch_past_2_31() -> dict[str, float]:
     return errors
 
 
+def column_major_queries_past_2_31() -> dict[str, float]:
+    """Queries whose D axis has a stride of 2**28 + 16 (a column-major layout of a huge
+    tensor): column 8 starts past element 2**31, so offs_d * stride_d must be int64."""
+    g = torch.Generator().manual_seed(2)
+    M, D, Nk, N = 6, 9, 5, 4
+    stride = HUGE // 8 + 16
+    storage = torch.empty((D - 1) * stride + M, dtype=torch.float16, device=DEVICE)
+    q = storage.as_strided((M, D), (1, stride))
+    _fill(q, g)
+    q.requires_grad_()
+    keys = torch.randn(Nk, D, generator=g).to(DEVICE, torch.float16).requires_grad_()
+    pos = torch.randint(0, Nk, (M,), generator=g).to(DEVICE)
+    neg = torch.randint(0, Nk, (M, N), generator=g).to(DEVICE)
+    q64 = q.detach().cpu().double().requires_grad_()
+    k64 = keys.detach().cpu().double().requires_grad_()
+    rows64 = oracle_rows(q64, k64, pos.cpu(), neg.cpu())[0]
+    eq, ek = torch.autograd.grad(rows64.sum(), [q64, k64])
+    errors = {}
+    for deterministic in (False, True):
+        rows = info_nce(q, keys, pos, neg, reduction="none", backend="fused",
+                        deterministic=deterministic)  # fmt: skip
+        gq, gk = torch.autograd.grad(rows.sum(), [q, keys])
+        name = "det" if deterministic else "atomic"
+        errors[f"columns-{name}-loss"] = _max_err(rows, rows64)
+        errors[f"columns-{name}-dq"] = _max_err(gq, eq) / eq.abs().max().item()
+        errors[f"columns-{name}-dk"] = _max_err(gk, ek) / ek.abs().max().item()
+    # The dense design reads the predictions through the same kind of offsets.
+    B, K, L = 2, 2, 7
+    storage = torch.empty((D - 1) * stride + B * K * L, dtype=torch.float16, device=DEVICE)
+    pred = storage.as_strided((B, K, L, D), (K * L, L, 1, stride))
+    _fill(pred, g)
+    pred.requires_grad_()
+    z = torch.randn(B, L, D, generator=g).to(DEVICE, torch.float16).requires_grad_()
+    negs = philox_negatives(7, B, K, L, N, device=DEVICE)
+    p64 = pred.detach().cpu().double().requires_grad_()
+    z64 = z.detach().cpu().double().requires_grad_()
+    loss64 = oracle_cpc(p64, z64, negs.cpu())[0]
+    ep, ez = torch.autograd.grad(loss64, [p64, z64])
+    out = cpc_info_nce(pred, z, neg_index=negs, backend="fused", design="dense")
+    gp, gz = torch.autograd.grad(out.loss, [pred, z])
+    errors["columns-dense-loss"] = _max_err(out.loss, loss64)
+    errors["columns-dense-dpred"] = _max_err(gp, ep) / ep.abs().max().item()
+    errors["columns-dense-dz"] = _max_err(gz, ez) / ez.abs().max().item()
+    return errors
+
+
 if __name__ == "__main__":
-    result = {**general_keys_past_2_31(), **cpc_batch_past_2_31()}
+    result = {
+        **general_keys_past_2_31(),
+        **cpc_batch_past_2_31(),
+        **column_major_queries_past_2_31(),
+    }
     print(json.dumps(result))

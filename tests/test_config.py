@@ -20,8 +20,8 @@ from cpc_fast.config.pretrain import DataConfig, PretrainConfig
 from cpc_fast.errors import UserInputError
 
 # The flags of the two configurable commands before their options were built from fields,
-# and those added since (NEW_*: issue 13's launch and divergence options, issue 21's shared
-# output flag).
+# and those added since (NEW_*: issue 13's launch and divergence options, issue 18's --compile,
+# issue 19's prepared corpus, issue 21's shared output flag).
 PRETRAIN_FLAGS = {
     "--out", "--data", "--format", "--subset", "--gpus", "--preset", "--epochs", "--max-steps",
     "--batch-size", "--lr", "--weight-decay", "--window-seconds", "--crop", "--seed",
@@ -35,7 +35,7 @@ EXPERIMENT_FLAGS = {
     "--validation", "--folds", "--subset", "--test-set", "--skip-bad", "--mini-epochs",
     "--seed", "--data-seed", "--cache-dir", "--gpus", "--quiet", "-q",
 }  # fmt: skip
-NEW_PRETRAIN_FLAGS = {"--cpu-processes", "--skip-nonfinite", "--quiet", "-q"}
+NEW_PRETRAIN_FLAGS = {"--cpu-processes", "--skip-nonfinite", "--quiet", "-q", "--compile"}
 NEW_PRETRAIN_FLAGS |= {"--cache", "--no-cache", "--cache-dir"}  # issue 19: the prepared corpus
 NEW_EXPERIMENT_FLAGS = {"--cpu-processes", "--restart"}
 
@@ -103,7 +103,7 @@ def test_json_round_trip_and_unknown_fields() -> None:
 def test_one_diff_rule_skips_resumable_fields_for_every_config() -> None:
     assert resumable_fields(PretrainConfig) == {
         "epochs", "max_steps", "save_every", "valid_every", "log_every", "workers", "strict",
-        "bf16", "skip_nonfinite", "cache", "cache_dir",
+        "bf16", "skip_nonfinite", "cache", "cache_dir", "compile",
     }  # fmt: skip
     saved = pretrain.tiny().to_dict()
     longer = pretrain.tiny(epochs=90, workers=2).to_dict()

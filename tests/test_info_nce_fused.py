@@ -215,6 +215,117 @@ def test_deterministic_gradients_are_bitwise_reproducible():
     assert all(torch.equal(a, b) for a, b in zip(*runs, strict=True))
 
 
+@pytest.mark.parametrize("form", ["cpc", "general"])
+def test_torch_deterministic_flag_selects_the_deterministic_backward(form, monkeypatch):
+    from cpc_fast.kernels import info_nce as launchers
+
+    segment_passes = []
+    segment_dk = launchers._segment_dk
+    monkeypatch.setattr(
+        launchers, "_segment_dk", lambda *a: segment_passes.append(1) or segment_dk(*a)
+    )
+    pred, z, neg = _cpc_inputs(2, 3, 9, 16, 4)
+
+    def backward(**kwargs):
+        if form == "cpc":
+            loss = cpc_info_nce(pred, z, neg_index=neg, backend="fused", design="gather",
+                                **kwargs).loss  # fmt: skip
+        else:
+            q, keys = pred[0, 0], z[0]
+            pos = torch.arange(1, 10, device=DEVICE) % 9
+            loss = info_nce(q, keys, pos, neg[0, 0], backend="fused", **kwargs)
+        torch.autograd.grad(loss, [pred, z])
+        return len(segment_passes)
+
+    assert backward() == 0  # today's default: atomics
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        assert backward() == 1  # the run asked for determinism: no atomics
+        assert backward(deterministic=False) == 1  # an explicit choice still wins
+    finally:
+        torch.use_deterministic_algorithms(previous)
+
+
+def test_dense_dz_pass_fills_an_h100_at_the_papers_shape(monkeypatch):
+    # ceil(L / 32) * B = 256 programs were 2 per SM of an H100's 132, each 192 serial steps.
+    from cpc_fast.kernels import info_nce as launchers
+
+    grids = {}
+
+    class _Grid:  # records the launch grid instead of running the kernel
+        def __init__(self, name):
+            self.name = name
+
+        def __getitem__(self, grid):
+            return lambda *args, **kwargs: grids.setdefault(self.name, grid)
+
+    for name in ("_dense_bwd_dq_kernel", "_dense_bwd_dz_kernel"):
+        monkeypatch.setattr(launchers, name, _Grid(name))
+    B, K, L, D, N = 8, 12, 1000, 128, 50
+    q = torch.empty(B, L, K, D).permute(0, 2, 1, 3)
+    seed = torch.zeros(1, dtype=torch.int64)
+    rows = torch.empty(B, K, L)
+    options = launchers.Options(N, 1.0, design="dense")
+    launchers.dense_backward(rows, q, torch.empty(B, L, D), None, seed, rows, options)
+    f_blocks, b, splits = grids["_dense_bwd_dz_kernel"]
+    assert (f_blocks, b) == (32, 8) and f_blocks * b * splits >= 4 * launchers.H100_SMS
+
+
+def test_dense_dz_splits_are_reproducible_and_agree_with_one(monkeypatch):
+    from cpc_fast.kernels import info_nce as launchers
+
+    pred, z, neg = _cpc_inputs(2, 5, 11, 24, 6)
+
+    def grads():
+        out = cpc_info_nce(pred, z, neg_index=neg, backend="fused", design="dense")
+        return torch.autograd.grad(out.loss, [pred, z])
+
+    assert launchers.dz_splits(11, 2, 5, launchers.H100_SMS) == 5  # one step per split
+    split, again = grads(), grads()
+    assert all(torch.equal(a, b) for a, b in zip(split, again, strict=True))
+    monkeypatch.setattr(launchers, "DZ_PROGRAMS_PER_SM", 0)  # one program per frame block
+    assert launchers.dz_splits(11, 2, 5, launchers.H100_SMS) == 1
+    whole = grads()
+    torch.testing.assert_close(split[1], whole[1], rtol=1e-5, atol=1e-6)
+    assert torch.equal(split[0], whole[0])  # dq has its own pass
+
+
+@pytest.mark.parametrize("design", ["philox", "gather", "dense", "general"])
+def test_three_calls_from_the_loss_to_the_kernel_launch(design, monkeypatch):
+    # The path a reader follows: the loss calls the op, the op calls the launcher, the
+    # launcher launches (torch's dispatch frames in between are not the project's).
+    import traceback
+    from pathlib import Path
+
+    from cpc_fast.kernels import info_nce as launchers
+
+    root = Path(__file__).resolve().parents[1]
+    project = (str(root / "cpc_fast"), str(root / "kernels"))
+    chains = []
+
+    class _Launch:
+        def __getitem__(self, grid):
+            names = [f.name for f in traceback.extract_stack() if f.filename.startswith(project)]
+            chains.append(names[next(i for i, n in enumerate(names) if "info_nce" in n) :])
+            return lambda *args, **kwargs: None
+
+    for name in ("_info_nce_fwd_kernel", "_dense_fwd_kernel"):
+        monkeypatch.setattr(launchers, name, _Launch())
+    pred, z, neg = _cpc_inputs(2, 3, 9, 16, 4)
+    with torch.no_grad():
+        if design == "general":
+            pos = torch.arange(1, 10, device=DEVICE) % 9
+            info_nce(pred[0, 0], z[0], pos, neg[0, 0], backend="fused")
+            want = ["info_nce", "fused_info_nce", "gather_forward"]
+        else:
+            given = {"neg_index": neg} if design == "gather" else {"num_negatives": 4, "seed": 1}
+            cpc_info_nce(pred, z, backend="fused", design=design, **given)
+            launcher = "dense_forward" if design == "dense" else "gather_forward"
+            want = ["cpc_info_nce", "fused_info_nce", launcher]
+    assert chains == [want]
+
+
 def test_contiguous_and_strided_inputs_agree():
     pred, z, neg = _cpc_inputs(2, 3, 9, 20, 4)
     strided = cpc_info_nce(pred, z, neg_index=neg, backend="fused", design="gather")

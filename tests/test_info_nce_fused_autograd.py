@@ -9,17 +9,19 @@ default; NaN rows, never an out-of-bounds read, without the check). Interpreted 
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import pytest
 import torch
 from cpc_fast.kernels import info_nce as launchers
 from info_nce_oracle import oracle_rows
+from interpreter_bounds import bounds_checked
 from test_info_nce_fused import DESIGNS, DEVICE, _cpc_inputs, _oracle
 
 from cpc_fast.errors import UserInputError
 from cpc_fast.losses import cpc_info_nce
-from cpc_fast.losses._fused import FusedOptions, fused_rows
+from cpc_fast.losses._fused import FusedOptions, fused_info_nce
 from cpc_fast.losses.info_nce import info_nce
 
 pytestmark = pytest.mark.skipif(
@@ -174,7 +176,7 @@ def _fused_rows(pred, z, neg, design):
     kind = "dense" if design == "dense" else "gather"
     options = FusedOptions(neg.shape[3], 1.0, seq_len=L, design=kind, check_indices=False)
     with torch.no_grad():
-        return fused_rows(pred, z, None, neg, None, options)[0]
+        return fused_info_nce(pred, z, None, neg, None, *options)[0]
 
 
 @pytest.mark.parametrize("deterministic", [False, True])
@@ -204,6 +206,41 @@ def test_unchecked_out_of_range_general_index_gives_nan(deterministic):
     gq, gk = torch.autograd.grad(rows.sum(), [q, keys])
     assert torch.isnan(gq[2]).all() and torch.isnan(gq[5]).all()
     assert torch.isfinite(gq[~bad.to(gq.device)]).all() and torch.isnan(gk).any()
+
+
+@pytest.mark.parametrize("deterministic", [False, True])
+@pytest.mark.parametrize("mask", ["none", "index", "value"])
+def test_unchecked_bad_positives_read_nothing_outside_the_inputs(mask, deterministic):
+    # The deterministic d_keys pass loads each entry's positive again to mask by value: an
+    # unchecked positive of -1, Nk or 2**40 must read row 0 there too, not keys[pos].
+    q, keys, pos, neg = _general_inputs()
+    Nk = keys.shape[0]
+    neg[0, 0], neg[3, 1], neg[4, 2] = pos[0], pos[3], pos[4]  # duplicates for the masks
+    bad = torch.zeros(q.shape[0], dtype=torch.bool)
+    bad[[1, 4, 6]] = True
+    pos_bad = pos.clone()
+    pos_bad[1], pos_bad[4], pos_bad[6] = -1, Nk, 2**40
+    interpreted = DEVICE == "cpu"  # compiled, bench/gpu_check.sh runs compute-sanitizer
+    with bounds_checked() if interpreted else contextlib.nullcontext([]) as outside:
+        rows = info_nce(q, keys, pos_bad, neg, reduction="none", backend="fused",
+                        mask_duplicates=mask, deterministic=deterministic,
+                        check_indices=False)  # fmt: skip
+        gq, gk = torch.autograd.grad(rows.sum(), [q, keys])
+    assert outside == []
+    assert torch.equal(torch.isnan(rows).cpu(), bad)
+    # Every other row, and every key row that no bad row names, as if the bad rows were not.
+    q64 = q.detach().cpu().double().requires_grad_()
+    k64 = keys.detach().cpu().double().requires_grad_()
+    rows64 = oracle_rows(q64, k64, pos.cpu(), neg.cpu(), mask_duplicates=mask)[0]
+    eq, ek = torch.autograd.grad(rows64[~bad].sum(), [q64, k64])
+    close = {"atol": 1e-5, "rtol": 1e-5}
+    torch.testing.assert_close(rows.detach().cpu().double()[~bad], rows64[~bad].detach(), **close)
+    torch.testing.assert_close(gq.cpu().double()[~bad], eq[~bad], **close)
+    named = torch.zeros(Nk, dtype=torch.bool)
+    named[neg[bad.to(neg.device)].cpu().flatten()] = True
+    named[0] = True  # a bad positive reads row 0
+    torch.testing.assert_close(gk.cpu().double()[~named], ek[~named], **close)
+    assert torch.isnan(gk.cpu()[named]).any()
 
 
 # --- compiled kernels on a GPU (bench/gpu_check.sh) -----------------------------------------

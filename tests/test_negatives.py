@@ -180,8 +180,8 @@ def _numpy_philox_negatives(seed, B, K, L, N, exclude):
 @pytest.mark.parametrize("exclude", [False, True])
 def test_philox_draws_are_bit_exact_philox4x32_10(exclude):
     # Compiled on a GPU (gpu_check.sh), interpreted on CPU: both must be the same stream.
-    # seed = 1 is specialised to a constant by Triton's compiler; seeds >= 2**31 are passed
-    # as int64, and >= 2**32 fill the key's high word.
+    # The kernels read the seed as an int64 from the device; seeds >= 2**32 fill the key's
+    # high word.
     for seed in (0, 1, 12345, 2**32 + 7, 2**63 - 1):
         got = philox_negatives(seed, 2, 3, 7, 9, device=DEVICE, exclude_positive=exclude)
         assert torch.equal(got.cpu(), _numpy_philox_negatives(seed, 2, 3, 7, 9, exclude)), seed

@@ -231,6 +231,40 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path) -> None:
     assert len(steps) == len(set(steps))  # no row logged twice
 
 
+def test_compiled_step_trains_as_the_eager_one(tmp_path, monkeypatch) -> None:
+    # CPU: a plain torch.compile (inductor), no CUDA graphs; the weights after three steps
+    # match the eager run's to compiler rounding.
+    modes = []
+    compile_ = torch.compile
+    monkeypatch.setattr(
+        torch, "compile", lambda fn, **kw: modes.append(kw.get("mode")) or compile_(fn, **kw)
+    )
+    torch._dynamo.reset()
+    train = _corpus()
+    eager = pretrain(_config(max_steps=3), train, None, tmp_path / "eager", progress=False)
+    compiled = pretrain(
+        _config(max_steps=3, compile=True), train, None, tmp_path / "compiled", progress=False
+    )
+    assert modes == [None]
+    a, b = load_file(eager / "model.safetensors"), load_file(compiled / "model.safetensors")
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)
+    assert json.loads((compiled / "config.json").read_text())["config"]["compile"] is True
+
+
+@pytest.mark.parametrize(
+    ("device", "processes", "mode"),
+    [("cuda", 1, "reduce-overhead"), ("cuda", 2, None), ("cpu", 1, None)],
+)
+def test_compile_uses_cuda_graphs_on_one_cuda_device_only(device, processes, mode, monkeypatch):
+    from cpc_fast.training.step import compile_forward_loss
+
+    modes = []
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: modes.append(kw.get("mode")) or fn)
+    compile_forward_loss(torch.device(device), processes)  # compiles lazily: nothing runs
+    assert modes == [mode]
+
+
 def test_bad_items_are_skipped_counted_or_fatal(tmp_path, caplog) -> None:
     rng = np.random.default_rng(0)
     good = [rng.standard_normal(8000).astype(np.float32) * 0.1 for _ in range(5)]

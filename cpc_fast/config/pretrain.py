@@ -167,6 +167,13 @@ class PretrainConfig(Config):
         help="bf16 autocast on CUDA.",
         default_text="on when the GPU supports it; CPU: fp32",
     )
+    compile: bool = setting(
+        False,
+        flag=True,
+        resumable=True,
+        help="Run the model and the loss under torch.compile: with CUDA graphs on one CUDA "
+        "device, a plain compile on a CPU or under several processes.",
+    )
     normalize: bool = setting(
         False, help="Standardise each window (zero mean, unit variance) before the encoder."
     )

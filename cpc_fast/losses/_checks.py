@@ -45,3 +45,12 @@ def check_temperature(temperature: float) -> None:
 def check_choice(name: str, value: object, choices: Sequence[object]) -> None:
     if value not in choices:
         raise UserInputError(f"`{name}` must be one of {tuple(choices)}, got {value!r}")
+
+
+def follow_deterministic(deterministic: bool | None) -> bool:
+    """``deterministic``, or when None torch's global flag
+    (``torch.use_deterministic_algorithms(True)``): a run that asked for determinism gets
+    the fused d_keys without atomics without saying so twice."""
+    if deterministic is None:
+        return torch.are_deterministic_algorithms_enabled()
+    return bool(deterministic)

@@ -8,7 +8,11 @@ registered autograd formula, so ``torch.compile`` traces through them without a 
 outside in plain PyTorch, so autograd hands backward the per-row gradient whatever the
 reduction was.
 
-- Everything that is not a tensor travels as :class:`FusedOptions` (an op takes it flat).
+- Everything that is not a tensor travels as :class:`FusedOptions` (the launchers' own
+  ``Options``, packed once by the loss; an op takes it flat and hands it on as it came).
+  The path from ``cpc_fast.cpc_info_nce`` to a kernel launch is three calls: the loss
+  calls the op, the op calls the launcher (``gather_forward`` or ``dense_forward``), the
+  launcher launches.
 - Autocast: the ops take inputs as given (no casting). The kernels read fp32, bf16 or fp16
   and always accumulate scores, logsumexp and gradients in fp32, so casting inputs up would
   only double the bytes the kernels gather.
@@ -21,19 +25,24 @@ reduction was.
 - Gradients are computed only for the inputs that need them (``ctx.needs_input_grad``): with
   frozen keys (a target network) no d_keys atomics or sort run at all.
 - Given indices are range-checked inside the op (``check_indices``: one ``aminmax`` and one
-  device sync each), so the check runs in compiled graphs too.
+  device sync each), so the check runs in compiled graphs too; while a CUDA graph is being
+  captured the check is a device-side assertion instead (no host read). A compiled graph
+  without CUDA graphs keeps the host check's sync: ``check_indices=False`` has none.
+- No host sync otherwise: the Philox seed is a device tensor the kernels read, so the op
+  can be captured in a CUDA graph (``torch.cuda.graph``, ``torch.compile(mode=
+  "reduce-overhead")``), and a seed drawn on the device inside the captured region (the
+  default of ``cpc_info_nce``) is drawn afresh at every replay.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple, get_type_hints
+from typing import get_type_hints
 
 import torch
 from torch import Tensor
 
 from cpc_fast.kernels.info_nce import (
-    Candidates,
-    Scoring,
+    Options,
     dense_backward,
     dense_forward,
     gather_backward,
@@ -47,29 +56,17 @@ _NO_DOUBLE_BACKWARD = (
 )
 
 
-class FusedOptions(NamedTuple):
-    """How a fused call finds and scores its candidates: everything but the tensors."""
-
-    N: int  # negatives per row
-    scale: float  # 1 / temperature
-    exclude_positive: bool = False  # in-kernel draws skip the positive
-    seq_len: int = 0  # CPC frames per sequence (0: keys.shape[1])
-    batch_keys: bool = False  # CPC keys are the whole batch's frames
-    cosine: bool = False
-    mask: str = "none"  # or "index", "value"
-    correct_on_tie: bool = False
-    design: str = "gather"  # given or Philox negatives; or "dense"
-    deterministic: bool = False
-    check_indices: bool = True
+FusedOptions = Options  # how a fused call finds and scores its candidates: all but tensors
 
 
 _OPTIONS = ", ".join(f"{t.__name__} {n}" for n, t in get_type_hints(FusedOptions).items())
 _TENSORS = "Tensor q, Tensor keys, Tensor? pos, Tensor? neg, Tensor? seed"
 
 
-def _candidates(pos, neg, seed, o: FusedOptions) -> Candidates:
-    philox_seed = int(seed) if seed is not None else 0
-    return Candidates(pos, neg, o.N, philox_seed, o.exclude_positive, o.seq_len, o.batch_keys)
+def _device_seed(seed: Tensor | None, q: Tensor) -> Tensor | None:
+    """The seed as the kernels read it: (1,) int64 on q's device. It stays a tensor, never
+    read to the host (a sync, and a value a captured CUDA graph would replay forever)."""
+    return None if seed is None else seed.to(device=q.device, dtype=torch.int64).reshape(1)
 
 
 @torch.library.custom_op(
@@ -82,10 +79,10 @@ def fused_info_nce(q, keys, pos, neg, seed, *options):
     o = FusedOptions(*options)
     if o.check_indices:
         check_candidate_ranges(pos, neg, keys.shape[1])
-    cand = _candidates(pos, neg, seed, o)
+    seed = _device_seed(seed, q)
     if o.design == "dense":
-        return dense_forward(q, keys, cand, o.scale, o.correct_on_tie)
-    return gather_forward(q, keys, cand, o.scale, Scoring(o.cosine, o.mask, o.correct_on_tie))
+        return dense_forward(q, keys, neg, seed, o)
+    return gather_forward(q, keys, pos, neg, seed, o)
 
 
 @fused_info_nce.register_fake
@@ -107,14 +104,11 @@ def fused_info_nce_backward(grad, q, keys, pos, neg, seed, lse, *options_and_nee
     """-> (dq like q, dk (keys' shape, contiguous)); an empty tensor for one not needed."""
     *options, need_dq, need_dk = options_and_needs
     o = FusedOptions(*options)
-    cand = _candidates(pos, neg, seed, o)
+    seed = _device_seed(seed, q)
     if o.design == "dense":
-        dq, dk = dense_backward(q, keys, cand, o.scale, lse, grad, need_dq, need_dk)
+        dq, dk = dense_backward(grad, q, keys, neg, seed, lse, o, need_dq, need_dk)
     else:
-        scoring = Scoring(o.cosine, o.mask, o.correct_on_tie)
-        dq, dk = gather_backward(
-            q, keys, cand, o.scale, lse, grad, o.deterministic, need_dk, scoring
-        )
+        dq, dk = gather_backward(grad, q, keys, pos, neg, seed, lse, o, need_dk)
     return _or_empty(dq, need_dq, q), _or_empty(dk, need_dk, q)
 
 
@@ -164,16 +158,3 @@ def _refuse_double_backward(ctx, *grads):
 fused_info_nce_backward.register_autograd(
     _refuse_double_backward, setup_context=lambda ctx, inputs, output: None
 )
-
-
-def fused_rows(
-    q: Tensor,
-    keys: Tensor,
-    pos: Tensor | None,
-    neg: Tensor | None,
-    seed: Tensor | None,
-    options: FusedOptions,
-) -> tuple[Tensor, Tensor]:
-    """Per-row (loss, correct), each (B, K, L), through the custom op."""
-    loss, correct, _ = fused_info_nce(q, keys, pos, neg, seed, *options)
-    return loss, correct

@@ -28,7 +28,13 @@ import torch
 
 from cpc_fast.errors import UserInputError
 from cpc_fast.losses import negatives as sampling
-from cpc_fast.losses._checks import check_choice, check_float, check_same_device, check_temperature
+from cpc_fast.losses._checks import (
+    check_choice,
+    check_float,
+    check_same_device,
+    check_temperature,
+    follow_deterministic,
+)
 from cpc_fast.losses.backend import fused_ops, resolve_backend
 from cpc_fast.losses.info_nce_reference import cpc_info_nce_rows_reference
 
@@ -52,7 +58,7 @@ class _Negatives(NamedTuple):
     share: bool
     exclude_positive: bool
     generator: torch.Generator | None
-    seed: int | None
+    seed: int | torch.Tensor | None
     check: bool
 
 
@@ -63,10 +69,10 @@ def cpc_info_nce(
     temperature: float = 1.0,
     neg_index: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
-    seed: int | None = None,
+    seed: int | torch.Tensor | None = None,
     exclude_positive: bool = False,
     backend: str | None = None,
-    deterministic: bool = False,
+    deterministic: bool | None = None,
     *,
     design: str | None = None,
     check_indices: bool = True,
@@ -87,11 +93,15 @@ def cpc_info_nce(
     (B, 1, T, N), shared by the steps): frame indices, or with ``"batch"`` rows b'·L + f of
     the batch.
 
-    ``seed`` or ``generator`` make the draws reproducible for a given backend and design
-    (the Philox design reads one draw of a CUDA generator back to the host: a device sync
-    per call; a seed or a CPU generator avoids it). ``design`` picks the fused kernels
+    ``seed`` or ``generator`` make the draws reproducible for a given backend and design.
+    The Philox design never reads its key back to the host: it draws it on the tensors'
+    device (from ``generator`` or torch's default generator), or takes ``seed`` as an int
+    or as a 0-d integer tensor on that device (a key the caller advances there), so a CUDA
+    graph that captured the call draws fresh negatives at every replay unless ``seed``
+    fixes them. ``design`` picks the fused kernels
     (module docstring) and ``deterministic=True`` makes the fused d_z bitwise reproducible
-    (no atomics); the reference backend has one implementation and ignores both. The
+    (no atomics; None, the default, follows ``torch.use_deterministic_algorithms``); the
+    reference backend has one implementation and ignores both. The
     accuracy counts a row whose positive scores strictly above every negative, a negative
     at the positive's own frame being a tie; with ``correct_on_tie`` a tie counts (the
     argmax convention of CPC_audio). Returns fp32 losses (fp64 for fp64 inputs on the
@@ -122,9 +132,12 @@ def cpc_info_nce(
     scale = 1.0 / temperature
     if resolve_backend(backend, predictions, z) == "fused":
         design = _fused_design(design, negatives, predictions.shape, L)
-        rows, correct = _fused_rows(
+        deterministic = follow_deterministic(deterministic)
+        q, keys, neg, seed, options = _fused_arguments(
             predictions, z, negatives, scale, design, deterministic, correct_on_tie
         )
+        # The op calls the launcher, which launches: three calls from here to the kernel.
+        rows, correct, _ = fused_ops().fused_info_nce(q, keys, None, neg, seed, *options)
     else:
         negatives = _drawn(negatives, B, K, T, L, z.device)
         if negatives.check and not torch.compiler.is_compiling():
@@ -208,7 +221,10 @@ def _fused_design(design: str | None, negatives: _Negatives, shape, L: int) -> s
     return design
 
 
-def _fused_rows(predictions, z, negatives: _Negatives, scale, design, deterministic, on_tie):
+def _fused_arguments(predictions, z, negatives: _Negatives, scale, design, deterministic, on_tie):
+    """The fused op's arguments for this call: (queries (B, K, T, D), keys (B, L, D) or
+    (1, B·L, D), negatives (B, K, T, N) or None, the Philox seed or None, FusedOptions),
+    the options packed here once for the op and its launchers."""
     B, K, T, D = predictions.shape
     L = z.shape[1]
     fused = fused_ops()
@@ -238,19 +254,29 @@ def _fused_rows(predictions, z, negatives: _Negatives, scale, design, determinis
         deterministic=deterministic,
         check_indices=negatives.check and not philox,
     )
-    seed = _philox_seed(negatives.generator, negatives.seed) if philox else None
-    return fused.fused_rows(predictions, keys, None, neg, seed, options)
+    seed = _philox_seed(negatives.generator, negatives.seed, z.device) if philox else None
+    return predictions, keys, neg, seed, options
 
 
-def _philox_seed(generator: torch.Generator | None, seed: int | None) -> torch.Tensor:
-    """The Philox key as a 0-d int64 tensor (read by the op: no host sync when compiled)."""
+def _philox_seed(
+    generator: torch.Generator | None, seed: int | torch.Tensor | None, device: torch.device
+) -> torch.Tensor:
+    """The Philox key as a 0-d int64 tensor on ``device``, made there without a host sync:
+    the kernels read it on the device, so a CUDA graph that captured this call draws a fresh
+    key at every replay (torch's generators advance under graphs, as for dropout)."""
+    if isinstance(seed, torch.Tensor):  # a key the caller keeps (and advances) on the device
+        return seed.to(device=device, dtype=torch.int64) & (2**63 - 1)
     if seed is not None:
-        return torch.tensor(sampling.philox_key(seed))
-    # One draw from the given (or torch's default CPU) generator, so torch.manual_seed and
-    # generator state keep controlling the negatives.
-    device = generator.device if generator is not None else "cpu"
-    # Read to the host once here, not by the forward and again by the backward.
-    return torch.randint(0, 2**62, (), generator=generator, device=device).cpu()
+        return torch.full((), sampling.philox_key(seed), dtype=torch.int64, device=device)
+    # One draw from the given generator, or torch's default one of the tensors' device, so
+    # torch.manual_seed and generator state keep controlling the negatives.
+    where = generator.device if generator is not None else device
+    key = torch.randint(0, 2**62, (), generator=generator, device=where)
+    if key.device == device:
+        return key
+    # A CPU generator's draw for CUDA tensors: read on the host (no device sync) and filled
+    # in on the device, instead of a copy that would wait for the device.
+    return torch.full((), int(key), dtype=torch.int64, device=device)
 
 
 def _drawn(negatives: _Negatives, B: int, K: int, T: int, L: int, device) -> _Negatives:

@@ -30,6 +30,7 @@ from cpc_fast.losses._checks import (
     check_index,
     check_same_device,
     check_temperature,
+    follow_deterministic,
 )
 from cpc_fast.losses.backend import (  # noqa: F401  (re-exported: the module's API)
     BACKEND_ENV,
@@ -67,7 +68,7 @@ def info_nce(
     mask_duplicates: str = "none",
     correct_on_tie: bool | str = False,
     backend: str | None = None,
-    deterministic: bool = False,
+    deterministic: bool | None = None,
     return_correct: bool = False,
     check_indices: bool = True,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
@@ -95,7 +96,8 @@ def info_nce(
     "the positive is the argmin" is the kernels' own comparison) and, for the few rows where
     both hold, checks for masked negatives: a device sync (and a graph break under
     ``torch.compile``) that the other rules do not have. ``deterministic=True`` makes the
-    fused d_keys independent of thread timing (no atomics; slower, see kernels/README.md).
+    fused d_keys independent of thread timing (no atomics; slower, see kernels/README.md);
+    None (the default) follows ``torch.use_deterministic_algorithms``.
     ``check_indices=False`` skips the range check (and its device sync) on the fused
     backend: rows with an out-of-range index then get a NaN loss.
     """
@@ -142,16 +144,17 @@ def info_nce(
             cosine=similarity == "cosine",
             mask=mask_duplicates,
             correct_on_tie=correct_on_tie,
-            deterministic=deterministic,
+            deterministic=follow_deterministic(deterministic),
             check_indices=check_indices,
         )
-        rows, correct = fused.fused_rows(
+        # The grid (1, 1, M) over keys (1, Nk, D); the op calls the launcher, which launches.
+        rows, correct, _ = fused.fused_info_nce(
             queries[None, None],
             row_major(keys)[None],
             pos_index[None, None],
             neg_index[None, None],
             None,
-            options,
+            *options,
         )
         rows, correct = rows.view(M), correct.view(M)
     else:
@@ -298,7 +301,7 @@ class CPCInfoNCELoss(nn.Module):
         z: torch.Tensor,
         neg_index: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
-        seed: int | None = None,
+        seed: int | torch.Tensor | None = None,
     ) -> CPCInfoNCEOutput:
         return cpc_info_nce(
             predictions, z, neg_index=neg_index, generator=generator, seed=seed, **self.options

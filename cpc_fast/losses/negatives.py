@@ -194,8 +194,13 @@ def check_neg_index(neg_index: torch.Tensor, B: int, K: int, L: int) -> int:
 
 
 def check_index_range(index: torch.Tensor, size: int, name: str) -> None:
-    """Raises when any index falls outside [0, size): the kernels must never read past."""
+    """Raises when any index falls outside [0, size): the kernels must never read past.
+    While a CUDA graph is being captured (no host read allowed) the device asserts instead."""
     if index.numel() == 0:
+        return
+    if index.is_cuda and torch.cuda.is_current_stream_capturing():
+        inside = ((index >= 0) & (index < size)).all()
+        torch._assert_async(inside, f"`{name}` holds an index outside [0, {size})")
         return
     lo, hi = torch.aminmax(index)  # one pass, one device sync
     lo, hi = int(lo), int(hi)

@@ -60,7 +60,12 @@ from cpc_fast.training.run_folder import (
     run_record,
 )
 from cpc_fast.training.seeds import derive_seed
-from cpc_fast.training.step import autocast_dtype, make_optimizer, train_step
+from cpc_fast.training.step import (
+    autocast_dtype,
+    compile_forward_loss,
+    make_optimizer,
+    train_step,
+)
 from cpc_fast.training.validate import CPCValidator, Every, metric_sums, step_metrics
 
 logger = logging.getLogger(__name__)
@@ -259,6 +264,7 @@ def _loop(run: _Run, state: Progress, total: int, last_saved: int) -> None:
         )
         return f"; {where}. Lower `lr`, or let `skip_nonfinite=N` skip such steps"
 
+    compiled = compile_forward_loss(env.device, env.world_size) if config.compile else None
     # NaN/Inf losses and gradients, flagged on the device and checked where the loop syncs.
     guard = NonFiniteGuard(
         env,
@@ -302,6 +308,7 @@ def _loop(run: _Run, state: Progress, total: int, last_saved: int) -> None:
                     amp_dtype=run.amp_dtype,
                     weight=weight,
                     guard=guard,
+                    compiled=compiled,
                 )
                 if weight and not guard.last_skipped:
                     sums += metric_sums(out)

@@ -1,14 +1,17 @@
 """One CPC training step: forward, InfoNCE, backward, Adam, with the paper's optimizer and
-bf16 autocast on CUDA."""
+bf16 autocast on CUDA; optionally the forward and the loss under ``torch.compile``
+(``--compile``: CUDA graphs on one CUDA device, see :func:`compile_forward_loss`)."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import torch
 
 from cpc_fast.config.pretrain import PretrainConfig
 from cpc_fast.losses.info_nce import CPCInfoNCEOutput, cpc_info_nce
+from cpc_fast.losses.negatives import philox_key
 from cpc_fast.models.cpc import CPCConfig
 from cpc_fast.training.guard import NonFiniteGuard
 from cpc_fast.training.validate import autocast
@@ -32,6 +35,51 @@ def make_optimizer(model: torch.nn.Module, config: PretrainConfig) -> torch.opti
     return torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
 
 
+def forward_loss(
+    model: torch.nn.Module,
+    wave: torch.Tensor,
+    config: CPCConfig,
+    seed: int | torch.Tensor | None,
+    neg_index: torch.Tensor | None,
+    amp_dtype: torch.dtype | None,
+) -> CPCInfoNCEOutput:
+    """The model on ``wave`` (B, T) and its InfoNCE: what ``--compile`` compiles."""
+    with autocast(wave.device, amp_dtype):
+        out = model(wave)
+    return cpc_info_nce(
+        out.predictions,
+        out.z,
+        num_negatives=config.num_negatives,
+        temperature=config.temperature,
+        neg_index=neg_index,
+        seed=None if neg_index is not None else seed,
+        exclude_positive=config.exclude_positive,
+    )
+
+
+ForwardLoss = Callable[..., CPCInfoNCEOutput]
+
+
+def compile_forward_loss(device: torch.device, processes: int = 1) -> ForwardLoss:
+    """:func:`forward_loss` under ``torch.compile``. On one CUDA device with CUDA graphs
+    (``mode="reduce-overhead"``: the step's many small kernels launch as one graph; the
+    fused loss makes no host sync, and its Philox seed travels as a device tensor, so
+    every replay draws the step's own negatives). Under several processes (DDP buckets its
+    gradients with hooks a graph would freeze) and on a CPU (no CUDA graphs there): a plain
+    compile (inductor's default mode), which on a CPU needs a C++ compiler."""
+    graphs = device.type == "cuda" and processes == 1
+    compiled = torch.compile(forward_loss, mode="reduce-overhead" if graphs else None)
+    if not graphs:
+        return compiled
+
+    def step(model, wave, config, seed, neg_index, amp_dtype) -> CPCInfoNCEOutput:
+        # A new training iteration: the previous replay's outputs may be overwritten.
+        torch.compiler.cudagraph_mark_step_begin()
+        return compiled(model, wave, config, seed, neg_index, amp_dtype)
+
+    return step
+
+
 def train_step(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -43,28 +91,35 @@ def train_step(
     amp_dtype: torch.dtype | None = None,
     weight: float = 1.0,
     guard: NonFiniteGuard | None = None,
+    compiled: ForwardLoss | None = None,
 ) -> CPCInfoNCEOutput:
     """One optimizer step on ``wave`` (B, T); returns the detached loss, per-step losses and
     accuracies. Negatives come from ``neg_index`` (B, K, L, N) if given, else from ``seed``.
     ``weight`` scales the loss (0 for a rank whose batch was entirely unreadable, so it
     still joins the gradient all-reduce). ``guard`` sees the loss and the gradients before
-    the optimizer steps, and may hold the step back (:mod:`cpc_fast.training.guard`)."""
-    with autocast(wave.device, amp_dtype):
-        out = model(wave)
-    result = cpc_info_nce(
-        out.predictions,
-        out.z,
-        num_negatives=config.num_negatives,
-        temperature=config.temperature,
-        neg_index=neg_index,
-        seed=None if neg_index is not None else seed,
-        exclude_positive=config.exclude_positive,
-    )
+    the optimizer steps, and may hold the step back (:mod:`cpc_fast.training.guard`).
+    ``compiled`` (from :func:`compile_forward_loss`) replaces the eager forward and loss."""
+    if compiled is None:
+        result = forward_loss(model, wave, config, seed, neg_index, amp_dtype)
+    else:
+        if seed is not None:
+            # A device tensor, filled without a sync: a Python int that changes every step
+            # would be a new constant for the compiler, and a graph would replay its first.
+            seed = torch.full((), philox_key(seed), dtype=torch.int64, device=wave.device)
+        result = compiled(model, wave, config, seed, neg_index, amp_dtype)
     optimizer.zero_grad(set_to_none=True)
     (result.loss * weight if weight != 1.0 else result.loss).backward()
     if guard is None or guard.observe(result.loss if weight else None, model.parameters()):
         optimizer.step()
-    return CPCInfoNCEOutput(*(t.detach() for t in result))
+    # Copies: a CUDA graph's outputs are overwritten by its next replay.
+    keep = (lambda t: t.detach().clone()) if compiled is not None else torch.Tensor.detach
+    return CPCInfoNCEOutput(*(keep(t) for t in result))
 
 
-__all__ = ["autocast_dtype", "make_optimizer", "train_step"]
+__all__ = [
+    "autocast_dtype",
+    "compile_forward_loss",
+    "forward_loss",
+    "make_optimizer",
+    "train_step",
+]
