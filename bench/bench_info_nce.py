@@ -34,9 +34,9 @@ import math
 import pytest
 import torch
 from _harness import DEVICE, ON_GPU, Case, measure
+from naive_info_nce import cpc_info_nce_naive
 
 from cpc_fast.losses.info_nce import cpc_info_nce
-from cpc_fast.losses.info_nce_reference import cpc_info_nce_naive
 
 B = 8 if ON_GPU else 2
 K, L, D, N = 12, 1000, 128, 50

@@ -20,6 +20,7 @@ from typing import NamedTuple
 import torch
 import triton
 
+from .indexing import IGNORE
 from .info_nce_dense import _dense_bwd_dq_kernel, _dense_bwd_dz_kernel, _dense_fwd_kernel
 from .info_nce_gather import _dk_segment_kernel, _info_nce_bwd_kernel, _info_nce_fwd_kernel
 from .sampling import _materialize_negatives_kernel
@@ -121,7 +122,7 @@ class Options(NamedTuple):
 
 
 MASKS = {"none": 0, "index": 1, "value": 2}
-IGNORE_INDEX = -100  # the kernels' IGNORE (indexing.py): PyTorch's ignore_index
+IGNORE_INDEX = IGNORE.value  # PyTorch's ignore_index, as the kernels test it
 
 
 def _pos_stride(pos: torch.Tensor | None) -> int:

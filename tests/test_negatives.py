@@ -18,6 +18,7 @@ import torch
 
 from cpc_fast.errors import UserInputError
 from cpc_fast.losses import philox_negatives, sample_negatives
+from cpc_fast.losses.negatives import IGNORE_INDEX
 
 B, K, L, N = 3, 4, 20, 50
 needs_triton = pytest.mark.skipif(
@@ -218,3 +219,9 @@ def test_across_the_batch_uniform_over_every_frame(exclude):
 def test_a_window_of_rows_draws_from_all_frames():
     idx = sample_negatives(B, K, L, N, generator=torch.Generator().manual_seed(7), rows=5)
     assert idx.shape == (B, K, 5, N) and idx.max() == L - 1 and idx.min() == 0
+
+
+def test_one_ignore_index_shared_by_the_library_and_the_kernels():
+    from cpc_fast.kernels import indexing, info_nce
+
+    assert IGNORE_INDEX == info_nce.IGNORE_INDEX == indexing.IGNORE.value == -100

@@ -1,4 +1,4 @@
-"""Plain-PyTorch InfoNCE: the reference backend, and the naive form it replaces.
+"""Plain-PyTorch InfoNCE: the reference backend.
 
 The same maths as the fused kernels in ``cpc_fast.kernels`` (diff them side by side):
 
@@ -21,7 +21,7 @@ work. The CPC form (:func:`cpc_info_nce_rows_reference`) is plain autograd.
 Memory: :func:`cpc_info_nce_rows_reference` works one prediction step k at a time and scores
 each step's rows against all L frames of their own sequence with one (T x D)(D x L) matmul,
 then gathers the N + 1 scores it needs. Its peak is one (B, T, L) score block per step, far
-below 1/K of the naive dense gather (:func:`cpc_info_nce_naive`, which materialises a
+below 1/K of the naive dense gather (``bench/naive_info_nce.py``, which materialises a
 (B, K, L, N + 1, D) candidate tensor: 2.5 GB in float32 at the paper's shape). Very long
 sequences (or negatives from the whole batch) fall back to gathering the candidates per
 step, so the cost never grows as L².
@@ -315,28 +315,3 @@ def _cpc_step(
         losses.append(loss)
         correct.append(ok)
     return torch.cat(losses, 1), torch.cat(correct, 1)
-
-
-def cpc_info_nce_naive(
-    predictions: Tensor,
-    z: Tensor,
-    neg_index: Tensor,
-    temperature: float = 1.0,
-) -> Tensor:
-    """The dense gather a user would write: one (B, K, L, N + 1, D) candidate tensor.
-
-    Same loss as the reference (mean over rows with t + k + 1 < L); kept as the baseline the
-    benchmark measures against, not used by the library.
-    """
-    B, K, L, D = predictions.shape
-    dtype = compute_dtype(predictions, z)
-    t = torch.arange(L, device=z.device)
-    steps = torch.arange(1, K + 1, device=z.device)
-    pos = (t.view(1, L) + steps.view(K, 1)).clamp(max=L - 1)  # (K, L), clamped rows masked
-    index = torch.cat([pos.view(1, K, L, 1).expand(B, K, L, 1), neg_index.long()], 3)
-    batch = torch.arange(B, device=z.device).view(B, 1, 1, 1)
-    cand = z.to(dtype)[batch, index]  # (B, K, L, N + 1, D)
-    scores = (cand * predictions.to(dtype).unsqueeze(3)).sum(-1) / temperature
-    loss = torch.logsumexp(scores, -1) - scores[..., 0]  # (B, K, L)
-    valid = (t.view(1, L) + steps.view(K, 1)) < L  # (K, L)
-    return loss[:, valid].sum() / (B * valid.sum())
