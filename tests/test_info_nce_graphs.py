@@ -148,3 +148,44 @@ def test_cuda_graph_replays_read_the_current_device_seed():
         torch.testing.assert_close(loss, eager.loss, rtol=0, atol=0)
         torch.testing.assert_close(gp, want[0], rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(gz, want[1], rtol=1e-5, atol=1e-6)
+
+
+# --- compiled graphs: the index check is a device-side assertion --------------------------
+
+
+@pytest.mark.parametrize(
+    ("form", "backend"),
+    # The general reference is a custom op of its own that always checks on the host: it
+    # is the CPU path, which CUDA graphs do not concern.
+    [("cpc", "fused"), ("cpc", "reference"), ("general", "fused")],
+)
+def test_compiled_index_check_reads_nothing_and_still_refuses_bad_indices(form, backend):
+    torch._dynamo.reset()
+    pred, z = _cpc()
+    B, K, L, D = pred.shape
+    g = torch.Generator().manual_seed(3)
+    if form == "cpc":
+        neg = torch.randint(0, L, (B, K, L, 4), generator=g).to(DEVICE)
+
+        def loss(pred, z, neg):
+            return cpc_info_nce(pred, z, neg_index=neg, backend=backend).loss
+
+        args = (pred, z, neg)
+    else:
+        q, keys = pred.reshape(-1, D), z.reshape(-1, D)
+        pos = torch.randint(0, keys.shape[0], (q.shape[0],), generator=g).to(DEVICE)
+        neg = torch.randint(0, keys.shape[0], (q.shape[0], 4), generator=g).to(DEVICE)
+
+        def loss(q, keys, pos, neg):
+            return info_nce(q, keys, pos, neg, backend=backend)
+
+        args = (q, keys, pos, neg)
+    compiled = torch.compile(loss, backend="aot_eager", fullgraph=True)
+    eager = loss(*args)
+    torch.testing.assert_close(compiled(*args), eager)  # traced, and the same loss
+    with _HostReads() as watch:
+        compiled(*args).backward()
+    assert watch.reads == []
+    neg[0, ...] = 10**6  # far outside the keys
+    with pytest.raises(RuntimeError, match="outside"):
+        compiled(*args)

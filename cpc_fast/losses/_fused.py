@@ -24,10 +24,11 @@ reduction was.
   second-order term.
 - Gradients are computed only for the inputs that need them (``ctx.needs_input_grad``): with
   frozen keys (a target network) no d_keys atomics or sort run at all.
-- Given indices are range-checked inside the op (``check_indices``: one ``aminmax`` and one
-  device sync each), so the check runs in compiled graphs too; while a CUDA graph is being
-  captured the check is a device-side assertion instead (no host read). A compiled graph
-  without CUDA graphs keeps the host check's sync: ``check_indices=False`` has none.
+- Given indices are range-checked inside the op in eager mode (``check_indices``: one
+  ``aminmax`` and one device sync each). In a graph ``torch.compile`` traces, the caller
+  makes the check a device-side assertion in the graph and the op skips its own
+  (``negatives.op_checks_indices``); while a CUDA graph is being captured eagerly, the op's
+  check asserts on the device too. Either way no host read.
 - No host sync otherwise: the Philox seed is a device tensor the kernels read, so the op
   can be captured in a CUDA graph (``torch.cuda.graph``, ``torch.compile(mode=
   "reduce-overhead")``), and a seed drawn on the device inside the captured region (the

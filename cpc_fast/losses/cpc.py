@@ -11,8 +11,8 @@ Index checks: a given ``neg_index`` is range-checked by default (``check_indices
 ``aminmax`` and one device sync per call; on the fused backend inside the custom op, so in
 compiled graphs too). ``check_indices=False`` skips it on the fused backend; the kernels
 still never read out of bounds: a row holding an out-of-range index gets a NaN loss and NaN
-gradients. The reference backend checks in eager mode; under ``torch.compile`` its check is
-left to the compiled gather's own bounds assertion (an error, never a silent number).
+gradients. Under ``torch.compile`` the check is a device-side assertion in the graph on
+either backend (an error, never a silent number, and no host sync: CUDA graphs capture it).
 
 ``torch.compile``: the fused designs are custom ops (``cpc_fast::fused_info_nce``) and the
 reference is plain PyTorch, so a compiled model traces through the loss with
@@ -140,7 +140,7 @@ def cpc_info_nce(
         rows, correct, _ = fused_ops().fused_info_nce(q, keys, None, neg, seed, *options)
     else:
         negatives = _drawn(negatives, B, K, T, L, z.device)
-        if negatives.check and not torch.compiler.is_compiling():
+        if negatives.check:
             sampling.check_index_range(
                 negatives.index, B * L if negatives.across_batch else L, "neg_index"
             )
@@ -252,7 +252,9 @@ def _fused_arguments(predictions, z, negatives: _Negatives, scale, design, deter
         correct_on_tie=on_tie,
         design="dense" if design == "dense" else "gather",
         deterministic=deterministic,
-        check_indices=negatives.check and not philox,
+        check_indices=sampling.op_checks_indices(
+            None, neg, keys.shape[1], negatives.check and not philox
+        ),
     )
     seed = _philox_seed(negatives.generator, negatives.seed, z.device) if philox else None
     return predictions, keys, neg, seed, options

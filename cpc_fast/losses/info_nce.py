@@ -46,7 +46,12 @@ from cpc_fast.losses.cpc import (  # noqa: F401  (re-exported)
     summarise_cpc_rows,
 )
 from cpc_fast.losses.info_nce_reference import info_nce_rows_reference
-from cpc_fast.losses.negatives import IGNORE_INDEX, philox_negatives, sample_negatives  # noqa: F401
+from cpc_fast.losses.negatives import (  # noqa: F401
+    IGNORE_INDEX,
+    op_checks_indices,
+    philox_negatives,
+    sample_negatives,
+)
 
 REDUCTIONS = ("mean", "sum", "none")
 SIMILARITIES = ("dot", "cosine")
@@ -145,7 +150,7 @@ def info_nce(
             mask=mask_duplicates,
             correct_on_tie=correct_on_tie,
             deterministic=follow_deterministic(deterministic),
-            check_indices=check_indices,
+            check_indices=op_checks_indices(pos_index, neg_index, keys.shape[0], check_indices),
         )
         # The grid (1, 1, M) over keys (1, Nk, D); the op calls the launcher, which launches.
         rows, correct, _ = fused.fused_info_nce(

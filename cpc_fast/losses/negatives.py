@@ -195,10 +195,13 @@ def check_neg_index(neg_index: torch.Tensor, B: int, K: int, L: int) -> int:
 
 def check_index_range(index: torch.Tensor, size: int, name: str) -> None:
     """Raises when any index falls outside [0, size): the kernels must never read past.
-    While a CUDA graph is being captured (no host read allowed) the device asserts instead."""
+    Where no host read may happen, in a graph ``torch.compile`` traces or while a CUDA graph
+    is being captured, the device asserts instead (an error all the same, with no sync)."""
     if index.numel() == 0:
         return
-    if index.is_cuda and torch.cuda.is_current_stream_capturing():
+    if torch.compiler.is_compiling() or (
+        index.is_cuda and torch.cuda.is_current_stream_capturing()
+    ):
         inside = ((index >= 0) & (index < size)).all()
         torch._assert_async(inside, f"`{name}` holds an index outside [0, {size})")
         return
@@ -207,6 +210,18 @@ def check_index_range(index: torch.Tensor, size: int, name: str) -> None:
     if lo < 0 or hi >= size:
         bad = lo if lo < 0 else hi
         raise UserInputError(f"`{name}` holds index {bad}, outside [0, {size})")
+
+
+def op_checks_indices(
+    pos: torch.Tensor | None, neg: torch.Tensor | None, size: int, check: bool
+) -> bool:
+    """Whether the fused op should still range-check its indices (``check``). In a graph
+    ``torch.compile`` traces, the check is made here instead, as a device-side assertion in
+    the graph, so the op (opaque to the compiler, run as is) makes no host sync."""
+    if check and torch.compiler.is_compiling():
+        check_candidate_ranges(pos, neg, size)
+        return False
+    return check
 
 
 def check_candidate_ranges(pos: torch.Tensor | None, neg: torch.Tensor | None, size: int) -> None:
