@@ -35,7 +35,7 @@ EXPERIMENT_FLAGS = {
     "--seed", "--data-seed", "--cache-dir", "--gpus", "--quiet", "-q",
 }  # fmt: skip
 NEW_PRETRAIN_FLAGS = {"--cpu-processes", "--skip-nonfinite"}
-NEW_EXPERIMENT_FLAGS = {"--cpu-processes", "--restart"}
+NEW_EXPERIMENT_FLAGS = {"--cpu-processes", "--restart", "--threads", "--ddp"}
 
 
 def _flags(command: str) -> set[str]:

@@ -20,10 +20,11 @@ from cpc_fast.cli.launch import needs_launch, relaunched
 from cpc_fast.cli.options import Overrides, config_options
 from cpc_fast.config import experiment as presets
 from cpc_fast.config.experiment import ExperimentConfig
-from cpc_fast.emotion.experiment import run_experiment
+from cpc_fast.emotion.experiment import completed_results, run_experiment, warn_complete
 from cpc_fast.emotion.report import render_markdown
 from cpc_fast.errors import UserInputError
 from cpc_fast.training import distributed
+from cpc_fast.training.distributed import WorkerFailed
 
 
 @app.command()
@@ -51,7 +52,14 @@ def experiment(
     config = overrides.apply(presets.preset(preset))
     if config.ddp:
         # DDP per unit: rank 0 of the launched processes prints the table
-        if relaunched(config.gpus, config.cpu_processes):
+        try:
+            if relaunched(config.gpus, config.cpu_processes):
+                return
+        except WorkerFailed as exc:
+            # A worker that dies after the tables are written (at exit) fails nothing.
+            if completed_results(config) is None:
+                raise
+            warn_complete(config, str(exc).split(";")[0])
             return
         env = distributed.init(config.device_gpus)
         try:

@@ -57,7 +57,13 @@ from tqdm.auto import tqdm
 from cpc_fast.config.experiment import ExperimentConfig
 from cpc_fast.data.corpora import open_emotion_corpus
 from cpc_fast.data.labelled import EmotionCorpus, Fold, LabelScaler
-from cpc_fast.emotion.experiment_folder import check_experiment_folder, clear_experiment
+from cpc_fast.emotion.experiment_folder import (
+    CLAIMS_NAME as CLAIMS,
+)
+from cpc_fast.emotion.experiment_folder import (
+    check_experiment_folder,
+    clear_experiment,
+)
 from cpc_fast.emotion.joint import JointModel
 from cpc_fast.emotion.model_io import load_cpc_checked, save_model
 from cpc_fast.emotion.report import write_predictions, write_report
@@ -104,7 +110,6 @@ UNIT_FILES = (
     "result.json",
     "timing.json",
 )
-CLAIMS = ".claims"
 POLL_SECONDS = 1.0  # how often an idle worker looks for a task it may start
 
 
@@ -460,7 +465,8 @@ class _Runner:
                     continue
                 self._claim = claim
                 if claim.took_over is not None:
-                    self._event(f"takeover({claim.took_over.describe()})", task.name)
+                    dead = claim.took_over
+                    self._event(f"takeover-from:{dead.host}:{dead.pid}", task.name)
                 self._event("start", task.name)
                 return task.name
             failed = set()
@@ -609,14 +615,6 @@ def _clear(out: Path) -> None:
             "this experiment before `restart`"
         )
     clear_experiment(out)
-    _remove_tree(out / CLAIMS)
-
-
-def _remove_tree(folder: Path) -> None:
-    for path in folder.glob("*"):
-        path.unlink(missing_ok=True)
-    if folder.is_dir():
-        folder.rmdir()
 
 
 def _device_env(config: ExperimentConfig, slot: int) -> DistEnv:
@@ -651,28 +649,43 @@ def _work(
 
 
 def _collect(config: ExperimentConfig, codes: list[int]) -> dict[str, Any] | None:
-    """The results once the workers are gone, or :class:`WorkerFailed`. A worker that
-    failed after every task was done does not fail the experiment: its results are whole."""
-    out = Path(config.out)
+    """The results once the workers are gone, or :class:`WorkerFailed`."""
     failed = [(i + 1, c) for i, c in enumerate(codes) if c != 0]
-    results_path = out / "results.json"
-    complete = _all_done(config) and results_path.is_file()
-    if failed and not complete:
-        which = ", ".join(f"{i} (exit status {c})" for i, c in failed)
-        raise WorkerFailed(
-            f"worker(s) {which} of {len(codes)} failed; their messages are above; finished "
-            "units are kept: run the same command again to retry the rest",
-            next((c for _, c in failed if c > 0), 1),
-        )
+    results = completed_results(config)
     if failed:
         which = ", ".join(f"{i} (exit status {c})" for i, c in failed)
-        print(
-            f"warning: worker(s) {which} of {len(codes)} exited abnormally after every task "
-            f"was done; the experiment is complete: {results_path}",
-            file=sys.stderr,
-            flush=True,
-        )
-    return read_json(results_path) if complete else None
+        what = f"worker(s) {which} of {len(codes)}"
+        if results is None:
+            raise WorkerFailed(
+                f"{what} failed; their messages are above; finished units are kept: run the "
+                "same command again to retry the rest",
+                next((c for _, c in failed if c > 0), 1),
+            )
+        warn_complete(config, f"{what} exited abnormally")
+    return results
+
+
+def warn_complete(config: ExperimentConfig, what: str) -> None:
+    """One line on stderr: a worker failed, but not the experiment (every unit is done and
+    the tables are written), so the command succeeds."""
+    print(
+        f"warning: {what}, but every unit is done (a dead worker's unit is taken over): the "
+        f"experiment is complete, {Path(config.out) / 'results.json'}",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def completed_results(config: ExperimentConfig) -> dict[str, Any] | None:
+    """The results of ``config``'s folder when every unit is done and the tables are
+    written (read from the folder alone), else None."""
+    path = Path(config.out) / "results.json"
+    if not (_all_done(config) and path.is_file()):
+        return None
+    try:
+        return read_json(path)
+    except (OSError, UserInputError):
+        return None
 
 
 def _all_done(config: ExperimentConfig) -> bool:
@@ -690,4 +703,4 @@ def _all_done(config: ExperimentConfig) -> bool:
     )
 
 
-__all__ = ["UNIT_FILES", "open_corpus", "run_experiment"]
+__all__ = ["UNIT_FILES", "completed_results", "open_corpus", "run_experiment", "warn_complete"]

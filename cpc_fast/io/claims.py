@@ -12,7 +12,8 @@ and a random token. While held, a thread touches it every ``heartbeat_s`` second
 
 A claim whose owner is dead is taken over:
 
-* same host: the pid no longer runs, or runs another process (its start time differs);
+* same host: the pid no longer runs (or is a zombie), or runs another process (its start
+  time differs);
 * another host: its heartbeat (the file's mtime) has not moved for ``stale_after_s`` seconds
   *of this host's clock*, as watched by this board, so clocks need not agree;
 * a claim marked failed (:meth:`Claim.fail`) by a worker of another launch: a re-run retries
@@ -41,15 +42,20 @@ from cpc_fast.io.atomic import atomic_write_bytes, file_mode, named_os_error
 SUFFIX = ".claim"
 
 
-def _start_time(pid: int) -> str | None:
-    """The process's start time in clock ticks since boot (Linux), None where unknown."""
+def _stat_fields(pid: int) -> list[str] | None:
+    """The fields of ``/proc/<pid>/stat`` after the command name (Linux), or None."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
     # The command name (field 2) may hold spaces and parentheses: split after its last ")".
-    fields = stat.rpartition(")")[2].split()
-    return fields[19] if len(fields) > 19 else None
+    return stat.rpartition(")")[2].split()
+
+
+def _start_time(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (Linux), None where unknown."""
+    fields = _stat_fields(pid)
+    return fields[19] if fields is not None and len(fields) > 19 else None
 
 
 def _alive(pid: int, started: str | None) -> bool:
@@ -59,7 +65,12 @@ def _alive(pid: int, started: str | None) -> bool:
         return False
     except PermissionError:  # someone else's live process
         return True
-    now = _start_time(pid)
+    fields = _stat_fields(pid)
+    if fields is None:
+        return True  # not Linux: the signal is all there is
+    if fields[0] in ("Z", "X"):  # exited, not yet reaped by its parent: dead
+        return False
+    now = fields[19] if len(fields) > 19 else None
     return started is None or now is None or now == started
 
 

@@ -7,20 +7,44 @@ copied from the parent) calling ``target(*args)``; the workers share no process 
 none of them holds a collective or a rendezvous thread when it exits. A worker's
 :class:`~cpc_fast.errors.UserInputError` or ``OSError`` is printed as one ``error:`` line
 naming the worker and ends it with status 2; anything else keeps its traceback (status 1).
-If the parent is interrupted (Ctrl-C, SIGTERM) it stops its workers before it returns.
+If the parent is interrupted (Ctrl-C, SIGTERM) it stops its workers before it returns; if it
+is killed (SIGKILL), Linux kills them too (``PR_SET_PDEATHSIG``), so no orphan keeps a claim.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import multiprocessing
+import multiprocessing.connection
+import os
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from cpc_fast.errors import UserInputError
 
+_PR_SET_PDEATHSIG = 1
 
-def _worker_main(target: Callable[..., Any], index: int, count: int, args: tuple) -> None:
+
+def _die_with_parent(parent: int) -> None:
+    """Linux: SIGKILL this process when the parent dies (elsewhere: nothing)."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os._exit(1)
+
+
+def _worker_main(
+    target: Callable[..., Any], index: int, count: int, args: tuple, parent: int
+) -> None:
+    _die_with_parent(parent)
     try:
         target(*args)
     except (UserInputError, OSError) as exc:
@@ -35,7 +59,7 @@ def run_workers(target: Callable[..., Any], args: Sequence[tuple]) -> list[int]:
     processes = [
         context.Process(
             target=_worker_main,
-            args=(target, i, len(args), a),
+            args=(target, i, len(args), a, os.getpid()),
             name=f"cpc-fast worker {i + 1}",
         )
         for i, a in enumerate(args)
@@ -43,8 +67,14 @@ def run_workers(target: Callable[..., Any], args: Sequence[tuple]) -> list[int]:
     try:
         for process in processes:
             process.start()
-        for process in processes:
-            process.join()
+        running = list(processes)
+        while running:
+            # Reaped as each one ends, in any order: an exited worker left unreaped is a
+            # zombie, whose pid still answers signals.
+            ended = multiprocessing.connection.wait([p.sentinel for p in running])
+            for process in [p for p in running if p.sentinel in ended]:
+                process.join()
+                running.remove(process)
     except BaseException:  # Ctrl-C or SIGTERM in the parent: no orphan keeps training
         for process in processes:
             if process.is_alive():
