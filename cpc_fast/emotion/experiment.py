@@ -177,6 +177,7 @@ class _Runner:
         self.folds = [(numbers[f.name], f) for f in _selected_folds(self.corpus, config)]
         self._pretrained: tuple[torch.nn.Module, str] | None = None
         self._claim: Claim | None = None  # the task this worker holds (rank 0)
+        self._features: dict[str, FeatureSet] = {}  # by "lfbe" or "cpc-<weights digest>"
         self.board_host = socket.gethostname()
 
     # -- inputs --------------------------------------------------------------------------
@@ -207,13 +208,22 @@ class _Runner:
         barrier()
         return result if self.env.is_main else build()
 
+    def _remembered(self, key: str, build) -> FeatureSet:
+        # Once per worker: finding the cache entry hashes the corpus's audio (for the
+        # synthetic corpus it synthesises every utterance: 2 s at the demo's size).
+        if key not in self._features:
+            self._features[key] = self._on_main_then_all(build)
+        return self._features[key]
+
     def lfbe(self) -> FeatureSet:
-        return self._on_main_then_all(
-            lambda: lfbe_features(self.corpus, self.cache_dir, progress=self._bar("LFBE"))
+        return self._remembered(
+            "lfbe",
+            lambda: lfbe_features(self.corpus, self.cache_dir, progress=self._bar("LFBE")),
         )
 
     def cpc_features(self, model: torch.nn.Module, digest: str, what: str) -> FeatureSet:
-        return self._on_main_then_all(
+        return self._remembered(
+            f"cpc-{digest}",
             lambda: cpc_context_features(
                 self.corpus,
                 model,
@@ -221,7 +231,7 @@ class _Runner:
                 device=self.env.device,
                 digest=digest,
                 progress=self._bar(f"CPC contexts ({what})"),
-            )
+            ),
         )
 
     def pretrained(self) -> tuple[torch.nn.Module, str, Path]:
