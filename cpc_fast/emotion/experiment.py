@@ -605,7 +605,8 @@ def run_experiment(
         return _worker(config, 0, new_launch_id(), progress, restart)
     _start(out, restart)
     # The settings and data are checked once here, so a mistake is one line, not N.
-    _Runner(config, _device_env(config, 0), progress=False).check_folder()
+    here = DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))  # no CUDA
+    _Runner(config, here, progress=False).check_folder()
     launch = new_launch_id()
     codes = run_workers(_worker, [(config, i, launch, False, False) for i in range(workers)])
     return _collect(config, codes)
