@@ -272,3 +272,18 @@ def test_a_worker_killed_mid_unit_is_taken_over(one_process: Path, tmp_path: Pat
     assert events.count(("done", task)) == 1 and events.count(("start", task)) == 2
     assert (f"takeover-from:{socket.gethostname()}:{victim[1]}", task) in events
     _assert_same_units(one_process, out)
+
+
+def test_restart_is_refused_while_a_worker_holds_a_task(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """--restart deletes the units: never under a live worker's feet."""
+    from cli_runner import one_error_line, run_main
+
+    out = tmp_path / "exp"
+    claim = ClaimBoard(out / ".claims", "other").try_claim("sup.fold1.run1")
+    code, _, err = run_main([*FLAGS, "--out", str(out), "--restart"], capsys)
+    claim.release()
+    line = one_error_line(code, err)
+    assert f"a task is running there (process {os.getpid()} on" in line and "restart" in line
+    assert (out / ".claims").is_dir()  # nothing was deleted
