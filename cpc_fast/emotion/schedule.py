@@ -13,9 +13,10 @@ exists (its products are the feature cache and the miniCPC run folder, both safe
 
 Longest first: workers take the first task in :func:`plan`'s order whose dependencies are
 done. The preparations come first (they unblock units; the miniCPC pre-trainings, the longest,
-first of all), then the units by their setup's cost, measured at the demo's size: ``joint``
-trains a CPC from raw audio (several times a ``sup`` unit), then ``mini`` and ``pre`` (256-dim
-contexts), then ``sup`` (40-dim LFBE); within a setup, fold then run.
+first of all), then the units by their setup's cost: ``joint`` trains a CPC from raw audio
+(about 3.7 times a ``sup`` unit at the demo's size, one thread), then ``mini`` and ``pre``
+(CPC contexts, at least as wide as LFBE: 64 dims in the tiny preset, 256 in the paper's),
+then ``sup`` (40-dim LFBE); within a setup, fold then run.
 """
 
 from __future__ import annotations
