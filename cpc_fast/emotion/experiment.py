@@ -599,7 +599,8 @@ def run_experiment(
     if under_launcher():  # torchrun or SLURM + torchrun: one worker per process
         run_id = os.environ.get("TORCHELASTIC_RUN_ID") or os.environ.get("SLURM_JOB_ID")
         launch = f"{run_id}-{os.environ.get('GROUP_RANK', '')}" if run_id else new_launch_id()
-        return _worker(config, int(os.environ["LOCAL_RANK"]), launch, progress, restart)
+        slot = int(os.environ["LOCAL_RANK"])
+        return _worker(config, slot, launch, progress and slot == 0, restart)
     workers = config.cpu_processes or (config.gpus if config.gpus > 1 else 1)
     if workers == 1:
         return _worker(config, 0, new_launch_id(), progress, restart)
