@@ -36,6 +36,7 @@ SUITE_ORDER = (
     "bench_toolkits",
     "bench_joint_step",
     "bench_batching",
+    "bench_protocol",
 )
 DEFAULT_STORAGE = "file://./.benchmarks"  # pytest-benchmark's own default
 CPU_MIN_ROUNDS = 3  # the CPU's slowest calls take seconds; the whole suite must fit 10 min

@@ -168,7 +168,9 @@ def test_clear_errors(
 
 @pytest.mark.slow
 def test_two_processes(tmp_path: Path) -> None:
-    """--cpu-processes 2: two gloo processes; every test utterance is scored once."""
+    """--cpu-processes 2 --ddp: two gloo processes train each unit together (DDP per unit,
+    the explicit option); every test utterance is scored once. (Without --ddp the two
+    processes are workers of whole units: tests/test_schedule.py.)"""
     import csv
     import os
     import subprocess
@@ -198,6 +200,7 @@ def test_two_processes(tmp_path: Path) -> None:
             "1",
             "--cpu-processes",
             "2",
+            "--ddp",
             "--out",
             str(out),
             "--quiet",

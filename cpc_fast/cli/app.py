@@ -11,6 +11,7 @@ Ctrl-C does, so its clean-ups (temporary files, the run folder's lock) run.
 from __future__ import annotations
 
 import errno
+import os
 import re
 import signal
 import sys
@@ -20,6 +21,7 @@ import typer
 
 from cpc_fast.cli.options import FLAGS
 from cpc_fast.errors import UserInputError
+from cpc_fast.training import distributed
 from cpc_fast.training.distributed import WorkerFailed
 
 app = typer.Typer(
@@ -90,6 +92,19 @@ def _terminated(signum: int, frame: object) -> None:
     raise _Terminated
 
 
+def _exit_launched_worker() -> None:
+    """Ends a torchrun worker whose command succeeded without the interpreter's teardown.
+
+    Its files are written (atomically) and closed, and its process group destroyed; what is
+    left to tear down are gloo's and the store's native threads, and that teardown sometimes
+    aborts (``terminate called without an active exception``, SIGABRT), which torchrun
+    reports as a failed worker after the work succeeded. Nothing of the work depends on it.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Runs the CLI. ``argv`` defaults to ``sys.argv[1:]``.
 
@@ -107,6 +122,10 @@ def main(argv: list[str] | None = None) -> None:
         on_term = None
     try:
         app(args=_argv, prog_name="cpc-fast")
+    except SystemExit as exc:
+        if exc.code in (0, None) and distributed.under_launcher():
+            _exit_launched_worker()
+        raise
     except UserInputError as exc:
         typer.echo(f"error: {command_line_wording(str(exc), flags)}", err=True)
         raise SystemExit(2) from None

@@ -2,6 +2,10 @@
 
 The options come from the fields of :class:`~cpc_fast.config.experiment.ExperimentConfig`
 (:mod:`cpc_fast.cli.options`); ``--preset`` picks the base the options change.
+
+``--gpus N`` / ``--cpu-processes N`` start N workers, each running whole units (see
+:mod:`cpc_fast.emotion.experiment`); under torchrun every process is a worker. ``--ddp``
+trains each unit with DDP over the processes instead.
 """
 
 from __future__ import annotations
@@ -12,13 +16,15 @@ from typing import Annotated
 import typer
 
 from cpc_fast.cli.app import app
-from cpc_fast.cli.launch import relaunched
+from cpc_fast.cli.launch import needs_launch, relaunched
 from cpc_fast.cli.options import Overrides, Quiet, config_options
 from cpc_fast.config import experiment as presets
 from cpc_fast.config.experiment import ExperimentConfig
-from cpc_fast.emotion.experiment import run_experiment
+from cpc_fast.emotion.experiment import completed_results, run_experiment, warn_complete
 from cpc_fast.emotion.report import render_markdown
+from cpc_fast.errors import UserInputError
 from cpc_fast.training import distributed
+from cpc_fast.training.distributed import WorkerFailed
 
 
 @app.command()
@@ -44,15 +50,32 @@ def experiment(
 ) -> None:
     """Train and test the recognizer in the paper's setups; print Table 1 (CCC mean ± std)."""
     config = overrides.apply(presets.preset(preset))
-    # rank 0 of the launched processes prints the table
-    if relaunched(config.gpus, config.cpu_processes):
-        return
-    env = distributed.init(config.device_gpus)
-    try:
-        results = run_experiment(config, progress=not quiet, env=env, restart=restart)
-    finally:
-        distributed.shutdown()
-    if env.is_main:
-        typer.echo(render_markdown(results))
-        out = Path(config.out)
-        typer.echo(f"results: {out / 'results.md'}, {out / 'results.json'}")
+    if config.ddp:
+        # DDP per unit: rank 0 of the launched processes prints the table
+        try:
+            if relaunched(config.gpus, config.cpu_processes):
+                return
+        except WorkerFailed as exc:
+            # A worker that dies after the tables are written (at exit) fails nothing.
+            if completed_results(config) is None:
+                raise
+            warn_complete(config, str(exc).split(";")[0])
+            return
+        env = distributed.init(config.device_gpus)
+        try:
+            results = run_experiment(config, progress=not quiet, env=env, restart=restart)
+        finally:
+            distributed.shutdown()
+        if not env.is_main:
+            return
+    else:
+        needs_launch(config.gpus, config.cpu_processes)  # refuses impossible counts at once
+        results = run_experiment(config, progress=not quiet, restart=restart)
+    out = Path(config.out)
+    if results is None:
+        raise UserInputError(
+            f"{out}: some tasks failed (their messages are above); finished units are kept: "
+            "run the same command again to retry the rest"
+        )
+    typer.echo(render_markdown(results))
+    typer.echo(f"results: {out / 'results.md'}, {out / 'results.json'}")

@@ -191,15 +191,29 @@ class ExperimentConfig(Config):
         1,
         flag=True,
         resumable=True,
-        help="Processes, one GPU each (at most the GPUs visible); 0 = CPU. As in `cpc-fast "
-        "pretrain`.",
+        help="GPUs (at most those visible), one unit at a time on each: N workers; 0 = CPU.",
     )
     cpu_processes: int = setting(
         0,
         flag=True,
         check=at_least(0),
         resumable=True,
-        help="Run N CPU processes (gloo) instead, on purpose: tests, CPU machines.",
+        help="Run N CPU worker processes instead, one unit at a time each.",
+    )
+    threads: int = setting(
+        1,
+        flag=True,
+        check=at_least(0),
+        help="CPU threads of each unit (intra-op), fixed so that a unit's results do not "
+        "depend on how many run at once; 0 = torch's default (all cores: results then "
+        "depend on the machine and on the schedule).",
+    )
+    ddp: bool = setting(
+        False,
+        flag=True,
+        help="Train each unit with DDP over all the processes (--gpus N, --cpu-processes N "
+        "or torchrun) instead of one unit per process: for a unit too big for one GPU. The "
+        "batch is split, so results differ from one process's.",
     )
 
     def check_whole(self) -> None:

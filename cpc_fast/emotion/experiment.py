@@ -29,13 +29,23 @@ later reads come from and a re-run reuses): a file that fails is listed, or skip
 counted with ``skip_bad``. A re-run resumes only on the same
 settings, data and pre-trained weights (:mod:`cpc_fast.emotion.experiment_folder`).
 
-Launch: ``--gpus N`` (N > 1) or ``--cpu-processes N`` re-runs the command as N processes
-(see :mod:`cpc_fast.cli.launch`); rank 0 alone writes files and shows progress.
+Scheduling (:mod:`cpc_fast.emotion.schedule`): the experiment is a list of tasks (the
+feature caches and each fold's miniCPC pre-training, then the units, longest first) that
+workers claim one at a time through ``<out>/.claims`` (:mod:`cpc_fast.io.claims`). A worker
+runs a whole unit on one device with ``threads`` CPU threads, so a unit's files are
+bit-identical whichever worker runs it, alone or beside others. ``--gpus N`` (one worker per
+GPU) or ``--cpu-processes N`` starts N workers here; any number of launches on the same
+``out`` (other terminals, nodes, a SLURM array, torchrun) share the work: a dead worker's
+claim is taken over, its unit resumed from its last epoch. Whoever finishes the last task
+writes the tables. ``ddp`` trains each unit with DDP over the launched processes instead (the
+group is then one worker; rank 0 alone writes files). ``<out>/.claims/events.log`` says who
+ran what: one line per start, takeover, failure and end.
 """
 
 from __future__ import annotations
 
 import os
+import socket
 import sys
 import time
 from pathlib import Path
@@ -48,10 +58,17 @@ from tqdm.auto import tqdm
 from cpc_fast.config.experiment import ExperimentConfig
 from cpc_fast.data.corpora import open_emotion_corpus
 from cpc_fast.data.labelled import EmotionCorpus, Fold, LabelScaler
-from cpc_fast.emotion.experiment_folder import check_experiment_folder, clear_experiment
+from cpc_fast.emotion.experiment_folder import (
+    CLAIMS_NAME as CLAIMS,
+)
+from cpc_fast.emotion.experiment_folder import (
+    check_experiment_folder,
+    clear_experiment,
+)
 from cpc_fast.emotion.joint import JointModel
 from cpc_fast.emotion.model_io import load_cpc_checked, save_model
 from cpc_fast.emotion.report import write_predictions, write_report
+from cpc_fast.emotion.schedule import Task, plan
 from cpc_fast.emotion.train import (
     FeatureBatches,
     TrainSettings,
@@ -64,7 +81,8 @@ from cpc_fast.errors import UserInputError
 from cpc_fast.features.cache import FeatureSet, cache_key, frame_statistics, module_digest
 from cpc_fast.features.extract import cpc_context_features, cpc_contexts, lfbe_features
 from cpc_fast.features.lfbe import LFBEConfig
-from cpc_fast.io.atomic import atomic_write_bytes, check_writable_folder, write_json
+from cpc_fast.io.atomic import atomic_write_bytes, check_writable_folder, read_json, write_json
+from cpc_fast.io.claims import Claim, ClaimBoard, new_launch_id
 from cpc_fast.io.lock import FolderLock
 from cpc_fast.io.metrics import MetricsLogger, truncate_metrics
 from cpc_fast.models.cpc import CPCModel
@@ -73,15 +91,27 @@ from cpc_fast.models.recognizer import EmotionRecognizer, RecognizerConfig
 from cpc_fast.training.checkpointer import Checkpointer
 from cpc_fast.training.distributed import (
     DistEnv,
+    WorkerFailed,
     barrier,
     broadcast_object,
     init,
     on_main_then_broadcast,
+    under_launcher,
 )
 from cpc_fast.training.pretrain import pretrain
+from cpc_fast.training.workers import run_workers
 
-# What a (setup, fold, run) folder holds besides ``done`` (written last).
-UNIT_FILES = ("metrics.csv", "model.safetensors", "config.json", "predictions.csv", "result.json")
+# What a (setup, fold, run) folder holds besides ``done`` (written last). result.json holds
+# no time, so that it is the same whoever ran the unit; timing.json says who and how long.
+UNIT_FILES = (
+    "metrics.csv",
+    "model.safetensors",
+    "config.json",
+    "predictions.csv",
+    "result.json",
+    "timing.json",
+)
+POLL_SECONDS = 1.0  # how often an idle worker looks for a task it may start
 
 
 class _WaveView:
@@ -155,6 +185,9 @@ class _Runner:
         # (index among ALL the corpus's folds, fold): seeds do not depend on --folds
         self.folds = [(numbers[f.name], f) for f in _selected_folds(self.corpus, config)]
         self._pretrained: tuple[torch.nn.Module, str] | None = None
+        self._claim: Claim | None = None  # the task this worker holds (rank 0)
+        self._features: dict[str, FeatureSet] = {}  # by "lfbe" or "cpc-<weights digest>"
+        self.board_host = socket.gethostname()
 
     # -- inputs --------------------------------------------------------------------------
 
@@ -186,13 +219,22 @@ class _Runner:
         barrier()
         return result if self.env.is_main else build()
 
+    def _remembered(self, key: str, build) -> FeatureSet:
+        # Once per worker: finding the cache entry hashes the corpus's audio (for the
+        # synthetic corpus it synthesises every utterance: 2 s at the demo's size).
+        if key not in self._features:
+            self._features[key] = self._on_main_then_all(build)
+        return self._features[key]
+
     def lfbe(self) -> FeatureSet:
-        return self._on_main_then_all(
-            lambda: lfbe_features(self.corpus, self.cache_dir, progress=self._bar("LFBE"))
+        return self._remembered(
+            "lfbe",
+            lambda: lfbe_features(self.corpus, self.cache_dir, progress=self._bar("LFBE")),
         )
 
     def cpc_features(self, model: torch.nn.Module, digest: str, what: str) -> FeatureSet:
-        return self._on_main_then_all(
+        return self._remembered(
+            f"cpc-{digest}",
             lambda: cpc_context_features(
                 self.corpus,
                 model,
@@ -200,7 +242,7 @@ class _Runner:
                 device=self.env.device,
                 digest=digest,
                 progress=self._bar(f"CPC contexts ({what})"),
-            )
+            ),
         )
 
     def pretrained(self) -> tuple[torch.nn.Module, str, Path]:
@@ -210,8 +252,12 @@ class _Runner:
             self._pretrained = (model, module_digest(model))
         return (*self._pretrained, path)
 
-    def mini_cpc(self, fold: Fold) -> tuple[torch.nn.Module, str, Path]:
+    def mini_cpc(self, fold: Fold, *, train: bool) -> tuple[torch.nn.Module, str, Path]:
+        """The fold's miniCPC: pre-trained now (``train``, its prep task), or loaded."""
         run_dir = self.out / "mini" / fold.name / "cpc"
+        if not train:
+            model = load_cpc(run_dir)
+            return model, module_digest(model), run_dir.resolve()
         path = pretrain(
             self.config.pretrain_config(),
             _WaveView(self.corpus, fold.train, f"{fold.name} training audio"),
@@ -317,7 +363,6 @@ class _Runner:
             "num_train": len(fold.train),
             "num_validation": len(fold.validation),
             "num_test": len(fold.test),
-            "train_seconds": round(result.seconds, 2),
         }
         if self.env.is_main:
             model_config = {
@@ -334,6 +379,15 @@ class _Runner:
             ids = [self.corpus.records[i].utt_id for i in fold.test]
             write_predictions(unit / "predictions.csv", ids, pred, labels)
             write_json(unit / "result.json", summary)
+            write_json(
+                unit / "timing.json",
+                {
+                    "train_seconds": round(result.seconds, 2),
+                    "host": self.board_host,
+                    "pid": os.getpid(),
+                    "device": str(self.env.device),
+                },
+            )
             atomic_write_bytes(unit / "done", f"{time.strftime('%Y-%m-%dT%H:%M:%S')}\n".encode())
         checkpoint.remove()  # the unit is done: nothing to resume
         barrier()
@@ -350,14 +404,18 @@ class _Runner:
     def _joint_reference(cpc) -> dict:
         return {"kind": "joint", "cpc_config": cpc.config.to_dict()}
 
-    def prepare(self, setup: str, fold: Fold) -> dict:
+    def prepare(self, setup: str, fold: Fold, *, build: bool = False) -> dict:
+        """A unit's inputs (``build``: the prep task that makes them first)."""
         if setup == "sup":
             return {
                 "features": self.lfbe(),
                 "reference": {"kind": "lfbe", "lfbe": LFBEConfig().to_dict()},
             }
         if setup in ("pre", "mini"):
-            model, digest, path = self.pretrained() if setup == "pre" else self.mini_cpc(fold)
+            if setup == "pre":
+                model, digest, path = self.pretrained()
+            else:
+                model, digest, path = self.mini_cpc(fold, train=build)
             what = "pretrained" if setup == "pre" else f"mini {fold.name}"
             return {
                 "features": self.cpc_features(model, digest, what),
@@ -365,9 +423,9 @@ class _Runner:
             }
         return {}
 
-    # -- all units -----------------------------------------------------------------------
+    # -- all tasks -----------------------------------------------------------------------
 
-    def run(self) -> dict[str, Any]:
+    def manifest(self) -> dict[str, Any]:
         cfg = self.config
         manifest = {
             "config": cfg.to_dict(),
@@ -381,10 +439,85 @@ class _Runner:
         }
         if "pre" in cfg.setups:  # loaded now: a model that diverged is refused before any work
             manifest["pretrained_digest"] = self.pretrained()[1]
-        on_main_then_broadcast(self.env, lambda: check_experiment_folder(self.out, manifest))
-        units = [
-            (s, k, f, r) for s in cfg.setups for k, f in self.folds for r in range(1, cfg.runs + 1)
-        ]
+        return manifest
+
+    def check_folder(self) -> None:
+        """Refuses another experiment's folder; writes the manifest (every rank raises)."""
+        manifest = self.manifest()
+        on_main_then_broadcast(
+            self.env,
+            lambda: _briefly_locked(self.out, lambda: check_experiment_folder(self.out, manifest)),
+        )
+
+    def _done(self, task: Task) -> bool:
+        if task.kind == "unit":
+            return (task.unit_dir(self.out) / "done").is_file()
+        return (self.out / CLAIMS / f"{task.name}.done").is_file()
+
+    def _event(self, what: str, task: str) -> None:
+        """One line of ``.claims/events.log`` (appended whole: lines of several workers
+        never interleave)."""
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
+        line = f"{stamp} {what} {task} {self.board_host} {os.getpid()}\n"
+        path = self.out / CLAIMS / "events.log"
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+        try:
+            os.write(fd, line.encode())
+        finally:
+            os.close(fd)
+
+    def _next(self, board: ClaimBoard, tasks: list[Task]) -> str | None:
+        """Claims the first task that may start (waiting while others run what is left);
+        None when every task is done, or what is left failed in this launch or waits for
+        what did."""
+        while True:
+            pending = [t for t in tasks if not self._done(t)]
+            if not pending:
+                return None
+            names = {t.name for t in pending}
+            for task in pending:
+                if names.intersection(task.needs):
+                    continue  # its features or miniCPC are not ready
+                claim = board.try_claim(task.name)
+                if claim is None:
+                    continue
+                if self._done(task):  # finished between our look and the claim
+                    claim.release()
+                    continue
+                self._claim = claim
+                if claim.took_over is not None:
+                    dead = claim.took_over
+                    self._event(f"takeover-from:{dead.host}:{dead.pid}", task.name)
+                self._event("start", task.name)
+                return task.name
+            failed = set()
+            for task in pending:
+                owner = board.owner(task.name)
+                if owner is not None and owner.failed is not None and owner.launch == board.launch:
+                    failed.add(task.name)
+            if all(t.name in failed or failed.intersection(t.needs) for t in pending):
+                return None
+            time.sleep(POLL_SECONDS)
+
+    def _run_task(self, task: Task, prepared: dict) -> None:
+        if task.kind == "prep":
+            self.prepare(task.setup, task.fold, build=True)
+            return
+        key = (task.setup, task.fold.name)
+        if prepared.get("for") != key:
+            prepared.clear()
+            prepared.update(self.prepare(task.setup, task.fold), **{"for": key})
+        self.run_unit(task.setup, task.fold_index, task.fold, task.run, prepared)
+
+    def run(self, launch: str) -> dict[str, Any] | None:
+        """Runs tasks until none is left to start; returns the results when every task is
+        done (None when what is left failed)."""
+        self.check_folder()
+        cfg = self.config
+        tasks = plan(cfg.setups, self.folds, cfg.runs)
+        by_name = {t.name: t for t in tasks}
+        board = ClaimBoard(self.out / CLAIMS, launch)
+        units = [t for t in tasks if t.kind == "unit"]
         bar = tqdm(
             total=len(units),
             desc="experiment",
@@ -392,25 +525,55 @@ class _Runner:
             disable=not self.progress,
             dynamic_ncols=True,
         )
+        bar.update(sum(self._done(t) for t in units))
+        prepared: dict = {}
         try:
-            prepared_for: tuple[str, str] | None = None
-            prepared: dict = {}
-            for setup, fold_index, fold, run in units:
-                unit = self.out / setup / fold.name / f"run{run}"
-                done = broadcast_object((unit / "done").is_file())
-                if done:
-                    bar.update()
-                    continue
-                bar.set_postfix_str(f"{setup} {fold.name} run{run}")
-                if prepared_for != (setup, fold.name):
-                    prepared = self.prepare(setup, fold)
-                    prepared_for = (setup, fold.name)
-                self.run_unit(setup, fold_index, fold, run, prepared)
-                bar.update()
+            while True:
+                name = on_main_then_broadcast(self.env, lambda: self._next(board, tasks))
+                if name is None:
+                    break
+                task = by_name[name]
+                bar.set_postfix_str(name)
+                try:
+                    self._run_task(task, prepared)
+                except BaseException as exc:
+                    if self.env.is_main:
+                        self._claim.__exit__(type(exc), exc, exc.__traceback__)
+                        if isinstance(exc, Exception):
+                            self._event("failed", name)
+                    raise
+                if self.env.is_main:
+                    if task.kind == "prep":
+                        atomic_write_bytes(self.out / CLAIMS / f"{name}.done", b"")
+                    self._claim.release()
+                    self._event("done", name)
+                bar.update(task.kind == "unit")
         finally:
             bar.close()
+        complete = on_main_then_broadcast(self.env, lambda: all(self._done(t) for t in tasks))
+        if not complete:
+            return None
         results = write_report(self.out) if self.env.is_main else None
         return broadcast_object(results)
+
+
+def _briefly_locked(out: Path, action):
+    """``action()`` under the folder's lock, waiting (a minute at most) while another
+    launch holds it: it is held only to check or change the folder, never while training."""
+    lock = FolderLock(out, "experiment folder")
+    deadline = time.monotonic() + 60.0
+    while True:
+        try:
+            lock.acquire()
+            break
+        except UserInputError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+    try:
+        return action()
+    finally:
+        lock.release()
 
 
 def _protocol(corpus: EmotionCorpus, config: ExperimentConfig, num_folds: int) -> str:
@@ -425,30 +588,142 @@ def run_experiment(
     progress: bool = True,
     env: DistEnv | None = None,
     restart: bool = False,
-) -> dict[str, Any]:
-    """Runs every unfinished (setup, fold, run) of ``config`` and returns the results dict
-    (also written to ``<config.out>/results.json`` and ``results.md``).
+) -> dict[str, Any] | None:
+    """Runs every unfinished task of ``config`` and returns the results dict (also written
+    to ``<config.out>/results.json`` and ``results.md``), or None when some failed (each
+    worker has printed why; the finished ones are kept, a re-run retries the rest).
 
-    A folder that holds another experiment is refused (:mod:`.experiment_folder`);
-    ``restart`` deletes that experiment's files first. One experiment at a time runs in a
-    folder (a lock file); the folder is checked to be writable before any work.
+    Workers (module docstring): ``env`` (a DDP group) or ``config.ddp`` makes the processes
+    of the group one worker; under torchrun each process is a worker on its local GPU;
+    otherwise ``gpus`` (> 1) or ``cpu_processes`` (> 1) workers are started here, or this
+    process is the one worker. A folder that holds another experiment is refused
+    (:mod:`.experiment_folder`); ``restart`` deletes that experiment's files first, refused
+    while a worker runs a task there. The folder is checked to be writable before any work.
     """
     config.validate()
-    env = env or init(config.device_gpus)
     out = Path(config.out)
-    lock = FolderLock(out, "experiment folder")
+    if env is not None or config.ddp:
+        env = env or init(config.device_gpus)
+        on_main_then_broadcast(env, lambda: _start(out, restart))
+        launch = broadcast_object(new_launch_id())
+        return _work(config, env, progress, launch)
+    if under_launcher():  # torchrun or SLURM + torchrun: one worker per process
+        run_id = os.environ.get("TORCHELASTIC_RUN_ID") or os.environ.get("SLURM_JOB_ID")
+        launch = f"{run_id}-{os.environ.get('GROUP_RANK', '')}" if run_id else new_launch_id()
+        slot = int(os.environ["LOCAL_RANK"])
+        return _worker(config, slot, launch, progress and slot == 0, restart)
+    workers = config.cpu_processes or (config.gpus if config.gpus > 1 else 1)
+    if workers == 1:
+        return _worker(config, 0, new_launch_id(), progress, restart)
+    _start(out, restart)
+    # The settings and data are checked once here, so a mistake is one line, not N.
+    here = DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))  # no CUDA
+    _Runner(config, here, progress=False).check_folder()
+    launch = new_launch_id()
+    codes = run_workers(_worker, [(config, i, launch, False, False) for i in range(workers)])
+    return _collect(config, codes)
 
-    def claim() -> None:
-        check_writable_folder(out, "`out`")
-        lock.acquire()
-        if restart:
-            clear_experiment(out)
 
+def _start(out: Path, restart: bool) -> None:
+    check_writable_folder(out, "`out`")
+    if restart:
+        _briefly_locked(out, lambda: _clear(out))
+
+
+def _clear(out: Path) -> None:
+    live = ClaimBoard(out / CLAIMS, launch="restart").live_owners()
+    if live:
+        raise UserInputError(
+            f"{out}: a task is running there ({live[0].describe()}); stop every worker of "
+            "this experiment before `restart`"
+        )
+    clear_experiment(out)
+
+
+def _device_env(config: ExperimentConfig, slot: int) -> DistEnv:
+    """A worker's place: alone, on GPU ``slot`` (modulo those visible) or the CPU."""
+    if config.device_gpus > 0 and torch.cuda.is_available():
+        device = torch.device("cuda", slot % torch.cuda.device_count())
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    return DistEnv(rank=0, world_size=1, local_rank=slot, device=device)
+
+
+def _worker(
+    config: ExperimentConfig, slot: int, launch: str, progress: bool, restart: bool
+) -> dict[str, Any] | None:
+    """One worker: claims and runs tasks until none is left to start."""
+    _start(Path(config.out), restart)
+    return _work(config, _device_env(config, slot), progress, launch)
+
+
+def _work(
+    config: ExperimentConfig, env: DistEnv, progress: bool, launch: str
+) -> dict[str, Any] | None:
+    threads = torch.get_num_threads()
+    if config.threads:
+        # Fixed per unit: the intra-op thread count changes how sums are split, so bits.
+        torch.set_num_threads(config.threads)
     try:
-        on_main_then_broadcast(env, claim)
-        return _Runner(config, env, progress).run()
+        return _Runner(config, env, progress).run(launch)
     finally:
-        lock.release()
+        torch.set_num_threads(threads)
 
 
-__all__ = ["open_corpus", "run_experiment"]
+def _collect(config: ExperimentConfig, codes: list[int]) -> dict[str, Any] | None:
+    """The results once the workers are gone, or :class:`WorkerFailed`."""
+    failed = [(i + 1, c) for i, c in enumerate(codes) if c != 0]
+    results = completed_results(config)
+    if failed:
+        which = ", ".join(f"{i} (exit status {c})" for i, c in failed)
+        what = f"worker(s) {which} of {len(codes)}"
+        if results is None:
+            raise WorkerFailed(
+                f"{what} failed; their messages are above; finished units are kept: run the "
+                "same command again to retry the rest",
+                next((c for _, c in failed if c > 0), 1),
+            )
+        warn_complete(config, f"{what} exited abnormally")
+    return results
+
+
+def warn_complete(config: ExperimentConfig, what: str) -> None:
+    """One line on stderr: a worker failed, but not the experiment (every unit is done and
+    the tables are written), so the command succeeds."""
+    print(
+        f"warning: {what}, but every unit is done (a dead worker's unit is taken over): the "
+        f"experiment is complete, {Path(config.out) / 'results.json'}",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def completed_results(config: ExperimentConfig) -> dict[str, Any] | None:
+    """The results of ``config``'s folder when every unit is done and the tables are
+    written (read from the folder alone), else None."""
+    path = Path(config.out) / "results.json"
+    if not (_all_done(config) and path.is_file()):
+        return None
+    try:
+        return read_json(path)
+    except (OSError, UserInputError):
+        return None
+
+
+def _all_done(config: ExperimentConfig) -> bool:
+    """Whether every unit of ``config`` has its ``done`` (read from the folder alone)."""
+    out = Path(config.out)
+    try:
+        folds = read_json(out / "experiment.json")["folds"]
+    except (OSError, UserInputError, KeyError):
+        return False
+    return all(
+        (out / s / f / f"run{r}" / "done").is_file()
+        for s in config.setups
+        for f in folds
+        for r in range(1, config.runs + 1)
+    )
+
+
+__all__ = ["UNIT_FILES", "completed_results", "open_corpus", "run_experiment", "warn_complete"]

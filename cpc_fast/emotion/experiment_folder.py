@@ -3,7 +3,8 @@
     OUT/experiment.json                 the configuration, the corpus and its identity
     OUT/<setup>/<fold>/run<r>/          one folder per unit (``done`` when finished)
     OUT/results.md  OUT/results.json    the tables
-    OUT/.lock                           while an experiment runs in it
+    OUT/.claims/                        which worker runs which task (:mod:`cpc_fast.io.claims`)
+    OUT/.lock                           while a launch checks or changes the folder
 
 A re-run resumes only on the same experiment: the same settings (the resumable fields
 excepted, :func:`cpc_fast.config.base.differences`), the same data (the corpus's
@@ -24,6 +25,7 @@ from cpc_fast.errors import UserInputError
 from cpc_fast.io.atomic import read_json, write_json
 
 MANIFEST_NAME = "experiment.json"
+CLAIMS_NAME = ".claims"
 RESULT_NAMES = ("results.md", "results.json")
 _DATA_PARTS = {
     "records": "the utterances (ids, splits, speakers)",
@@ -33,10 +35,11 @@ _DATA_PARTS = {
 
 
 def clear_experiment(out: Path) -> None:
-    """Deletes what an experiment writes in ``out`` (its units, manifest and tables), and
-    nothing else: the feature cache is keyed by content and stays."""
+    """Deletes what an experiment writes in ``out`` (its units, claims, manifest and tables),
+    and nothing else: the feature cache is keyed by content and stays."""
     for setup in SETUPS:
         shutil.rmtree(out / setup, ignore_errors=True)
+    shutil.rmtree(out / CLAIMS_NAME, ignore_errors=True)
     for name in (MANIFEST_NAME, *RESULT_NAMES):
         (out / name).unlink(missing_ok=True)
 
@@ -77,4 +80,10 @@ def what_differs(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
     return what
 
 
-__all__ = ["MANIFEST_NAME", "check_experiment_folder", "clear_experiment", "what_differs"]
+__all__ = [
+    "CLAIMS_NAME",
+    "MANIFEST_NAME",
+    "check_experiment_folder",
+    "clear_experiment",
+    "what_differs",
+]

@@ -1,0 +1,88 @@
+"""Independent local worker processes (task parallel), as opposed to a DDP group.
+
+    codes = run_workers(target, [(config, 0), (config, 1)])   # blocks; one exit status each
+
+Each worker is a fresh interpreter (``multiprocessing``'s spawn: no CUDA or OpenMP state
+copied from the parent) calling ``target(*args)``; the workers share no process group, so
+none of them holds a collective or a rendezvous thread when it exits. A worker's
+:class:`~cpc_fast.errors.UserInputError` or ``OSError`` is printed as one ``error:`` line
+naming the worker and ends it with status 2; anything else keeps its traceback (status 1).
+If the parent is interrupted (Ctrl-C, SIGTERM) it stops its workers before it returns; if it
+is killed (SIGKILL), Linux kills them too (``PR_SET_PDEATHSIG``), so no orphan keeps a claim.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import multiprocessing
+import multiprocessing.connection
+import os
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from cpc_fast.errors import UserInputError
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent(parent: int) -> None:
+    """Linux: SIGKILL this process when the parent dies (elsewhere: nothing)."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os._exit(1)
+
+
+def _worker_main(
+    target: Callable[..., Any], index: int, count: int, args: tuple, parent: int
+) -> None:
+    _die_with_parent(parent)
+    try:
+        target(*args)
+    except (UserInputError, OSError) as exc:
+        print(f"error: worker {index + 1} of {count}: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
+
+
+def run_workers(target: Callable[..., Any], args: Sequence[tuple]) -> list[int]:
+    """Runs ``target(*args[i])`` in ``len(args)`` processes at once; returns their exit
+    statuses in order (a negative status: killed by that signal)."""
+    context = multiprocessing.get_context("spawn")
+    processes = [
+        context.Process(
+            target=_worker_main,
+            args=(target, i, len(args), a, os.getpid()),
+            name=f"cpc-fast worker {i + 1}",
+        )
+        for i, a in enumerate(args)
+    ]
+    try:
+        for process in processes:
+            process.start()
+        running = list(processes)
+        while running:
+            # Reaped as each one ends, in any order: an exited worker left unreaped is a
+            # zombie, whose pid still answers signals.
+            ended = multiprocessing.connection.wait([p.sentinel for p in running])
+            for process in [p for p in running if p.sentinel in ended]:
+                process.join()
+                running.remove(process)
+    except BaseException:  # Ctrl-C or SIGTERM in the parent: no orphan keeps training
+        for process in processes:
+            if process.is_alive():
+                process.terminate()
+        for process in processes:
+            process.join()
+        raise
+    return [int(p.exitcode if p.exitcode is not None else 1) for p in processes]
+
+
+__all__ = ["run_workers"]
