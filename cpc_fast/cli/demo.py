@@ -31,7 +31,7 @@ def demo(
     quiet: Quiet = False,
 ) -> None:
     """Pre-train a tiny CPC, train Sup/jointCPC/miniCPC/preCPC under cross-validation and draw
-    the figures, all on synthetic data on this machine's CPU (5-13 minutes on 2 cores)."""
+    the figures, all on synthetic data on this machine's CPU (7-13 minutes on 2 cores)."""
     out = out or Path("cpc_fast_demo_quick" if quick else "cpc_fast_demo")
     if restart:
         _clear(out)
