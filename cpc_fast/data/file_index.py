@@ -159,8 +159,26 @@ def split_items(
     return train, valid
 
 
+class ItemStats:
+    """What a corpus of :class:`AudioItem` says about itself, from ``items`` and
+    ``sample_rate`` (shared by the files and their prepared copy)."""
+
+    items: Sequence[AudioItem]
+    sample_rate: int
+
+    @property
+    def speakers(self) -> list[str]:
+        """The distinct known speakers, sorted."""
+        return sorted({item.speaker for item in self.items if item.speaker is not None})
+
+    @property
+    def seconds(self) -> float:
+        """Total audio in seconds."""
+        return sum(item.num_samples for item in self.items) / self.sample_rate
+
+
 @dataclass(eq=False)
-class AudioFileDataset(Dataset):
+class AudioFileDataset(ItemStats, Dataset):
     """Reads ``items[i]`` as a 1-D float32 waveform ``(num_samples,)`` at ``sample_rate``.
 
     Attributes:
@@ -197,16 +215,6 @@ class AudioFileDataset(Dataset):
                 size = -1
             h.update(f"{item.utterance_id}\t{item.num_samples}\t{size}\n".encode())
         return h.hexdigest()
-
-    @property
-    def speakers(self) -> list[str]:
-        """The distinct known speakers, sorted."""
-        return sorted({item.speaker for item in self.items if item.speaker is not None})
-
-    @property
-    def seconds(self) -> float:
-        """Total audio in seconds."""
-        return sum(item.num_samples for item in self.items) / self.sample_rate
 
 
 def relative_id(path: Path, root: Path) -> str:

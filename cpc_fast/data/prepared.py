@@ -45,7 +45,7 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from cpc_fast.data.audio import AudioReadError, is_environment_error, read_audio
-from cpc_fast.data.file_index import AudioFileDataset, AudioItem
+from cpc_fast.data.file_index import AudioFileDataset, AudioItem, ItemStats
 from cpc_fast.errors import UserInputError
 from cpc_fast.io.atomic import atomic_write, read_json, write_json
 from cpc_fast.io.lock import FolderLock
@@ -83,7 +83,7 @@ def cache_key(dataset: AudioFileDataset) -> str:
     return h.hexdigest()
 
 
-class PreparedCorpus(Dataset):
+class PreparedCorpus(ItemStats, Dataset):
     """The items of an :class:`AudioFileDataset`, read from a prepared cache.
 
     ``corpus[i]`` is the (n,) int16 or float32 waveform at ``sample_rate`` (a view of a
@@ -135,14 +135,6 @@ class PreparedCorpus(Dataset):
 
     def fingerprint(self) -> str:
         return self._fingerprint
-
-    @property
-    def speakers(self) -> list[str]:
-        return sorted({item.speaker for item in self.items if item.speaker is not None})
-
-    @property
-    def seconds(self) -> float:
-        return sum(item.num_samples for item in self.items) / self.sample_rate
 
 
 def prepare_corpus(
