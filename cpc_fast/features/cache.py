@@ -35,6 +35,7 @@ import torch
 
 from cpc_fast.errors import UserInputError
 from cpc_fast.io.atomic import folder_mode
+from cpc_fast.io.claims import process_alive
 
 CACHE_VERSION = 1
 _DTYPE = np.float32
@@ -144,18 +145,8 @@ def remove_stale_temporaries(final: Path) -> None:
     prefix = _temp_prefix(final)
     for tmp in final.parent.glob(f"{prefix}*"):
         pid = tmp.name[len(prefix) :].partition(".")[0]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not process_alive(int(pid)):
             shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's live process
-        return True
-    return True
 
 
 def cached_features(

@@ -58,7 +58,9 @@ def _start_time(pid: int) -> str | None:
     return fields[19] if fields is not None and len(fields) > 19 else None
 
 
-def _alive(pid: int, started: str | None) -> bool:
+def process_alive(pid: int, started: str | None = None) -> bool:
+    """Whether process ``pid`` of this host still runs: a zombie counts as dead, and with
+    ``started`` (its :func:`_start_time`) so does another process that reused the pid."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -216,7 +218,7 @@ class ClaimBoard:
         if held.failed is not None:
             return held.launch != self.launch
         if held.host == self.host:
-            return not _alive(held.pid, held.started)
+            return not process_alive(held.pid, held.started)
         path = str(self.path(task))
         try:
             st = os.stat(path)
