@@ -29,7 +29,6 @@ from _harness import Case, import_needing_soundfile, measure, median_seconds, sh
 from cpc_fast.data.batching import pad_collate
 from cpc_fast.losses import padded_info_nce
 from cpc_fast.losses.ccc import ccc_loss
-from cpc_fast.losses.padded_info_nce import masked_cpc_info_nce
 from cpc_fast.models.cpc import CPCModel
 from cpc_fast.models.recognizer import EmotionRecognizer, RecognizerConfig
 
@@ -54,7 +53,7 @@ def test_joint_step(benchmark, monkeypatch, provider):
     )
     if provider == "rows":  # no score block fits: the general flattened-rows path
         monkeypatch.setattr(padded_info_nce, "_SCORE_ELEMENTS", 0)
-    config = pretrain.tiny().model
+    config, info_nce = pretrain.tiny().model, pretrain.tiny().loss
     torch.manual_seed(0)
     cpc = CPCModel(config)
     recognizer = EmotionRecognizer(RecognizerConfig(input_dim=config.context_dim))
@@ -67,9 +66,7 @@ def test_joint_step(benchmark, monkeypatch, provider):
 
     def step() -> None:
         pred, out = model(wave, lengths)
-        nce = masked_cpc_info_nce(
-            out.predictions, out.z, frames, config.num_negatives, generator=generator
-        )
+        nce = info_nce.padded(out.predictions, out.z, frames, generator=generator)
         loss = ccc_loss(pred, target) + LAMBDA * nce
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -85,9 +82,7 @@ def test_joint_step(benchmark, monkeypatch, provider):
     predictions = out.predictions.detach().requires_grad_()  # the model's permuted layout
     z = out.z.detach().requires_grad_()
     loss_s = median_seconds(
-        lambda: masked_cpc_info_nce(
-            predictions, z, frames, config.num_negatives, generator=generator
-        ).backward(),
+        lambda: info_nce.padded(predictions, z, frames, generator=generator).backward(),
         rounds=benchmark.stats.stats.rounds,
         device="cpu",
     )

@@ -70,7 +70,7 @@ def _loss_seconds(model, wave, config, amp_dtype, rounds: int) -> float:
     z = out.z.detach().requires_grad_()
 
     def loss_step() -> None:
-        cpc_info_nce(pred, z, num_negatives=config.model.num_negatives, seed=1).loss.backward()
+        cpc_info_nce(pred, z, num_negatives=config.loss.num_negatives, seed=1).loss.backward()
 
     return median_seconds(loss_step, rounds)
 
@@ -98,7 +98,7 @@ def test_train_step(benchmark, monkeypatch, provider, precision):
 
     def step() -> None:
         for _ in range(pending[0]):
-            training.train_step(model, optimizer, wave, config.model, seed=0,
+            training.train_step(model, optimizer, wave, config.loss, seed=0,
                                 amp_dtype=amp_dtype, compiled=forward_loss)  # fmt: skip
         pending[0] = 1
 

@@ -4,6 +4,7 @@ __version__ = "0.1.0"
 
 # Each name from the module that defines it (no re-export hop between a name and its code).
 from cpc_fast.losses.ccc import ccc, ccc_loss  # noqa: E402, F401  (public API)
+from cpc_fast.losses.config import LossConfig  # noqa: E402, F401  (public API)
 from cpc_fast.losses.cpc import CPCInfoNCEOutput, cpc_info_nce  # noqa: E402, F401  (public API)
 from cpc_fast.losses.info_nce import (  # noqa: E402, F401  (public API)
     CPCInfoNCELoss,

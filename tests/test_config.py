@@ -14,10 +14,10 @@ from cpc_fast.cli import app
 from cpc_fast.cli.app import command_line_wording
 from cpc_fast.cli.options import FLAGS
 from cpc_fast.config import experiment, pretrain
-from cpc_fast.config.base import differences, resumable_fields
 from cpc_fast.config.experiment import ExperimentConfig
 from cpc_fast.config.pretrain import DataConfig, PretrainConfig
 from cpc_fast.errors import UserInputError
+from cpc_fast.settings import differences, resumable_fields
 
 # The flags of the two configurable commands before their options were built from fields,
 # and those added since (NEW_*: issue 13's launch and divergence options, issue 18's --compile,
@@ -38,6 +38,10 @@ EXPERIMENT_FLAGS = {
 NEW_PRETRAIN_FLAGS = {"--cpu-processes", "--skip-nonfinite", "--quiet", "-q", "--compile"}
 NEW_PRETRAIN_FLAGS |= {"--cache", "--no-cache", "--cache-dir"}  # issue 19: the prepared corpus
 NEW_EXPERIMENT_FLAGS = {"--cpu-processes", "--restart", "--threads", "--ddp"}
+# Issue 21: the model and the loss are config nodes, with flags; the output flags shared.
+NEW_PRETRAIN_FLAGS |= {"--encoder-dim", "--context-dim", "--prediction-steps", "--encoder-norm"}
+NEW_PRETRAIN_FLAGS |= {"--num-negatives", "--temperature", "--exclude-positive"}
+NEW_EXPERIMENT_FLAGS |= {"--progress", "--no-progress"}
 
 
 def _flags(command: str) -> set[str]:
@@ -57,8 +61,8 @@ def test_commands_keep_their_flags(command: str, flags: set[str]) -> None:
 
 
 @pytest.mark.parametrize("command", ["pretrain", "experiment", "demo", "visualize"])
-def test_long_running_commands_share_the_quiet_flag(command: str) -> None:
-    assert {"--quiet", "-q", "--out"} <= _flags(command)
+def test_long_running_commands_share_the_output_flags(command: str) -> None:
+    assert {"--quiet", "-q", "--progress", "--no-progress", "--out"} <= _flags(command)
 
 
 def test_pretrain_quiet_prints_no_progress(tmp_path) -> None:

@@ -12,12 +12,14 @@ import torch
 from cpc_fast import load_cpc
 from cpc_fast.errors import UserInputError
 from cpc_fast.io.checkpoint import save_weights
+from cpc_fast.losses.config import LossConfig
 from cpc_fast.losses.info_nce import cpc_info_nce, sample_negatives
 from cpc_fast.models import CPCConfig, CPCModel
 from cpc_fast.models.cpc import ChannelNorm
 from cpc_fast.models.loading import save_cpc
 
-SMALL = CPCConfig(encoder_dim=16, context_dim=24, prediction_steps=4, num_negatives=8)
+SMALL = CPCConfig(encoder_dim=16, context_dim=24, prediction_steps=4)
+SMALL_LOSS = LossConfig(num_negatives=8)
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -39,7 +41,7 @@ def test_paper_architecture() -> None:
     )
     assert model.predictor.weight.shape == (12 * 128, 256)  # 12 maps 256 -> 128
     assert model.predictor.bias is None
-    assert model.config.num_negatives == 50 and model.frame_hop == 160
+    assert LossConfig().num_negatives == 50 and model.frame_hop == 160
 
 
 @pytest.mark.parametrize("T", [160, 161, 319, 320, 1000, 1599, 1600, 4321, 16000])
@@ -181,7 +183,7 @@ def test_load_cpc_errors(tmp_path) -> None:
 
 def test_tiny_model_overfits_one_batch() -> None:
     torch.manual_seed(0)
-    cfg = CPCConfig(encoder_dim=32, context_dim=32, prediction_steps=4, num_negatives=16)
+    cfg = CPCConfig(encoder_dim=32, context_dim=32, prediction_steps=4)
     model = CPCModel(cfg)
     rng = np.random.default_rng(0)
     wave = torch.from_numpy(rng.standard_normal((2, 6400)).astype(np.float32))
@@ -219,7 +221,7 @@ def test_autocast_keeps_the_recurrence_in_float32() -> None:
     assert out.predictions.dtype == torch.bfloat16
     before = model.gru.weight_hh_l0.detach().clone()
     result = train_step(
-        model, make_optimizer(model, tiny()), wave, SMALL, seed=0, amp_dtype=torch.bfloat16
+        model, make_optimizer(model, tiny()), wave, SMALL_LOSS, seed=0, amp_dtype=torch.bfloat16
     )
     assert torch.isfinite(result.loss) and result.accuracy_per_step.shape == (4,)
     assert not torch.equal(model.gru.weight_hh_l0, before)

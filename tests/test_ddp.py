@@ -19,13 +19,15 @@ from cpc_fast.config.pretrain import tiny
 from cpc_fast.errors import UserInputError
 from cpc_fast.io.checkpoint import load_state
 from cpc_fast.io.metrics import read_metrics
+from cpc_fast.losses.config import LossConfig
 from cpc_fast.losses.info_nce import sample_negatives
 from cpc_fast.models import CPCConfig, CPCModel
 from cpc_fast.training import distributed
 from cpc_fast.training.distributed import wrap_ddp
 from cpc_fast.training.step import make_optimizer, train_step
 
-MODEL = CPCConfig(encoder_dim=16, context_dim=16, prediction_steps=4, num_negatives=8)
+MODEL = CPCConfig(encoder_dim=16, context_dim=16, prediction_steps=4)
+LOSS = LossConfig(num_negatives=8)
 WORLD, PER_RANK, SAMPLES = 2, 2, 3200  # 20 frames per sequence
 
 
@@ -38,7 +40,7 @@ def _free_port() -> int:
 def _one_step(model: torch.nn.Module, wave, neg_index) -> dict[str, torch.Tensor]:
     """Parameters and gradients after one training step with fixed negatives."""
     optimizer = make_optimizer(model, tiny())
-    train_step(model, optimizer, wave, MODEL, neg_index=neg_index)
+    train_step(model, optimizer, wave, LOSS, neg_index=neg_index)
     inner = model.module if hasattr(model, "module") else model
     out = {f"param.{k}": v.detach().clone() for k, v in inner.named_parameters()}
     out.update({f"grad.{k}": v.grad.detach().clone() for k, v in inner.named_parameters()})

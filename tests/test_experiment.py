@@ -122,7 +122,7 @@ def test_every_cpc_setup_runs(tmp_path: Path) -> None:
     pretrained = tmp_path / "cpc"
     pretrained.mkdir()
     save_cpc(
-        CPCModel(CPCConfig(encoder_dim=32, context_dim=48, num_negatives=8)),
+        CPCModel(CPCConfig(encoder_dim=32, context_dim=48)),
         pretrained / "model.safetensors",
     )
     out = tmp_path / "exp"

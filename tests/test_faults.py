@@ -70,8 +70,9 @@ def test_diverged_pretraining_stops_and_keeps_the_last_good_checkpoint(tmp_path,
 
 
 class _PoisonLoss:
-    """``cpc_info_nce`` whose result on the calls in ``at`` (1-based) is NaN: the loss, or
-    only its gradient (an identity whose backward is infinite)."""
+    """A training step's forward and loss (``step.forward_loss``) whose result on the calls in
+    ``at`` (1-based) is NaN: the loss, or only its gradient (an identity whose backward is
+    infinite)."""
 
     def __init__(self, real, at: tuple[int, ...], where: str = "loss") -> None:
         self.real, self.at, self.where, self.calls = real, at, where, 0
@@ -98,7 +99,7 @@ class _InfGrad(torch.autograd.Function):
 @pytest.mark.parametrize("where", ["loss", "gradient"])
 def test_the_first_bad_step_and_quantity_are_named(tmp_path, capsys, monkeypatch, where):
     monkeypatch.setattr(
-        step_module, "cpc_info_nce", _PoisonLoss(step_module.cpc_info_nce, (3,), where)
+        step_module, "forward_loss", _PoisonLoss(step_module.forward_loss, (3,), where)
     )
     out = tmp_path / "run"
     line = one_error_line(*_main([*TINY, "--max-steps", "8", "--out", str(out)], capsys))
@@ -109,21 +110,21 @@ def test_the_first_bad_step_and_quantity_are_named(tmp_path, capsys, monkeypatch
 
 
 def test_skip_nonfinite_skips_a_bounded_number_of_steps(tmp_path, capsys, monkeypatch):
-    real = step_module.cpc_info_nce
-    monkeypatch.setattr(step_module, "cpc_info_nce", _PoisonLoss(real, (3,), "gradient"))
+    real = step_module.forward_loss
+    monkeypatch.setattr(step_module, "forward_loss", _PoisonLoss(real, (3,), "gradient"))
     out = tmp_path / "run"
     args = [*TINY, "--max-steps", "6", "--skip-nonfinite", "1", "--out", str(out)]
     assert _main(args, capsys)[0] == 0
     state = load_state(out / "state.pt")
     assert state["step"] == 6 and state["nonfinite_skipped"] == 1 and _finite(state["model"])
     # Step 3 was not applied: the weights are not those of a run without the bad step.
-    monkeypatch.setattr(step_module, "cpc_info_nce", real)
+    monkeypatch.setattr(step_module, "forward_loss", real)
     assert _main([*TINY, "--max-steps", "6", "--out", str(tmp_path / "clean")], capsys)[0] == 0
     clean = load_state(tmp_path / "clean" / "state.pt")["model"]
     assert any(not torch.equal(state["model"][k], clean[k]) for k in clean)
 
     # Once the budget is spent, the next bad step stops the run.
-    monkeypatch.setattr(step_module, "cpc_info_nce", _PoisonLoss(real, (2, 4)))
+    monkeypatch.setattr(step_module, "forward_loss", _PoisonLoss(real, (2, 4)))
     args = [*TINY, "--max-steps", "8", "--skip-nonfinite", "1", "--out", str(tmp_path / "two")]
     line = one_error_line(*_main(args, capsys))
     assert "at step 4: the loss is NaN or infinite after 1 skipped step(s)" in line

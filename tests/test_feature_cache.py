@@ -16,7 +16,7 @@ from cpc_fast.features.extract import cpc_context_features, lfbe_features
 from cpc_fast.features.lfbe import lfbe
 from cpc_fast.models.cpc import CPCConfig, CPCModel
 
-TINY_CPC = CPCConfig(encoder_dim=16, context_dim=24, prediction_steps=2, num_negatives=4)
+TINY_CPC = CPCConfig(encoder_dim=16, context_dim=24, prediction_steps=2)
 
 
 @pytest.fixture()

@@ -34,7 +34,7 @@ def experiment(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.manual_seed(0)
     (root / "cpc").mkdir()
     save_cpc(
-        CPCModel(CPCConfig(encoder_dim=32, context_dim=32, num_negatives=8)),
+        CPCModel(CPCConfig(encoder_dim=32, context_dim=32)),
         root / "cpc" / "model.safetensors",
     )
     config = experiment_config.tiny(
@@ -155,7 +155,7 @@ def test_moved_or_changed_cpc(
         assert ok.exit_code == 0, ok.output
         torch.manual_seed(1)
         save_cpc(
-            CPCModel(CPCConfig(encoder_dim=32, context_dim=32, num_negatives=8)),
+            CPCModel(CPCConfig(encoder_dim=32, context_dim=32)),
             tmp_path / "other.safetensors",
         )
         with pytest.raises(SystemExit):

@@ -21,6 +21,7 @@ from cpc_fast.data.windows import WindowCollate, WindowDataset
 from cpc_fast.errors import UserInputError
 from cpc_fast.io.checkpoint import load_state
 from cpc_fast.io.metrics import read_metrics
+from cpc_fast.losses.config import LossConfig
 from cpc_fast.models import CPCConfig
 from cpc_fast.training.pretrain import pretrain
 
@@ -30,10 +31,15 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 def _config(**changes) -> PretrainConfig:
     """The tiny preset, smaller still: 0.32-s windows of 32 frames, K = 4."""
     base = tiny()
-    model = CPCConfig(
-        encoder_dim=16, context_dim=16, prediction_steps=4, num_negatives=8, encoder_norm="channel"
+    model = CPCConfig(encoder_dim=16, context_dim=16, prediction_steps=4, encoder_norm="channel")
+    return base.replace(
+        model=model,
+        loss=LossConfig(num_negatives=8),
+        window_seconds=0.32,
+        batch_size=2,
+        log_every=2,
+        **changes,
     )
-    return base.replace(model=model, window_seconds=0.32, batch_size=2, log_every=2, **changes)
 
 
 def _corpus(speakers: int = 3, utterances: int = 4) -> SyntheticSpeechCorpus:

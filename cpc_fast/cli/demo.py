@@ -10,7 +10,7 @@ import typer
 
 from cpc_fast import demo as pipeline
 from cpc_fast.cli.app import app
-from cpc_fast.cli.options import Quiet
+from cpc_fast.cli.options import Quiet, ShowProgress, shows_progress
 
 
 @app.command()
@@ -28,6 +28,7 @@ def demo(
     restart: Annotated[
         bool, typer.Option("--restart", help="Delete OUT's earlier demo outputs and start over.")
     ] = False,
+    progress: ShowProgress = True,
     quiet: Quiet = False,
 ) -> None:
     """Pre-train a tiny CPC, train Sup/jointCPC/miniCPC/preCPC under cross-validation and draw
@@ -35,7 +36,7 @@ def demo(
     out = out or Path("cpc_fast_demo_quick" if quick else "cpc_fast_demo")
     if restart:
         _clear(out)
-    result = pipeline.run_demo(out, quick=quick, progress=not quiet)
+    result = pipeline.run_demo(out, quick=quick, progress=shows_progress(progress, quiet))
     typer.echo(pipeline.summary_text(result))
 
 

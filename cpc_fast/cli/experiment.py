@@ -17,7 +17,7 @@ import typer
 
 from cpc_fast.cli.app import app
 from cpc_fast.cli.launch import needs_launch, relaunched
-from cpc_fast.cli.options import Overrides, Quiet, config_options
+from cpc_fast.cli.options import Overrides, Quiet, ShowProgress, config_options, shows_progress
 from cpc_fast.config import experiment as presets
 from cpc_fast.config.experiment import ExperimentConfig
 from cpc_fast.emotion.experiment import completed_results, run_experiment, warn_complete
@@ -46,6 +46,7 @@ def experiment(
             "stays: it is keyed by content).",
         ),
     ] = False,
+    progress: ShowProgress = True,
     quiet: Quiet = False,
 ) -> None:
     """Train and test the recognizer in the paper's setups; print Table 1 (CCC mean ± std)."""
@@ -63,14 +64,16 @@ def experiment(
             return
         env = distributed.init(config.device_gpus)
         try:
-            results = run_experiment(config, progress=not quiet, env=env, restart=restart)
+            results = run_experiment(
+                config, progress=shows_progress(progress, quiet), env=env, restart=restart
+            )
         finally:
             distributed.shutdown()
         if not env.is_main:
             return
     else:
         needs_launch(config.gpus, config.cpu_processes)  # refuses impossible counts at once
-        results = run_experiment(config, progress=not quiet, restart=restart)
+        results = run_experiment(config, progress=shows_progress(progress, quiet), restart=restart)
     out = Path(config.out)
     if results is None:
         raise UserInputError(

@@ -5,7 +5,7 @@
     def pretrain(out: ..., overrides: Overrides | None = None, ...) -> None:
         config = overrides.apply(pretrain.preset(preset_name))
 
-Every field of the config (nested configs included) whose :func:`~cpc_fast.config.base.setting`
+Every field of the config (nested configs included) whose :func:`~cpc_fast.settings.setting`
 has a ``flag`` becomes an option in place of the ``overrides`` parameter, with the field's
 help and the presets' defaults ("default: paper P, tiny T"); the values the user gave arrive
 as :class:`Overrides` (dotted field name -> value), so a preset's value is kept for every
@@ -23,17 +23,29 @@ from typing import Annotated, Any
 
 import typer
 
-from cpc_fast.config.base import Config, apply_overrides, config_fields, field_type, flag_of
 from cpc_fast.errors import UserInputError
+from cpc_fast.settings import Config, apply_overrides, config_fields, field_type, flag_of
 
 # command name -> {field or argument name: flag}, filled as commands are declared
 FLAGS: dict[str, dict[str, str]] = {}
 
-# The output flag every long-running command shares (pretrain, experiment, demo, predict,
-# visualize): no progress bars and no info lines; warnings and errors still print.
+# The output flags every long-running command shares (pretrain, experiment, demo, visualize):
+# --no-progress drops the progress bars and info lines, and -q/--quiet says the same in one
+# letter; warnings, errors and the final result still print.
 Quiet = Annotated[
     bool, typer.Option("--quiet", "-q", help="No progress bars or info lines (errors still print).")
 ]
+ShowProgress = Annotated[
+    bool,
+    typer.Option(
+        "--progress/--no-progress", help="Progress bars and info lines (rank 0); -q turns them off."
+    ),
+]
+
+
+def shows_progress(progress: bool, quiet: bool) -> bool:
+    """Whether a command prints progress: on unless --no-progress or -q."""
+    return progress and not quiet
 
 
 class Overrides(dict):
@@ -156,4 +168,4 @@ def _parse(cls: type[Config], dotted: str, value: Any) -> Any:
         raise UserInputError(f"`{name}` takes a comma list of {what}, got {value!r}") from None
 
 
-__all__ = ["FLAGS", "Overrides", "config_options"]
+__all__ = ["FLAGS", "Overrides", "Quiet", "ShowProgress", "config_options", "shows_progress"]

@@ -9,7 +9,7 @@ import numpy as np
 import typer
 
 from cpc_fast.cli.app import app
-from cpc_fast.cli.options import FLAGS, Quiet
+from cpc_fast.cli.options import FLAGS, Quiet, ShowProgress, shows_progress
 from cpc_fast.data.audio import Conversions, audio_info, read_audio
 from cpc_fast.data.corpora import open_emotion_corpus
 from cpc_fast.emotion.model_io import EmotionModel, load_cpc_checked, load_model
@@ -129,6 +129,7 @@ def visualize(
             "--skip-bad", help="Skip (and count) bad label rows and files that fail when read."
         ),
     ] = False,
+    progress: ShowProgress = True,
     quiet: Quiet = False,
 ) -> None:
     """t-SNE of utterance representations coloured by categorical emotion (the paper's Fig. 1)."""
@@ -156,7 +157,7 @@ def visualize(
         title=title,
         max_utterances=max_utterances,
         seed=seed,
-        progress=not quiet,
+        progress=shows_progress(progress, quiet),
         skip_bad=skip_bad,
         warn=_warn,
     )

@@ -20,7 +20,7 @@ import typer
 
 from cpc_fast.cli.app import app
 from cpc_fast.cli.launch import device_gpus, relaunched
-from cpc_fast.cli.options import Overrides, Quiet, config_options
+from cpc_fast.cli.options import Overrides, Quiet, ShowProgress, config_options, shows_progress
 from cpc_fast.config import pretrain as presets
 from cpc_fast.config.pretrain import PretrainConfig
 from cpc_fast.io.atomic import check_writable_folder
@@ -108,14 +108,12 @@ def pretrain(
         bool,
         typer.Option("--restart", help="Start over, deleting the run folder's checkpoint files."),
     ] = False,
-    progress: Annotated[
-        bool, typer.Option("--progress/--no-progress", help="Progress bar and info lines (rank 0).")
-    ] = True,
+    progress: ShowProgress = True,
     quiet: Quiet = False,
 ) -> None:
     """Pre-train a CPC model (Li et al. 2021): 10-s windows, Adam 2e-4, 8 per GPU."""
     config = overrides.apply(presets.preset(preset_name))
-    progress = progress and not quiet
+    progress = shows_progress(progress, quiet)
     if relaunched(gpus, cpu_processes):
         return
     env = distributed.init(device_gpus(gpus, cpu_processes))

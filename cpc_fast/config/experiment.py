@@ -29,7 +29,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from cpc_fast.config import pretrain
-from cpc_fast.config.base import (
+from cpc_fast.config.pretrain import PretrainConfig
+from cpc_fast.data.corpora import EMOTION_DATASETS
+from cpc_fast.data.corpora.synthetic_emotion import SYNTHETIC_SIZES
+from cpc_fast.data.labelled import VALIDATION_MODES
+from cpc_fast.errors import UserInputError
+from cpc_fast.settings import (
     Config,
     at_least,
     non_negative,
@@ -39,11 +44,6 @@ from cpc_fast.config.base import (
     positive,
     setting,
 )
-from cpc_fast.config.pretrain import PretrainConfig
-from cpc_fast.data.corpora import EMOTION_DATASETS
-from cpc_fast.data.corpora.synthetic_emotion import SYNTHETIC_SIZES
-from cpc_fast.data.labelled import VALIDATION_MODES
-from cpc_fast.errors import UserInputError
 
 SETUPS = ("sup", "joint", "mini", "pre")
 SETUP_NAMES = {"sup": "Sup", "joint": "jointCPC", "mini": "miniCPC", "pre": "preCPC"}

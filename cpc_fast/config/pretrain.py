@@ -11,7 +11,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from cpc_fast.config.base import (
+from cpc_fast.data.corpora import PRETRAIN_FORMATS
+from cpc_fast.data.windows import CROPS
+from cpc_fast.errors import UserInputError
+from cpc_fast.losses.config import LOSS_FIELDS, LossConfig
+from cpc_fast.models.cpc import CPCConfig
+from cpc_fast.settings import (
     Config,
     at_least,
     in_range,
@@ -22,10 +27,6 @@ from cpc_fast.config.base import (
     positive,
     setting,
 )
-from cpc_fast.data.corpora import PRETRAIN_FORMATS
-from cpc_fast.data.windows import CROPS
-from cpc_fast.errors import UserInputError
-from cpc_fast.models.cpc import CPCConfig
 
 FORMATS = PRETRAIN_FORMATS
 
@@ -110,13 +111,15 @@ class DataConfig(Config):
 class PretrainConfig(Config):
     """Everything that defines a CPC pre-training run; defaults are the paper's.
 
-    ``model`` holds the network and loss sizes (:class:`CPCConfig`), ``data`` where the
-    audio comes from (:class:`DataConfig`); every other field is documented by its help.
+    ``model`` holds the network's sizes (:class:`CPCConfig`), ``loss`` the InfoNCE's settings
+    (:class:`LossConfig`), ``data`` where the audio comes from (:class:`DataConfig`); every
+    other field is documented by its help.
     The fields marked resumable may change when a run resumes (how long to train, how often
     to report, how to execute); any other change is a different run.
     """
 
     model: CPCConfig = field(default_factory=CPCConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
     data: DataConfig = field(default_factory=DataConfig)
     window_seconds: float = setting(
         10.0,
@@ -237,6 +240,15 @@ class PretrainConfig(Config):
     def min_samples(self) -> int:
         return max(self.model.frame_hop, round(self.min_seconds * self.model.sample_rate))
 
+    @classmethod
+    def upgrade(cls, record: dict[str, Any]) -> dict[str, Any]:
+        # Before the loss had its own config, its settings were the model's.
+        model = record.get("model")
+        if "loss" not in record and isinstance(model, dict):
+            record["model"] = {k: v for k, v in model.items() if k not in LOSS_FIELDS}
+            record["loss"] = {k: model[k] for k in LOSS_FIELDS if k in model}
+        return record
+
     def check_whole(self) -> None:
         frames = self.window_samples // self.model.frame_hop
         if frames < self.model.prediction_steps + 2:
@@ -273,7 +285,8 @@ def tiny(**overrides: Any) -> PretrainConfig:
     pre-training seeds against .50 for one at 10 epochs.
     """
     values = dict(
-        model=CPCConfig(encoder_dim=64, context_dim=64, num_negatives=16, encoder_norm="channel"),
+        model=CPCConfig(encoder_dim=64, context_dim=64, encoder_norm="channel"),
+        loss=LossConfig(num_negatives=16),
         data=DataConfig(
             synthetic_speakers=8,
             synthetic_utterances=24,

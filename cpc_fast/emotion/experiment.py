@@ -301,6 +301,7 @@ class _Runner:
             weight_decay=cfg.weight_decay,
             seed=seed,
             joint_lambda=cfg.joint_lambda,
+            loss=cfg.pretrain_config().loss,
         )
         checkpoint = Checkpointer(unit, self.env)
         # Collectives, so every rank asks: rank 0's answer reaches all of them.

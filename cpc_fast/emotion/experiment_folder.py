@@ -7,7 +7,7 @@
     OUT/.lock                           while a launch checks or changes the folder
 
 A re-run resumes only on the same experiment: the same settings (the resumable fields
-excepted, :func:`cpc_fast.config.base.differences`), the same data (the corpus's
+excepted, :func:`cpc_fast.settings.differences`), the same data (the corpus's
 :meth:`~cpc_fast.data.labelled.EmotionCorpus.identity`: utterances, labels, audio sizes,
 whatever its path) and, for ``pre``, the same pre-trained weights. Anything else is refused
 with one line saying what differs; ``restart`` deletes the experiment's own files first.
@@ -19,10 +19,10 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from cpc_fast.config.base import differences
 from cpc_fast.config.experiment import SETUPS, ExperimentConfig
 from cpc_fast.errors import UserInputError
 from cpc_fast.io.atomic import read_json, write_json
+from cpc_fast.settings import differences
 
 MANIFEST_NAME = "experiment.json"
 CLAIMS_NAME = ".claims"

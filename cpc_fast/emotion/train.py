@@ -34,7 +34,7 @@ from cpc_fast.data.batching import pad_collate
 from cpc_fast.data.labelled import EmotionCorpus
 from cpc_fast.features.cache import FeatureSet
 from cpc_fast.losses.ccc import ccc, ccc_loss
-from cpc_fast.losses.padded_info_nce import masked_cpc_info_nce
+from cpc_fast.losses.config import LossConfig
 from cpc_fast.models.loading import unwrap
 from cpc_fast.training.checkpointer import Checkpointer
 from cpc_fast.training.distributed import DistEnv, wrap_ddp
@@ -45,8 +45,8 @@ Batch = tuple[tuple[torch.Tensor, ...], torch.Tensor]
 
 @dataclass(frozen=True)
 class TrainSettings:
-    """How :func:`fit` trains one recognizer (from the experiment's configuration); the joint
-    setup's InfoNCE takes its settings from the CPC model's own config."""
+    """How :func:`fit` trains one recognizer (from the experiment's configuration); ``loss``
+    is the joint setup's InfoNCE (its CPC pre-training preset's)."""
 
     epochs: int = 50
     batch_size: int = 32
@@ -54,6 +54,7 @@ class TrainSettings:
     weight_decay: float = 1e-5
     seed: int = 0
     joint_lambda: float = 1.0
+    loss: LossConfig = field(default_factory=LossConfig)
     eval_frames: int = 32768  # frames per evaluation batch (feature setups)
 
 
@@ -261,7 +262,8 @@ def fit(
             loss_ccc = ccc_loss(pred.float(), y)
             loss = loss_ccc
             if joint:
-                nce = _joint_info_nce(unwrap(model).cpc, out, inputs[1], generator)
+                frames = inputs[1] // unwrap(model).cpc.frame_hop
+                nce = settings.loss.padded(out.predictions, out.z, frames, generator=generator)
                 loss = loss + settings.joint_lambda * nce
             # Backward and Adam (the guard notes a NaN/Inf loss or gradient on the device).
             optimizer.zero_grad(set_to_none=True)
@@ -313,21 +315,6 @@ def _kept(epoch: int, checkpoint: Checkpointer | None) -> str:
     return (
         f"; the checkpoint of epoch {epoch} in {checkpoint.folder} is kept; lower `lr` "
         "(`joint_lr` for the joint setup)"
-    )
-
-
-def _joint_info_nce(cpc, out, samples: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """The joint setup's InfoNCE over the valid frames of a zero-padded batch, with the CPC
-    model's own loss settings."""
-    config = cpc.config
-    return masked_cpc_info_nce(
-        out.predictions,
-        out.z,
-        samples // cpc.frame_hop,
-        config.num_negatives,
-        config.temperature,
-        exclude_positive=config.exclude_positive,
-        generator=generator,
     )
 
 

@@ -8,7 +8,7 @@ predicts z[:, t + k + 1].
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import torch
@@ -16,65 +16,78 @@ import torch.nn.functional as F
 from torch import nn
 
 from cpc_fast.errors import UserInputError
+from cpc_fast.losses.config import LOSS_FIELDS
+from cpc_fast.settings import Config, at_least, one_of, setting
 
 ENCODER_NORMS = ("none", "channel")
 
 
-@dataclass
-class CPCConfig:
-    """Model sizes; every default is the paper's (Li et al. 2021, Sec. 6.1)."""
+def _conv_sizes(value: tuple[int, ...]) -> str | None:
+    return (
+        None
+        if value and min(value) >= 1
+        else f"must be a non-empty list of sizes >= 1, got {value}"
+    )
 
-    encoder_dim: int = 128
-    strides: tuple[int, ...] = (5, 4, 4, 2)
-    kernel_sizes: tuple[int, ...] = (10, 8, 8, 4)
-    context_dim: int = 256
-    prediction_steps: int = 12
-    num_negatives: int = 50
-    temperature: float = 1.0
-    exclude_positive: bool = False
+
+@dataclass
+class CPCConfig(Config):
+    """Model sizes; every default is the paper's (Li et al. 2021, Sec. 6.1). The loss's
+    settings are :class:`~cpc_fast.losses.config.LossConfig`."""
+
+    encoder_dim: int = setting(
+        128, flag=True, check=at_least(1), help="Channels of the encoder's latents z."
+    )
+    strides: tuple[int, ...] = setting(
+        (5, 4, 4, 2), check=_conv_sizes, help="The encoder convolutions' strides."
+    )
+    kernel_sizes: tuple[int, ...] = setting(
+        (10, 8, 8, 4), check=_conv_sizes, help="The encoder convolutions' kernel sizes."
+    )
+    context_dim: int = setting(
+        256, flag=True, check=at_least(1), help="Units of the GRU, the contexts c."
+    )
+    prediction_steps: int = setting(
+        12, flag=True, check=at_least(1), help="K: frames ahead predicted, one linear map each."
+    )
     # Normalisation after each encoder convolution: "none" (the paper mentions none) or
     # "channel", the ChannelNorm of the CPC reference code (Riviere et al. 2020): each frame's
     # channels to zero mean and unit variance, then a learned per-channel affine map. It acts
     # on every frame alone, so the features of a frame never depend on the window around it.
-    encoder_norm: str = "none"
-    sample_rate: int = 16000
+    encoder_norm: str = setting(
+        "none",
+        flag=True,
+        check=one_of(ENCODER_NORMS),
+        help="After each encoder convolution: none (the paper) or channel (each frame's "
+        "channels normalised, as the CPC reference code).",
+    )
+    sample_rate: int = setting(16000, check=at_least(1), help="Samples per second of the input.")
 
     def __post_init__(self) -> None:
         self.strides = tuple(int(s) for s in self.strides)
         self.kernel_sizes = tuple(int(k) for k in self.kernel_sizes)
-        if len(self.strides) != len(self.kernel_sizes) or not self.strides:
-            raise UserInputError("strides and kernel_sizes must be non-empty and equally long")
+        super().__post_init__()
+        self.check_whole()  # a model config is complete when made: check it whole at once
+
+    def check_whole(self) -> None:
+        if len(self.strides) != len(self.kernel_sizes):
+            raise UserInputError("`strides` and `kernel_sizes` must be equally long")
         for s, k in zip(self.strides, self.kernel_sizes, strict=True):
-            if s < 1 or k < s:
-                raise UserInputError(f"each conv layer needs kernel >= stride >= 1 (got {k}, {s})")
-        for name in ("encoder_dim", "context_dim", "prediction_steps", "num_negatives"):
-            if getattr(self, name) < 1:
-                raise UserInputError(f"{name} must be positive, got {getattr(self, name)}")
-        if not self.temperature > 0:
-            raise UserInputError(f"temperature must be positive, got {self.temperature}")
-        if self.encoder_norm not in ENCODER_NORMS:
-            raise UserInputError(
-                f"encoder_norm must be one of {', '.join(ENCODER_NORMS)}, got {self.encoder_norm!r}"
-            )
+            if k < s:
+                raise UserInputError(f"each conv layer needs kernel >= stride (got {k}, {s})")
+
+    @classmethod
+    def upgrade(cls, record: dict[str, Any]) -> dict[str, Any]:
+        # Model files and run records written before the loss had its own config carry its
+        # settings here; a model does not need them.
+        for name in LOSS_FIELDS:
+            record.pop(name, None)
+        return record
 
     @property
     def frame_hop(self) -> int:
         """Samples per latent frame (160 = 10 ms at 16 kHz for the paper's strides)."""
         return math.prod(self.strides)
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["strides"] = list(self.strides)
-        d["kernel_sizes"] = list(self.kernel_sizes)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> CPCConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise UserInputError(f"unknown CPC config fields: {sorted(unknown)}")
-        return cls(**d)
 
 
 class ChannelNorm(nn.Module):

@@ -24,48 +24,42 @@ D_in is 256 for CPC contexts and 40 for LFBE. Choices where the paper is silent:
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from cpc_fast.errors import UserInputError
+from cpc_fast.settings import Config, at_least, in_range, positive, setting
 
 
 @dataclass
-class RecognizerConfig:
+class RecognizerConfig(Config):
     """Sizes; every default is the paper's (Sec. 6.1)."""
 
-    input_dim: int = 256
-    num_heads: int = 8
-    attention_dim: int = 512
-    hidden_dim: int = 128
-    dropout: float = 0.2
-    num_outputs: int = 3
-    std_eps: float = 1e-5
+    input_dim: int = setting(
+        256, check=at_least(1), help="D_in: feature channels (256 CPC contexts, 40 LFBE)."
+    )
+    num_heads: int = setting(8, check=at_least(1), help="Attention heads.")
+    attention_dim: int = setting(512, check=at_least(1), help="Q, K, V width, all heads.")
+    hidden_dim: int = setting(128, check=at_least(1), help="Width of the two dense layers.")
+    dropout: float = setting(0.2, check=in_range(0.0, 1.0), help="After each dense layer.")
+    num_outputs: int = setting(3, check=at_least(1), help="Activation, valence, dominance.")
+    std_eps: float = setting(
+        1e-5, check=positive, help="Added to the variance of the pooled std (one frame too)."
+    )
 
     def __post_init__(self) -> None:
-        for name in ("input_dim", "num_heads", "attention_dim", "hidden_dim", "num_outputs"):
-            if int(getattr(self, name)) < 1:
-                raise UserInputError(f"{name} must be positive, got {getattr(self, name)}")
+        super().__post_init__()
+        self.check_whole()  # a model config is complete when made: check it whole at once
+
+    def check_whole(self) -> None:
         if self.attention_dim % self.num_heads:
             raise UserInputError(
-                f"attention_dim {self.attention_dim} is not divisible by {self.num_heads} heads"
+                f"`attention_dim` {self.attention_dim} is not divisible by {self.num_heads} "
+                "heads (`num_heads`)"
             )
-        if not 0 <= self.dropout < 1:
-            raise UserInputError(f"dropout must be in [0, 1), got {self.dropout}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> RecognizerConfig:
-        unknown = set(d) - {f.name for f in fields(cls)}
-        if unknown:
-            raise UserInputError(f"unknown recognizer config fields: {sorted(unknown)}")
-        return cls(**d)
 
 
 def frame_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:

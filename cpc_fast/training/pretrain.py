@@ -33,12 +33,9 @@ stops the run, naming the first such step, before any later checkpoint is writte
 from __future__ import annotations
 
 import logging
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 from torch.utils.data import Dataset
 
 from cpc_fast.config.pretrain import PretrainConfig
@@ -51,8 +48,9 @@ from cpc_fast.models.loading import save_cpc
 from cpc_fast.training import distributed
 from cpc_fast.training.checkpointer import Checkpointer
 from cpc_fast.training.console import Console
-from cpc_fast.training.data import BatchReader, prepared_sets, train_windows, window_loader
-from cpc_fast.training.guard import NonFiniteGuard
+from cpc_fast.training.data import prepared_sets
+from cpc_fast.training.loop import Progress, Run, train_loop
+from cpc_fast.training.precision import autocast_dtype
 from cpc_fast.training.run_folder import (
     METRICS_NAME,
     SUMMARY_NAME,
@@ -60,29 +58,9 @@ from cpc_fast.training.run_folder import (
     run_record,
 )
 from cpc_fast.training.seeds import derive_seed
-from cpc_fast.training.step import (
-    autocast_dtype,
-    compile_forward_loss,
-    make_optimizer,
-    train_step,
-)
-from cpc_fast.training.validate import CPCValidator, Every, metric_sums, step_metrics
+from cpc_fast.training.step import make_optimizer
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class Progress:
-    """Where a run is: saved in state.pt as a whole, restored as a whole."""
-
-    step: int = 0
-    epoch: int = 0
-    consumed: int = 0  # positions of the current epoch's order already trained on
-    audio_seconds: float = 0.0  # window seconds trained on, all ranks
-    skipped: int = 0  # items skipped at read time, all ranks
-    train_seconds: float = 0.0  # wall time spent in training steps
-    last_valid: dict[str, float] = field(default_factory=dict)
-    nonfinite_skipped: int = 0  # steps not applied under `skip_nonfinite`
 
 
 def pretrain(
@@ -136,28 +114,6 @@ def _claim(run_dir: Path, lock: FolderLock) -> None:
     lock.acquire()
 
 
-@dataclass
-class _Run:
-    """What stays fixed while a run trains."""
-
-    config: PretrainConfig
-    train_set: Dataset
-    valid_set: Dataset | None
-    run_dir: Path
-    env: distributed.DistEnv
-    console: Console
-    model: torch.nn.Module
-    optimizer: torch.optim.Optimizer
-    checkpoint: Checkpointer
-    sampler: EpochSampler
-    amp_dtype: torch.dtype | None
-    metrics: MetricsLogger | None = None  # rank 0 only
-
-    def log(self, step: int, split: str, values: dict[str, float]) -> None:
-        if self.metrics is not None:
-            self.metrics.log(step, split, values)
-
-
 def _train(config, train_set, valid_set, run_dir, env, progress, restart) -> Path:
     console = Console(env, progress)
     # Decoded once into the prepared cache (unless `cache` is off): later epochs and runs
@@ -194,7 +150,7 @@ def _train(config, train_set, valid_set, run_dir, env, progress, restart) -> Pat
         rank=env.rank,
         seed=derive_seed(config.seed, "order"),
     )
-    run = _Run(
+    run = Run(
         config,
         train_set,
         valid_set,
@@ -223,155 +179,13 @@ def _train(config, train_set, valid_set, run_dir, env, progress, restart) -> Pat
         run.metrics = MetricsLogger(run_dir)
     try:
         _announce(run, state, total, resume)
-        _loop(run, state, total, last_saved=state.step if resume else -1)
+        train_loop(run, state, total, last_saved=state.step if resume else -1)
         _summarise(run, state)
         distributed.barrier()
         return run_dir
     finally:
         if run.metrics is not None:
             run.metrics.close()
-
-
-def _loop(run: _Run, state: Progress, total: int, last_saved: int) -> None:
-    """Trains from ``state`` to step ``total``, then validates and saves the last step."""
-    config, env = run.config, run.env
-    read, valid_read = BatchReader(config, env, run.console), BatchReader(config, env, run.console)
-    windows = train_windows(run.train_set, config)
-    validate = None
-    if run.valid_set is not None:
-        valid_windows = train_windows(run.valid_set, config)
-        validate = CPCValidator(config, env, run.amp_dtype, valid_windows)
-    log_due, valid_due, save_due = (
-        Every(config.log_every),
-        Every(config.valid_every),
-        Every(config.save_every),
-    )
-    K = config.model.prediction_steps
-    window_seconds = config.window_samples / config.model.sample_rate
-    # Train-metric sums of the log interval, on the device so that no step waits for the GPU.
-    sums = torch.zeros(2 * K + 2, dtype=torch.float64, device=env.device)
-    # Throughput counts time in training steps (waiting for data included), not logging,
-    # validation or checkpoints: the clock restarts after them.
-    interval_audio = interval_seconds = 0.0
-    last_validated = -1
-    fresh_start, windows_read = state.step == 0, 0
-
-    def kept() -> str:
-        where = (
-            f"the checkpoint of step {last_saved} in {run.run_dir} is kept"
-            if last_saved >= 0
-            else f"no checkpoint was written in {run.run_dir}"
-        )
-        return f"; {where}. Lower `lr`, or let `skip_nonfinite=N` skip such steps"
-
-    compiled = compile_forward_loss(env.device, env.world_size) if config.compile else None
-    # NaN/Inf losses and gradients, flagged on the device and checked where the loop syncs.
-    guard = NonFiniteGuard(
-        env,
-        state.step,
-        skip=config.skip_nonfinite,
-        skipped=state.nonfinite_skipped,
-        hint=kept,
-        warn=run.console.warn,
-    )
-
-    def run_validation() -> dict[str, float]:
-        nonlocal last_validated
-        state.last_valid, last_validated = validate(run.model, valid_read), state.step
-        run.log(state.step, "valid", state.last_valid)
-        return state.last_valid
-
-    def save() -> None:  # callers check for divergence first: never save a diverged model
-        nonlocal last_saved
-        state.skipped += read.sync() + valid_read.sync()
-        state.nonfinite_skipped = guard.skipped
-        run.checkpoint.save(run.model, run.optimizer, state)
-        last_saved = state.step
-
-    bar = run.console.progress_bar(total, state.step)
-    since = time.perf_counter()
-    try:
-        while state.step < total and state.epoch < config.epochs:
-            run.sampler.set_position(state.epoch, state.consumed)
-            windows.set_epoch(state.epoch)
-            for batch in window_loader(windows, run.sampler, config, env):
-                # The batch on the device; unreadable items are warned about and counted.
-                wave, weight = read(batch)
-                # Forward, InfoNCE with negatives fresh for each step and rank, backward, Adam.
-                seed = derive_seed(config.seed, "negatives", state.step, env.rank)
-                out = train_step(
-                    run.model,
-                    run.optimizer,
-                    wave,
-                    config.model,
-                    seed=seed,
-                    amp_dtype=run.amp_dtype,
-                    weight=weight,
-                    guard=guard,
-                    compiled=compiled,
-                )
-                if weight and not guard.last_skipped:
-                    sums += metric_sums(out)
-                    audio = wave.shape[0] * window_seconds * env.world_size
-                    state.audio_seconds += audio
-                    interval_audio += audio
-                # Advance the position: the epoch order resumes from `consumed`.
-                state.step += 1
-                state.consumed += run.sampler.global_batch
-                epoch_done = state.consumed >= run.sampler.num_items
-                if epoch_done:
-                    state.epoch, state.consumed = state.epoch + 1, 0
-                    # A data set with no readable item is an error, not a run on padding.
-                    windows_read += read.require_audio(len(run.train_set))
-                elapsed = time.perf_counter() - since
-                state.train_seconds += elapsed
-                interval_seconds += elapsed
-                bar.update(1)
-                last = state.step >= total
-                # Train metrics, validation and the checkpoint when due (the same on every
-                # rank), each after the divergence check: they wait for the device anyway.
-                log_now = log_due.due(state.step, False) or last
-                valid_now = validate is not None and valid_due.due(state.step, epoch_done or last)
-                save_now = save_due.due(state.step, epoch_done or last)
-                if log_now or valid_now or save_now:
-                    guard.check()
-                if log_now:
-                    if env.distributed:
-                        dist.all_reduce(sums)
-                    row = step_metrics(sums, K)
-                    row["audio_seconds_per_second"] = interval_audio / max(interval_seconds, 1e-9)
-                    row["epoch"] = state.epoch + state.consumed / len(run.train_set)
-                    run.log(state.step, "train", row)
-                    bar.set_postfix(
-                        loss=f"{row['loss']:.3f}",
-                        acc=f"{row['accuracy']:.3f}",
-                        audio=f"{row['audio_seconds_per_second']:.0f} s/s",
-                    )
-                    sums.zero_()
-                    interval_audio = interval_seconds = 0.0
-                if valid_now:
-                    values = run_validation()
-                    run.console.info(
-                        f"step {state.step}: validation loss {values['loss']:.4f}, "
-                        f"accuracy {values['accuracy']:.3f}"
-                    )
-                if save_now:
-                    save()
-                since = time.perf_counter()
-                if last:
-                    break
-    finally:
-        bar.close()
-        run.console.bar = None
-    guard.check()
-    if fresh_start and windows_read + read.count() == 0:  # trained on padding alone
-        raise read.no_audio(len(run.train_set))
-    if validate is not None and last_validated != state.step:
-        run_validation()
-    # Only rank-independent conditions may gate a collective (saving all-reduces).
-    if last_saved != state.step:
-        save()
-    state.skipped += read.sync() + valid_read.sync()
 
 
 def _total_steps(state: Progress, sampler: EpochSampler, config: PretrainConfig) -> int:
@@ -389,7 +203,7 @@ def _total_steps(state: Progress, sampler: EpochSampler, config: PretrainConfig)
     return max(total, state.step)
 
 
-def _announce(run: _Run, state: Progress, total: int, resume: bool) -> None:
+def _announce(run: Run, state: Progress, total: int, resume: bool) -> None:
     config, env = run.config, run.env
     where = f"resuming at step {state.step}" if resume else "starting"
     per_step = config.batch_size * env.world_size
@@ -408,7 +222,7 @@ def _announce(run: _Run, state: Progress, total: int, resume: bool) -> None:
         run.console.info(conversions.summary())
 
 
-def _summarise(run: _Run, state: Progress) -> None:
+def _summarise(run: Run, state: Progress) -> None:
     """Writes summary.json and prints the summary line (rank 0)."""
     summary = {
         "steps": state.step,

@@ -5,7 +5,7 @@
 ``config.json`` records the configuration and what the run trained on (item counts and a
 fingerprint of the training and validation data); a run started in a folder that holds
 another configuration or other data is refused (resumable fields excepted, see
-:func:`cpc_fast.config.base.differences`) unless ``restart`` deletes these files first.
+:func:`cpc_fast.settings.differences`) unless ``restart`` deletes these files first.
 """
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ from typing import Any
 import torch
 
 from cpc_fast import __version__
-from cpc_fast.config.base import differences
 from cpc_fast.config.pretrain import PretrainConfig
 from cpc_fast.errors import UserInputError
 from cpc_fast.io.atomic import read_json, write_json
 from cpc_fast.io.checkpoint import CONFIG_NAME, STATE_NAME, WEIGHTS_NAME
+from cpc_fast.settings import differences
 
 SUMMARY_NAME = "summary.json"
 METRICS_NAME = "metrics.csv"

@@ -4,30 +4,16 @@ bf16 autocast on CUDA; optionally the forward and the loss under ``torch.compile
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 
 import torch
 
 from cpc_fast.config.pretrain import PretrainConfig
-from cpc_fast.losses.info_nce import CPCInfoNCEOutput, cpc_info_nce
+from cpc_fast.losses.config import LossConfig
+from cpc_fast.losses.cpc import CPCInfoNCEOutput
 from cpc_fast.losses.negatives import philox_key
-from cpc_fast.models.cpc import CPCConfig
 from cpc_fast.training.guard import NonFiniteGuard
-from cpc_fast.training.validate import autocast
-
-logger = logging.getLogger(__name__)
-
-
-def autocast_dtype(config: PretrainConfig, device: torch.device) -> torch.dtype | None:
-    """bfloat16 on CUDA when ``config.bf16`` is True, or None and the GPU supports it."""
-    if device.type != "cuda":
-        if config.bf16:
-            logger.info("bf16 autocast is for CUDA; training in float32 on %s", device)
-        return None
-    if config.bf16 is None:
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
-    return torch.bfloat16 if config.bf16 else None
+from cpc_fast.training.precision import autocast
 
 
 def make_optimizer(model: torch.nn.Module, config: PretrainConfig) -> torch.optim.Adam:
@@ -38,7 +24,7 @@ def make_optimizer(model: torch.nn.Module, config: PretrainConfig) -> torch.opti
 def forward_loss(
     model: torch.nn.Module,
     wave: torch.Tensor,
-    config: CPCConfig,
+    loss: LossConfig,
     seed: int | torch.Tensor | None,
     neg_index: torch.Tensor | None,
     amp_dtype: torch.dtype | None,
@@ -46,15 +32,7 @@ def forward_loss(
     """The model on ``wave`` (B, T) and its InfoNCE: what ``--compile`` compiles."""
     with autocast(wave.device, amp_dtype):
         out = model(wave)
-    return cpc_info_nce(
-        out.predictions,
-        out.z,
-        num_negatives=config.num_negatives,
-        temperature=config.temperature,
-        neg_index=neg_index,
-        seed=None if neg_index is not None else seed,
-        exclude_positive=config.exclude_positive,
-    )
+    return loss.cpc(out.predictions, out.z, seed=seed, neg_index=neg_index)
 
 
 ForwardLoss = Callable[..., CPCInfoNCEOutput]
@@ -72,10 +50,10 @@ def compile_forward_loss(device: torch.device, processes: int = 1) -> ForwardLos
     if not graphs:
         return compiled
 
-    def step(model, wave, config, seed, neg_index, amp_dtype) -> CPCInfoNCEOutput:
+    def step(model, wave, loss, seed, neg_index, amp_dtype) -> CPCInfoNCEOutput:
         # A new training iteration: the previous replay's outputs may be overwritten.
         torch.compiler.cudagraph_mark_step_begin()
-        return compiled(model, wave, config, seed, neg_index, amp_dtype)
+        return compiled(model, wave, loss, seed, neg_index, amp_dtype)
 
     return step
 
@@ -84,7 +62,7 @@ def train_step(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
     wave: torch.Tensor,
-    config: CPCConfig,
+    loss: LossConfig,
     *,
     seed: int | None = None,
     neg_index: torch.Tensor | None = None,
@@ -93,20 +71,21 @@ def train_step(
     guard: NonFiniteGuard | None = None,
     compiled: ForwardLoss | None = None,
 ) -> CPCInfoNCEOutput:
-    """One optimizer step on ``wave`` (B, T); returns the detached loss, per-step losses and
-    accuracies. Negatives come from ``neg_index`` (B, K, L, N) if given, else from ``seed``.
+    """One optimizer step on ``wave`` (B, T) with the InfoNCE of ``loss``; returns the detached
+    loss, per-step losses and accuracies. Negatives come from ``neg_index`` (B, K, L, N) if
+    given, else from ``seed``.
     ``weight`` scales the loss (0 for a rank whose batch was entirely unreadable, so it
     still joins the gradient all-reduce). ``guard`` sees the loss and the gradients before
     the optimizer steps, and may hold the step back (:mod:`cpc_fast.training.guard`).
     ``compiled`` (from :func:`compile_forward_loss`) replaces the eager forward and loss."""
     if compiled is None:
-        result = forward_loss(model, wave, config, seed, neg_index, amp_dtype)
+        result = forward_loss(model, wave, loss, seed, neg_index, amp_dtype)
     else:
         if seed is not None:
             # A device tensor, filled without a sync: a Python int that changes every step
             # would be a new constant for the compiler, and a graph would replay its first.
             seed = torch.full((), philox_key(seed), dtype=torch.int64, device=wave.device)
-        result = compiled(model, wave, config, seed, neg_index, amp_dtype)
+        result = compiled(model, wave, loss, seed, neg_index, amp_dtype)
     optimizer.zero_grad(set_to_none=True)
     (result.loss * weight if weight != 1.0 else result.loss).backward()
     if guard is None or guard.observe(result.loss if weight else None, model.parameters()):
@@ -117,7 +96,6 @@ def train_step(
 
 
 __all__ = [
-    "autocast_dtype",
     "compile_forward_loss",
     "forward_loss",
     "make_optimizer",

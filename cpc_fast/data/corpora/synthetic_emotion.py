@@ -35,16 +35,16 @@ cache notices any change to the synthesizer.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 
 from cpc_fast.data.labelled import EmotionCorpus, EmotionRecord
 from cpc_fast.data.speech_synth import Prosody, synthesize, voice_for_speaker
 from cpc_fast.errors import UserInputError
+from cpc_fast.settings import Config, at_least, pick_preset, setting
 
 LABEL_RANGE = (1.0, 5.0)
-SYNTHETIC_SIZES = ("default", "tiny")  # SyntheticEmotionConfig's presets
 CATEGORY_MEANS = {  # (activation, valence, dominance), IEMOCAP-like
     "neu": (2.7, 3.0, 2.8),
     "hap": (3.2, 3.9, 3.0),
@@ -56,36 +56,47 @@ LATENT_STD = 0.45
 ANNOTATION_STD = 0.3
 
 
-@dataclass(frozen=True)
-class SyntheticEmotionConfig:
-    """Corpus size and seed. ``default()`` and ``tiny()`` are the presets."""
+def _seconds(value: float) -> str | None:
+    return None if value >= 0.1 else f"must be at least 0.1, got {value}"
 
-    sessions: int = 5
-    utterances_per_speaker: int = 60
-    min_seconds: float = 2.0
-    max_seconds: float = 5.0
-    seed: int = 0
+
+@dataclass(frozen=True)
+class SyntheticEmotionConfig(Config):
+    """Corpus size and seed; :func:`default_size` and :func:`tiny_size` are the presets."""
+
+    sessions: int = setting(
+        5, check=at_least(2), help="Sessions of 2 speakers each (leave-one-session-out folds)."
+    )
+    utterances_per_speaker: int = setting(60, check=at_least(1), help="Utterances per speaker.")
+    min_seconds: float = setting(2.0, check=_seconds, help="Shortest utterance.")
+    max_seconds: float = setting(5.0, check=_seconds, help="Longest utterance.")
+    seed: int = setting(0, help="Everything derives from it: labels, voices, audio.")
 
     def __post_init__(self) -> None:
-        if self.sessions < 2:
-            raise UserInputError("the synthetic corpus needs at least 2 sessions")
-        if self.utterances_per_speaker < 1:
-            raise UserInputError("utterances_per_speaker must be positive")
-        if not 0.1 <= self.min_seconds <= self.max_seconds:
-            raise UserInputError("need 0.1 <= min_seconds <= max_seconds")
+        super().__post_init__()
+        self.check_whole()  # a corpus config is complete when made: check it whole at once
 
-    @classmethod
-    def default(cls, seed: int = 0) -> SyntheticEmotionConfig:
-        """600 utterances, about 35 minutes."""
-        return cls(seed=seed)
+    def check_whole(self) -> None:
+        if self.min_seconds > self.max_seconds:
+            raise UserInputError(
+                f"`min_seconds` {self.min_seconds} is above `max_seconds` {self.max_seconds}"
+            )
 
-    @classmethod
-    def tiny(cls, seed: int = 0) -> SyntheticEmotionConfig:
-        """120 utterances of 0.8-1.6 s (about 2.4 minutes): the CPU demo's size."""
-        return cls(utterances_per_speaker=12, min_seconds=0.8, max_seconds=1.6, seed=seed)
 
-    def to_dict(self) -> dict:
-        return asdict(self)
+def default_size(seed: int = 0) -> SyntheticEmotionConfig:
+    """600 utterances, about 35 minutes."""
+    return SyntheticEmotionConfig(seed=seed)
+
+
+def tiny_size(seed: int = 0) -> SyntheticEmotionConfig:
+    """120 utterances of 0.8-1.6 s (about 2.4 minutes): the CPU demo's size."""
+    return SyntheticEmotionConfig(
+        utterances_per_speaker=12, min_seconds=0.8, max_seconds=1.6, seed=seed
+    )
+
+
+SYNTHETIC_PRESETS = {"default": default_size, "tiny": tiny_size}
+SYNTHETIC_SIZES = tuple(SYNTHETIC_PRESETS)
 
 
 @dataclass(frozen=True)
@@ -127,7 +138,7 @@ class SyntheticEmotionCorpus(EmotionCorpus):
     """The generated corpus; :meth:`wave` synthesises on first use and keeps the samples."""
 
     def __init__(self, config: SyntheticEmotionConfig | None = None) -> None:
-        self.config = config or SyntheticEmotionConfig.default()
+        self.config = config or default_size()
         cfg = self.config
         records, self._plans = [], []
         categories = list(CATEGORY_MEANS)
@@ -189,12 +200,7 @@ class SyntheticEmotionCorpus(EmotionCorpus):
 
 def load_synthetic(preset: str = "default", seed: int = 0) -> SyntheticEmotionCorpus:
     """The corpus at preset size ``default`` or ``tiny``."""
-    if preset not in SYNTHETIC_SIZES:
-        raise UserInputError(
-            f"`preset` must be one of {', '.join(SYNTHETIC_SIZES)}, got {preset!r}"
-        )
-    config = getattr(SyntheticEmotionConfig, preset)(seed=seed)
-    return SyntheticEmotionCorpus(config)
+    return SyntheticEmotionCorpus(pick_preset(SYNTHETIC_PRESETS, preset, seed=seed))
 
 
 __all__ = [
@@ -202,9 +208,12 @@ __all__ = [
     "CATEGORY_MEANS",
     "LABEL_RANGE",
     "LATENT_STD",
+    "SYNTHETIC_PRESETS",
     "SYNTHETIC_SIZES",
     "SyntheticEmotionConfig",
     "SyntheticEmotionCorpus",
+    "default_size",
     "emotion_prosody",
     "load_synthetic",
+    "tiny_size",
 ]

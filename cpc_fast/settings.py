@@ -1,15 +1,21 @@
 """The configuration system: dataclasses whose defaults are the paper's, under one set of rules.
 
-A run configuration is a dataclass deriving from :class:`Config`, its fields declared with
-:func:`setting`. A field carries its help text, the check its value must pass, whether a
-resumed run may change it, and, when the command line offers it, its flag. From these:
+Every configurable part is a dataclass deriving from :class:`Config`, its fields declared
+with :func:`setting`: the runs (``config.pretrain``, ``config.experiment``), the CPC model
+and the recognizer (``models``), the loss (``losses.config``) and the synthetic corpora
+(``data.corpora``). This module sits at the bottom of the library, above ``errors`` only, so
+that each of them can be one. A field carries its help text, the check its value must pass,
+whether a resumed run may change it, and, when the command line offers it, its flag. From
+these:
 
 * constructing a config checks every field (:meth:`Config.check_fields`) and raises a
   :class:`~cpc_fast.errors.UserInputError` naming the field in backticks; ``validate()``
   also checks how fields fit together (a subclass's :meth:`Config.check_whole`);
 * ``replace(**changes)`` is ``dataclasses.replace`` and then ``validate()``: nothing is
   dropped or defaulted behind the caller's back;
-* ``to_dict()`` / ``from_dict()`` round-trip through JSON (the run folder's record);
+* ``to_dict()`` / ``from_dict()`` round-trip through JSON (the run folder's record); a
+  record written before a field moved is brought up to date first (:meth:`Config.upgrade`),
+  so old run folders and model files still load and resume;
 * :func:`differences` compares a saved configuration with the current one, skipping the
   fields declared ``resumable``, for every config alike;
 * ``cpc_fast.cli.options`` builds a command's typer options from the same fields, so an
@@ -150,15 +156,35 @@ class Config:
 
     @classmethod
     def from_dict(cls: type[C], d: Mapping[str, Any]) -> C:
+        """From a ``to_dict()`` record, of this version or an earlier one (:meth:`upgrade`)."""
+        d = cls.upgraded(d)
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - known
         if unknown:
             raise UserInputError(f"unknown {cls.__name__} fields: {sorted(unknown)}")
         return cls(**d)
 
+    @classmethod
+    def upgrade(cls, record: dict[str, Any]) -> dict[str, Any]:
+        """A record written by an earlier version, in this version's layout (subclasses whose
+        fields moved; ``record`` is a copy they may change). A field added since stays
+        absent: :meth:`from_dict` gives it its default and :func:`differences` reports it,
+        unless ``upgrade`` fills in what the earlier version did."""
+        return record
+
+    @classmethod
+    def upgraded(cls, record: Mapping[str, Any]) -> dict[str, Any]:
+        """:meth:`upgrade` applied to ``record``, then to each nested config's record."""
+        record = cls.upgrade(dict(record))
+        for f in dataclasses.fields(cls):
+            nested = _nested_type(cls, f.name)
+            if nested is not None and isinstance(record.get(f.name), Mapping):
+                record[f.name] = nested.upgraded(record[f.name])
+        return record
+
 
 def _plain(value: Any) -> Any:
-    if hasattr(value, "to_dict"):  # a Config, or a model's config (CPCConfig)
+    if isinstance(value, Config):
         return value.to_dict()
     if isinstance(value, tuple):
         return [_plain(v) for v in value]
@@ -170,18 +196,17 @@ def _hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
-def _nested_type(cls: type, name: str) -> type | None:
-    """The class of a field that holds a config of its own (it has ``from_dict``), if any."""
+def _nested_type(cls: type, name: str) -> type[Config] | None:
+    """The class of a field that holds a config of its own, if any."""
     hint = _hints(cls)[name]
-    return hint if isinstance(hint, type) and hasattr(hint, "from_dict") else None
+    return hint if isinstance(hint, type) and issubclass(hint, Config) else None
 
 
 def config_fields(cls: type[Config], prefix: str = "") -> Iterator[tuple[str, dataclasses.Field]]:
-    """``(dotted name, field)`` of every leaf field; nested :class:`Config` fields are
-    flattened ("data.path"), other nested configs (a model's) are one field."""
+    """``(dotted name, field)`` of every leaf field, nested configs flattened ("data.path")."""
     for f in dataclasses.fields(cls):
         nested = _nested_type(cls, f.name)
-        if nested is not None and issubclass(nested, Config):
+        if nested is not None:
             yield from config_fields(nested, f"{prefix}{f.name}.")
         else:
             yield f"{prefix}{f.name}", f
@@ -196,9 +221,10 @@ def differences(
     cls: type[Config], saved: Mapping[str, Any], current: Mapping[str, Any]
 ) -> list[tuple[str, Any, Any]]:
     """``(dotted name, saved value, current value)`` of every field that differs between two
-    ``to_dict()`` records of ``cls``, except the resumable ones; sorted by name."""
+    ``to_dict()`` records of ``cls``, except the resumable ones; sorted by name. ``saved`` may
+    come from an earlier version (:meth:`Config.upgrade`)."""
     skip = resumable_fields(cls)
-    old, new = _flatten(saved), _flatten(current)
+    old, new = _flatten(cls.upgraded(saved)), _flatten(current)
     names = sorted((old.keys() | new.keys()) - skip)
     return [
         (name, old.get(name), new.get(name)) for name in names if old.get(name) != new.get(name)
