@@ -213,99 +213,146 @@ def fit(
     of its epoch, naming the batch, before that epoch is validated or checkpointed.
     """
     start = time.perf_counter()
-    torch.manual_seed(settings.seed)
-    model = model.to(env.device)
-    train_model = wrap_ddp(model, env)
-    optimizer = torch.optim.Adam(
-        model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay
-    )
-    sampler = DistributedSampler(
-        range(len(train)),
-        num_replicas=env.world_size,
-        rank=env.rank,
-        shuffle=True,
-        seed=settings.seed,
-    )
-    # The joint setup's negatives: a generator of each rank's own.
-    generator = torch.Generator(device=env.device).manual_seed(settings.seed + env.rank)
-    progress = FitProgress()
-    if checkpoint is not None and checkpoint.exists():
-        progress, rank_state = checkpoint.load(model, optimizer, FitProgress)
-        if "generator" in rank_state:  # absent when the number of processes changed
-            generator.set_state(rank_state["generator"])
-    earlier_seconds = progress.seconds
-    validation_targets = data.targets[list(validation)]
-    names = ("loss", "ccc_loss", "info_nce") if joint else ("loss", "ccc_loss")
-    for epoch in range(progress.epoch + 1, settings.epochs + 1):
-        # This epoch's order: the DistributedSampler's shuffle of (seed, epoch), one shard each.
-        sampler.set_epoch(epoch)
-        order = [train[i] for i in sampler]
-        train_model.train()
-        # Summed on the device: no step waits for the GPU; so are the NaN/Inf flags.
-        totals = torch.zeros(len(names), dtype=torch.float64, device=env.device)
-        guard = NonFiniteGuard(
-            env,
-            name=lambda batch, e=epoch: f"epoch {e}, batch {batch}",
-            hint=lambda: _kept(progress.epoch, checkpoint),
-        )
-        steps = 0
-        for begin in range(0, len(order), settings.batch_size):
-            chunk = order[begin : begin + settings.batch_size]
-            if len(chunk) < 2:
-                continue  # a CCC needs two samples; same on every rank (equal shard sizes)
-            # The batch on the device: features or waves, and z-scored labels.
-            inputs, y = data.batch(chunk)
-            inputs = tuple(t.to(env.device, non_blocking=True) for t in inputs)
-            y = y.to(env.device, non_blocking=True)
-            # CCC loss, plus λ · InfoNCE over the valid frames for the joint setup.
-            pred, out = _forward(train_model, inputs, joint)
-            loss_ccc = ccc_loss(pred.float(), y)
-            loss = loss_ccc
-            if joint:
-                frames = inputs[1] // unwrap(model).cpc.frame_hop
-                nce = settings.loss.padded(out.predictions, out.z, frames, generator=generator)
-                loss = loss + settings.joint_lambda * nce
-            # Backward and Adam (the guard notes a NaN/Inf loss or gradient on the device).
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            guard.observe(loss, model.parameters())
-            optimizer.step()
-            terms = (loss, loss_ccc, nce) if joint else (loss, loss_ccc)
-            totals += torch.stack([t.detach() for t in terms]).double()
-            steps += 1
-        train_metrics = {k: v / max(steps, 1) for k, v in zip(names, totals.tolist(), strict=True)}
-        # A diverged epoch is neither validated nor checkpointed: the last checkpoint stays.
-        guard.check()
-        # Validation: CCC over the whole set; the best epoch's weights are kept.
-        pred = predict_indices(
-            model, data, validation, env, joint=joint, eval_frames=settings.eval_frames
-        )
-        scores = ccc_scores(pred, validation_targets)
+    fitting = _Fitting(model, data, train, validation, settings, env, joint, checkpoint)
+    for epoch in range(fitting.progress.epoch + 1, settings.epochs + 1):
+        train_metrics = fitting.train_epoch(epoch)
+        scores = fitting.validate()
         if log is not None:
             log(epoch, "train", train_metrics)
             log(epoch, "validation", scores)
+        fitting.record(epoch, train_metrics, scores)
+        fitting.save(epoch, start)
+        if on_epoch is not None:
+            on_epoch(epoch, scores)
+    return fitting.finish(start)
+
+
+class _Fitting:
+    """The phases of :func:`fit`, one method each: set-up and resume, an epoch's training, its
+    validation, keeping the best epoch, the checkpoint, the end."""
+
+    def __init__(self, model, data, train, validation, settings, env, joint, checkpoint) -> None:
+        self.data, self.train, self.validation = data, train, validation
+        self.settings, self.env, self.joint, self.checkpoint = settings, env, joint, checkpoint
+        torch.manual_seed(settings.seed)
+        self.model = model.to(env.device)
+        self.train_model = wrap_ddp(self.model, env)
+        self.optimizer = torch.optim.Adam(
+            self.model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay
+        )
+        self.sampler = DistributedSampler(
+            range(len(train)),
+            num_replicas=env.world_size,
+            rank=env.rank,
+            shuffle=True,
+            seed=settings.seed,
+        )
+        # The joint setup's negatives: a generator of each rank's own.
+        self.generator = torch.Generator(device=env.device).manual_seed(settings.seed + env.rank)
+        self.progress = FitProgress()
+        if checkpoint is not None and checkpoint.exists():
+            self.progress, rank_state = checkpoint.load(self.model, self.optimizer, FitProgress)
+            if "generator" in rank_state:  # absent when the number of processes changed
+                self.generator.set_state(rank_state["generator"])
+        self.earlier_seconds = self.progress.seconds
+        self.validation_targets = data.targets[list(validation)]
+        self.names = ("loss", "ccc_loss", "info_nce") if joint else ("loss", "ccc_loss")
+
+    def train_epoch(self, epoch: int) -> dict[str, float]:
+        """One pass over this rank's shard of the epoch's order; the mean of each loss term.
+        A NaN or infinite loss or gradient raises here: a diverged epoch is neither validated
+        nor checkpointed, the last checkpoint stays."""
+        # This epoch's order: the DistributedSampler's shuffle of (seed, epoch), one shard each.
+        self.sampler.set_epoch(epoch)
+        order = [self.train[i] for i in self.sampler]
+        self.train_model.train()
+        # Summed on the device: no step waits for the GPU; so are the NaN/Inf flags.
+        totals = torch.zeros(len(self.names), dtype=torch.float64, device=self.env.device)
+        guard = NonFiniteGuard(
+            self.env,
+            name=lambda batch, e=epoch: f"epoch {e}, batch {batch}",
+            hint=lambda: _kept(self.progress.epoch, self.checkpoint),
+        )
+        steps = 0
+        batch_size = self.settings.batch_size
+        for begin in range(0, len(order), batch_size):
+            chunk = order[begin : begin + batch_size]
+            if len(chunk) < 2:
+                continue  # a CCC needs two samples; same on every rank (equal shard sizes)
+            totals += self._step(chunk, guard)
+            steps += 1
+        means = {k: v / max(steps, 1) for k, v in zip(self.names, totals.tolist(), strict=True)}
+        guard.check()
+        return means
+
+    def _step(self, chunk: list[int], guard: NonFiniteGuard) -> torch.Tensor:
+        """One optimizer step on the utterances ``chunk``; its loss terms (float64, on the
+        device)."""
+        # The batch on the device: features or waves, and z-scored labels.
+        inputs, y = self.data.batch(chunk)
+        inputs = tuple(t.to(self.env.device, non_blocking=True) for t in inputs)
+        y = y.to(self.env.device, non_blocking=True)
+        # CCC loss, plus λ · InfoNCE over the valid frames for the joint setup.
+        pred, out = _forward(self.train_model, inputs, self.joint)
+        loss_ccc = ccc_loss(pred.float(), y)
+        loss = loss_ccc
+        if self.joint:
+            frames = inputs[1] // unwrap(self.model).cpc.frame_hop
+            nce = self.settings.loss.padded(
+                out.predictions, out.z, frames, generator=self.generator
+            )
+            loss = loss + self.settings.joint_lambda * nce
+        # Backward and Adam (the guard notes a NaN/Inf loss or gradient on the device).
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        guard.observe(loss, self.model.parameters())
+        self.optimizer.step()
+        terms = (loss, loss_ccc, nce) if self.joint else (loss, loss_ccc)
+        return torch.stack([t.detach() for t in terms]).double()
+
+    def validate(self) -> dict[str, float]:
+        """CCC over the whole validation set."""
+        pred = predict_indices(
+            self.model,
+            self.data,
+            self.validation,
+            self.env,
+            joint=self.joint,
+            eval_frames=self.settings.eval_frames,
+        )
+        return ccc_scores(pred, self.validation_targets)
+
+    def record(self, epoch: int, train_metrics: dict, scores: dict[str, float]) -> None:
+        """The epoch in the history; its weights kept if it is the best so far."""
+        progress = self.progress
         progress.history.append(
             {"epoch": epoch, **train_metrics, **{f"val_{k}": v for k, v in scores.items()}}
         )
         if scores["ccc_avg"] > progress.best_validation["ccc_avg"] or not progress.best_state:
             progress.best_state = {
-                k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()
+                k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()
             }
             progress.best_epoch, progress.best_validation = epoch, scores
-        # The checkpoint: a run killed from here on resumes with the next epoch.
-        progress.epoch = epoch
-        progress.seconds = earlier_seconds + time.perf_counter() - start
-        if checkpoint is not None:
-            checkpoint.save(
-                model, optimizer, progress, rank_state={"generator": generator.get_state()}
+
+    def save(self, epoch: int, start: float) -> None:
+        """The checkpoint: a run killed from here on resumes with the next epoch."""
+        self.progress.epoch = epoch
+        self.progress.seconds = self.earlier_seconds + time.perf_counter() - start
+        if self.checkpoint is not None:
+            self.checkpoint.save(
+                self.model,
+                self.optimizer,
+                self.progress,
+                rank_state={"generator": self.generator.get_state()},
             )
-        if on_epoch is not None:
-            on_epoch(epoch, scores)
-    model.load_state_dict(progress.best_state)
-    seconds = earlier_seconds + time.perf_counter() - start
-    return model, FitResult(
-        progress.best_epoch, progress.best_validation, progress.history, seconds
-    )
+
+    def finish(self, start: float) -> tuple[nn.Module, FitResult]:
+        """The model with the best epoch's weights, and what the training did."""
+        progress = self.progress
+        self.model.load_state_dict(progress.best_state)
+        seconds = self.earlier_seconds + time.perf_counter() - start
+        result = FitResult(progress.best_epoch, progress.best_validation, progress.history, seconds)
+        return self.model, result
 
 
 def _kept(epoch: int, checkpoint: Checkpointer | None) -> str:
