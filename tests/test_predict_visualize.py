@@ -226,3 +226,27 @@ def test_missing_viz_extra_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setattr(builtins, "__import__", no_sklearn)
     with pytest.raises(UserInputError, match=r"pip install 'cpc-fast\[viz\]'"):
         visualize.tsne_2d(np.zeros((10, 3)))
+
+
+def test_predict_reads_a_joint_model_of_the_earlier_layout(
+    experiment: Path, tmp_path: Path
+) -> None:
+    """A unit written before the loss had its own config: its CPC config carries the loss
+    settings (as config.json did then); it loads and predicts as today's."""
+    wav = next(iter(_test_audio(tmp_path, 1).values()))
+    unit = experiment / "exp" / "joint" / "fold1" / "run1"
+    old = tmp_path / "old_unit"
+    shutil.copytree(unit, old)
+    record = json.loads((old / "config.json").read_text())
+    cpc = record["features"]["cpc_config"]
+    assert "num_negatives" not in cpc
+    cpc.update(num_negatives=16, temperature=1.0, exclude_positive=False)
+    (old / "config.json").write_text(json.dumps(record))
+    outputs = []
+    for folder in (unit, old):
+        result = runner.invoke(app, ["predict", "--model", str(folder), str(wav), "--json"])
+        assert result.exit_code == 0, result.output
+        outputs.append(
+            [{k: v for k, v in r.items() if k != "file"} for r in json.loads(result.output)]
+        )
+    assert outputs[0] == outputs[1]
