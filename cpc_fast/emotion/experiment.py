@@ -99,7 +99,7 @@ from cpc_fast.training.distributed import (
     under_launcher,
 )
 from cpc_fast.training.pretrain import pretrain
-from cpc_fast.training.workers import run_workers
+from cpc_fast.training.workers import gpu_of_worker, run_workers
 
 # What a (setup, fold, run) folder holds besides ``done`` (written last). result.json holds
 # no time, so that it is the same whoever ran the unit; timing.json says who and how long.
@@ -601,6 +601,7 @@ def run_experiment(
     while a worker runs a task there. The folder is checked to be writable before any work.
     """
     config.validate()
+    workers = local_workers(config)
     out = Path(config.out)
     if env is not None or config.ddp:
         env = env or init(config.device_gpus)
@@ -612,7 +613,6 @@ def run_experiment(
         launch = f"{run_id}-{os.environ.get('GROUP_RANK', '')}" if run_id else new_launch_id()
         slot = int(os.environ["LOCAL_RANK"])
         return _worker(config, slot, launch, progress and slot == 0, restart)
-    workers = config.cpu_processes or (config.gpus if config.gpus > 1 else 1)
     if workers == 1:
         return _worker(config, 0, new_launch_id(), progress, restart)
     _start(out, restart)
@@ -622,6 +622,31 @@ def run_experiment(
     launch = new_launch_id()
     codes = run_workers(_worker, [(config, i, launch, False, False) for i in range(workers)])
     return _collect(config, codes)
+
+
+def local_workers(config: ExperimentConfig) -> int:
+    """How many workers a launch of ``config`` starts here (without torchrun or ``ddp``):
+    ``cpu_processes``, or ``workers_per_gpu`` on each of ``gpus`` GPUs, or one. Refuses
+    ``workers_per_gpu`` > 1 without GPUs to share or with ``ddp``."""
+    share = config.workers_per_gpu
+    if share > 1:
+        if config.cpu_processes or config.gpus == 0:
+            raise UserInputError(
+                f"`workers_per_gpu={share}` shares GPUs between workers: it needs `gpus` "
+                "N >= 1 (for CPU workers use `cpu_processes`)"
+            )
+        if config.ddp:
+            raise UserInputError(
+                f"`workers_per_gpu={share}` runs whole units side by side: not with `ddp`"
+            )
+        if not torch.cuda.is_available():
+            raise UserInputError(
+                f"`workers_per_gpu={share}`: no CUDA GPU is visible here (for CPU workers "
+                "use `cpu_processes`)"
+            )
+    if config.cpu_processes:
+        return config.cpu_processes
+    return config.gpus * share if config.gpus > 0 else 1
 
 
 def _start(out: Path, restart: bool) -> None:
@@ -641,9 +666,11 @@ def _clear(out: Path) -> None:
 
 
 def _device_env(config: ExperimentConfig, slot: int) -> DistEnv:
-    """A worker's place: alone, on GPU ``slot`` (modulo those visible) or the CPU."""
+    """A worker's place: on the CPU, or on a GPU shared by ``workers_per_gpu`` workers
+    (:func:`~cpc_fast.training.workers.gpu_of_worker`, modulo those visible)."""
     if config.device_gpus > 0 and torch.cuda.is_available():
-        device = torch.device("cuda", slot % torch.cuda.device_count())
+        index = gpu_of_worker(slot, config.workers_per_gpu, torch.cuda.device_count())
+        device = torch.device("cuda", index)
         torch.cuda.set_device(device)
     else:
         device = torch.device("cpu")
@@ -726,4 +753,11 @@ def _all_done(config: ExperimentConfig) -> bool:
     )
 
 
-__all__ = ["UNIT_FILES", "completed_results", "open_corpus", "run_experiment", "warn_complete"]
+__all__ = [
+    "UNIT_FILES",
+    "completed_results",
+    "local_workers",
+    "open_corpus",
+    "run_experiment",
+    "warn_complete",
+]
