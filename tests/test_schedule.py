@@ -322,7 +322,7 @@ def test_gpus_n_with_k_workers_per_gpu_launches_n_times_k_workers_k_per_gpu(
     """Two (pretended) GPUs, three workers on each: six workers, slots 0-2 on cuda:0 and
     3-5 on cuda:1 (the launch and the device placement, with CUDA mocked on the CPU)."""
     from cpc_fast.config import experiment as presets
-    from cpc_fast.emotion import experiment
+    from cpc_fast.emotion import launch as experiment
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)

@@ -4,7 +4,7 @@ The options come from the fields of :class:`~cpc_fast.config.experiment.Experime
 (:mod:`cpc_fast.cli.options`); ``--preset`` picks the base the options change.
 
 ``--gpus N`` / ``--cpu-processes N`` start N workers, each running whole units (see
-:mod:`cpc_fast.emotion.experiment`); ``--gpus N --workers-per-gpu K`` starts N x K, K on each
+:mod:`cpc_fast.emotion.launch`); ``--gpus N --workers-per-gpu K`` starts N x K, K on each
 GPU; under torchrun every process is a worker. ``--ddp``
 trains each unit with DDP over the processes instead.
 """
@@ -21,7 +21,7 @@ from cpc_fast.cli.launch import needs_launch, relaunched
 from cpc_fast.cli.options import Overrides, Quiet, config_options
 from cpc_fast.config import experiment as presets
 from cpc_fast.config.experiment import ExperimentConfig
-from cpc_fast.emotion.experiment import (
+from cpc_fast.emotion.launch import (
     completed_results,
     local_workers,
     run_experiment,
