@@ -17,9 +17,10 @@ pre-trainings, so that a round fits the GPU check's budget):
   gpu, 4 sharing           ``--gpus 1 --workers-per-gpu 4``: four workers on that GPU
 
 Columns: ``units/min`` = units / the launch's wall time. The preCPC is a freshly initialised
-tiny CPC (its weights do not change the work). On a GPU machine the CPU cases run too, except
-under the GPU check's deadline (``BENCH_DEADLINE``), where they are not measured: each takes
-minutes, the GPU's time is for the GPU cases. One round each: a round takes minutes.
+tiny CPC (seed 0, the same for every provider; its weights do not change the work). On a GPU
+machine the CPU cases run too, except under the GPU check's deadline (``BENCH_DEADLINE``),
+where they are not measured: each takes minutes, the GPU's time is for the GPU cases. One
+round each: a round takes minutes.
 
     pytest --benchmark -k protocol
 """
@@ -33,6 +34,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from _harness import DEADLINE_ENV, ON_GPU, Case, cpu_cores, show
 
 PROVIDERS = {
@@ -92,6 +94,7 @@ def test_protocol(benchmark, tmp_path, provider):
 
     pretrained = tmp_path / "cpc"
     pretrained.mkdir()
+    torch.manual_seed(0)  # one preCPC for every provider: their units' files compare
     save_cpc(CPCModel(pretrain.tiny().model), pretrained / "model.safetensors")
     benchmark.group = case.group
     benchmark.extra_info.update(case.record())
