@@ -49,7 +49,7 @@ GPU_PROVIDERS = {
 }
 GPU_FOLDS = ["--folds", "1,2"]
 UNITS = {"cpu": 4 * 5, "cuda": 4 * 2}  # setups x folds, one run
-GPU_ROUND_S = 150.0  # what a GPU round may take at most (one at a time, an H100)
+GPU_ROUND_S = 55.0  # a GPU round's time need (a guess for an H100: never measured yet)
 
 
 def _experiment(out: Path, pretrained: Path, extra: list[str], smoke: bool) -> None:
