@@ -24,17 +24,23 @@ what it finished; no benchmark case starts within its own time need of the end):
      a CPU rehearsal runs them in the interpreter with its bounds check instead;
   4. ``pytest --benchmark`` (training step first, with ``fused-compile``: the step under
      ``--compile``; CUDA events), saved as the next run of this device's results folder
-     (the checkout's bench/results/<device>/ continued) and as JSON;
-  5. summary.md: device, versions, commands, steps, test counts and failures, the tables.
+     (the checkout's bench/results/<device>/ continued) and as JSON; the protocol suite is
+     left to step 5;
+  5. the experiment protocol on the GPU (bench/bench_protocol.py's GPU cases: the demo's
+     units one at a time versus four workers sharing the GPU, units per minute), in its
+     own share of the budget (``--protocol-budget``, 0 skips it), kept as protocol.json (not
+     saved as a run of the folder: the README shows a device's newest run, step 4's);
+  6. summary.md: device, versions, commands, steps, test counts and failures, the tables.
 
-OUT_DIR gets summary.md, benchmarks.json (when a benchmark finished) and gpu-check.tar.gz
+OUT_DIR gets summary.md, benchmarks.json and protocol.json (when they finished) and gpu-check.tar.gz
 (logs, JUnit XML, nvidia-smi, the saved run under results/). Keep the run with
 ``tar -xzf OUT_DIR/gpu-check.tar.gz -C bench results && python bench/readme_tables.py --readme``.
 Exit: 0 all passed and measured, 1 something failed or was cut, 2 nothing could run.
 
 Through the device tool: ``run(command="bash bench/gpu_check.sh $OUT", carry=[".whl"],
-timeout_s=480)``. The default budget (360 s) plus the machine's start leaves time for one
-rerun within 15 minutes of device time.
+timeout_s=560)``. The default budget (480 s: 150 of them for the protocol) plus the machine's
+start fits 15 minutes of device time once; ``--protocol-budget 0 --budget 360`` (and
+``timeout_s=480``) is the check without the protocol, which leaves time for one rerun.
 """
 
 from __future__ import annotations
@@ -61,6 +67,7 @@ BENCH = ROOT / "bench"
 WHEELS = ("soundfile==0.14.0", "cffi==2.0.0", "pycparser==3.0")  # what the GPU image lacks
 RESERVE_S = 25  # kept for the summary and the archive
 MEMCHECK_S = 90  # sanitized launches are slow; the Triton compiles are most of it
+PROTOCOL = "bench/bench_protocol.py"  # its own step: whole launches, minutes per round
 SANITIZER_PATHS = ("/usr/local/cuda/bin/compute-sanitizer", "/opt/cuda/bin/compute-sanitizer")
 # The fused-kernel test files: they skip unless CUDA or Triton's interpreter is there.
 CUDA_TEST_FILE = re.compile(r'mark\.cuda|get\("TRITON_INTERPRET"\) != "1"')
@@ -220,28 +227,47 @@ class Check:
                               "with its bounds check (tests/interpreter_bounds.py)")  # fmt: skip
         self.run("memcheck-cases-unsanitized", cases, MEMCHECK_S, **env)
 
-    def benchmarks(self) -> None:
+    def storage(self) -> Path:
+        """This device's results folder (the checkout's copy continued), made once."""
         slug = self.python("import _harness; print(_harness.device_slug())", cwd=BENCH)
         if slug.returncode != 0:
             self.notes.append(f"device folder unknown: {slug.stderr.strip()[-300:]}")
         storage = self.work / "results" / (slug.stdout.strip() or "unknown-device")
-        if (BENCH / "results" / storage.name).is_dir():
+        if not storage.is_dir() and (BENCH / "results" / storage.name).is_dir():
             shutil.copytree(BENCH / "results" / storage.name, storage)
+        return storage
+
+    def benchmarks(self, keep_s: float) -> None:
+        """Every suite but the protocol's, leaving ``keep_s`` of the budget for it."""
+        storage = self.storage()
         compare = ["--benchmark-compare"] if list(storage.glob("*/0*.json")) else []
         cmd = [sys.executable, "-m", "pytest", "--benchmark", "-p", "no:cacheprovider"]
         cmd += [f"--benchmark-storage=file://{storage}", "--benchmark-max-time=0.5", *compare]
-        cmd.append(f"--benchmark-json={self.work / 'benchmarks.json'}")
-        seconds = self.left() - RESERVE_S
+        cmd += [f"--benchmark-json={self.work / 'benchmarks.json'}", f"--ignore={PROTOCOL}"]
+        seconds = self.left() - RESERVE_S - keep_s
         deadline = time.time() + seconds - 20  # the last case finishes, the JSON is written
         self.run("benchmarks", cmd, seconds, BENCH_DEADLINE=str(deadline),
                  BENCH_PARTIAL=str(self.work / "partial.jsonl"))  # fmt: skip
 
+    def protocol(self, seconds: float) -> None:
+        """bench/bench_protocol.py's GPU cases: one unit at a time versus several workers
+        sharing the GPU (the CPU cases are not measured under the deadline)."""
+        if seconds <= 0:
+            self.notes.append("protocol: skipped (--protocol-budget 0)")
+            return
+        cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", PROTOCOL, "-k", "gpu"]
+        cmd += [f"--benchmark-json={self.work / 'protocol.json'}"]
+        seconds = min(seconds, self.left() - RESERVE_S)
+        deadline = time.time() + seconds - 20
+        self.run("protocol", cmd, seconds, BENCH_DEADLINE=str(deadline),
+                 BENCH_PARTIAL=str(self.work / "protocol-partial.jsonl"))  # fmt: skip
+
     # -- results -------------------------------------------------------------------------
     def finish(self, status: int, headline: str) -> int:
         self.out.mkdir(parents=True, exist_ok=True)
-        results = self.work / "benchmarks.json"
-        if results.is_file():
-            shutil.copy(results, self.out / "benchmarks.json")
+        for name in ("benchmarks.json", "protocol.json"):
+            if (self.work / name).is_file():
+                shutil.copy(self.work / name, self.out / name)
         summary = self.summary(status, headline)
         (self.work / "summary.md").write_text(summary)
         (self.out / "summary.md").write_text(summary)
@@ -275,6 +301,7 @@ class Check:
             lines.append("")
         lines += _test_counts(self.work / "cuda-tests.xml")
         lines += _benchmark_tables(self.work)
+        lines += _benchmark_tables(self.work, "protocol.json", "protocol-partial.jsonl")
         lines += ["Logs, JUnit XML, nvidia-smi and the saved run: gpu-check.tar.gz.", ""]
         return "\n".join(lines)
 
@@ -310,14 +337,16 @@ def _test_counts(junit: Path) -> list[str]:
     return lines + ([""] if failed else [])
 
 
-def _benchmark_tables(work: Path) -> list[str]:
+def _benchmark_tables(
+    work: Path, name: str = "benchmarks.json", partial_name: str = "partial.jsonl"
+) -> list[str]:
     """The tables of the JSON pytest-benchmark wrote, or of the cases that finished before
     an interrupted run (bench/_harness.py logs each one)."""
-    full, partial = work / "benchmarks.json", work / "partial.jsonl"
+    full, partial = work / name, work / partial_name
     if full.is_file():
         return ["## Benchmarks", "", report.render_markdown(report.file_tables(report.load(full)))]
     if not partial.is_file():
-        return ["Benchmarks: none ran.", ""]
+        return [f"Benchmarks ({name}): none ran.", ""]
     records = [json.loads(line) for line in partial.read_text().splitlines() if line]
     done = [r["benchmark"] for r in records if "benchmark" in r]
     skipped = [r["not_measured"] for r in records if "not_measured" in r]
@@ -341,8 +370,11 @@ def fetch_wheels() -> int:
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", nargs="?", type=Path, help="where the three files go")
-    parser.add_argument("--budget", type=float, default=360, help="seconds for everything")
+    parser.add_argument("--budget", type=float, default=480, help="seconds for everything")
     parser.add_argument("--tests-budget", type=float, default=130, help="seconds for tests")
+    parser.add_argument(
+        "--protocol-budget", type=float, default=150, help="seconds for the protocol (0: skip)"
+    )
     parser.add_argument("--rehearse", action="store_true", help="go on without a CUDA device")
     parser.add_argument("--fetch-wheels", action="store_true", help=f"download {WHEELS}")
     args = parser.parse_args(argv)
@@ -359,7 +391,8 @@ def main(argv: list[str]) -> int:
         return check.finish(2, "cpc_fast cannot be imported here: nothing was measured")
     check.cuda_tests()
     check.memcheck(bool(pre.get("cuda")))
-    check.benchmarks()
+    check.benchmarks(keep_s=args.protocol_budget)
+    check.protocol(args.protocol_budget)
     failed = [s for s in check.steps if s[1] != "0" and s[0] != "build-extension"]
     where = "" if pre.get("cuda") else " (a rehearsal on a CPU: no GPU figure)"
     if failed:

@@ -31,7 +31,8 @@ from cpc_fast.config import experiment as experiment_presets
 from cpc_fast.config import pretrain as pretrain_presets
 from cpc_fast.config.experiment import SETUP_NAMES, SETUPS, ExperimentConfig
 from cpc_fast.config.pretrain import PretrainConfig
-from cpc_fast.emotion.experiment import open_corpus, run_experiment
+from cpc_fast.emotion.experiment import open_corpus
+from cpc_fast.emotion.launch import run_experiment
 from cpc_fast.emotion.report import render_markdown
 from cpc_fast.emotion.visualize import cpc_representations, require_viz, visualize
 from cpc_fast.errors import UserInputError

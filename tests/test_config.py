@@ -37,7 +37,7 @@ EXPERIMENT_FLAGS = {
 }  # fmt: skip
 NEW_PRETRAIN_FLAGS = {"--cpu-processes", "--skip-nonfinite", "--quiet", "-q", "--compile"}
 NEW_PRETRAIN_FLAGS |= {"--cache", "--no-cache", "--cache-dir"}  # issue 19: the prepared corpus
-NEW_EXPERIMENT_FLAGS = {"--cpu-processes", "--restart", "--threads", "--ddp"}
+NEW_EXPERIMENT_FLAGS = {"--cpu-processes", "--restart", "--threads", "--ddp", "--workers-per-gpu"}
 # Issue 21: the model and the loss are config nodes, with flags; the output flags shared.
 NEW_PRETRAIN_FLAGS |= {"--encoder-dim", "--context-dim", "--prediction-steps", "--encoder-norm"}
 NEW_PRETRAIN_FLAGS |= {"--num-negatives", "--temperature", "--exclude-positive"}

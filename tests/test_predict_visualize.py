@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 from cpc_fast.cli import app, main
 from cpc_fast.config import experiment as experiment_config
 from cpc_fast.data.corpora.synthetic_emotion import load_synthetic
-from cpc_fast.emotion.experiment import run_experiment
+from cpc_fast.emotion.launch import run_experiment
 from cpc_fast.models import save_cpc
 from cpc_fast.models.cpc import CPCConfig, CPCModel
 

@@ -287,3 +287,101 @@ def test_restart_is_refused_while_a_worker_holds_a_task(
     line = one_error_line(code, err)
     assert f"a task is running there (process {os.getpid()} on" in line and "restart" in line
     assert (out / ".claims").is_dir()  # nothing was deleted
+
+
+# --------------------------------------------------------------------------- sharing a GPU
+
+
+@pytest.mark.parametrize(
+    "share, visible, expected",
+    [
+        (1, 1, [0, 0, 0, 0]),  # more workers than GPUs (torchrun): wrap around
+        (1, 2, [0, 1, 0, 1]),
+        (2, 2, [0, 0, 1, 1]),
+        (4, 1, [0, 0, 0, 0]),
+        (3, 2, [0, 0, 0, 1]),
+    ],
+)
+def test_workers_sharing_a_gpu_fill_one_gpu_then_the_next(share, visible, expected) -> None:
+    from cpc_fast.training.workers import gpu_of_worker
+
+    assert [gpu_of_worker(slot, share, visible) for slot in range(4)] == expected
+
+
+def test_gpu_of_worker_refuses_an_impossible_place() -> None:
+    from cpc_fast.training.workers import gpu_of_worker
+
+    for args in [(0, 0, 1), (0, 1, 0), (-1, 1, 1)]:
+        with pytest.raises(ValueError, match="at least one worker per GPU"):
+            gpu_of_worker(*args)
+
+
+def test_gpus_n_with_k_workers_per_gpu_launches_n_times_k_workers_k_per_gpu(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two (pretended) GPUs, three workers on each: six workers, slots 0-2 on cuda:0 and
+    3-5 on cuda:1 (the launch and the device placement, with CUDA mocked on the CPU)."""
+    from cpc_fast.config import experiment as presets
+    from cpc_fast.emotion import launch as experiment
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    chosen: list[torch.device] = []
+    monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
+    launched: list[tuple] = []
+
+    def run_workers(target, args):
+        launched.extend(args)
+        return [0] * len(args)
+
+    monkeypatch.setattr(experiment, "run_workers", run_workers)
+    config = presets.tiny(
+        dataset="synthetic",
+        setups=("sup",),
+        folds=(1,),
+        runs=1,
+        gpus=2,
+        workers_per_gpu=3,
+        out=str(tmp_path / "exp"),
+    )
+    assert experiment.local_workers(config) == 6
+    assert experiment.run_experiment(config, progress=False) is None  # nothing ran: no results
+    assert [a[1] for a in launched] == list(range(6))  # (config, slot, launch, ...) each
+    devices = [experiment._device_env(config, slot).device for slot in range(6)]
+    assert [str(d) for d in devices] == ["cuda:0"] * 3 + ["cuda:1"] * 3
+    assert chosen == devices
+
+
+@pytest.mark.parametrize(
+    "extra, words",
+    [
+        (["--workers-per-gpu", "0"], "--workers-per-gpu must be at least 1, got 0"),
+        (
+            ["--workers-per-gpu", "2", "--gpus", "0"],
+            "--workers-per-gpu 2 shares GPUs between workers: it needs --gpus N >= 1",
+        ),
+        (["--workers-per-gpu", "2", "--cpu-processes", "2"], "--workers-per-gpu 2 shares GPUs"),
+        (["--workers-per-gpu", "2", "--gpus", "1", "--ddp"], "--workers-per-gpu 2 runs whole"),
+    ],
+)
+def test_bad_workers_per_gpu_is_refused_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture, extra: list[str], words: str
+) -> None:
+    from cli_runner import one_error_line, run_main
+
+    out = tmp_path / "exp"
+    line = one_error_line(*run_main([*FLAGS, "--out", str(out), *extra], capsys)[::2])
+    assert words in line
+    assert not out.exists()  # refused before any work
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU-machine message")
+def test_workers_per_gpu_without_a_gpu_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from cli_runner import one_error_line, run_main
+
+    args = [*FLAGS, "--out", str(tmp_path / "exp"), "--workers-per-gpu", "4"]
+    line = one_error_line(*run_main(args, capsys)[::2])
+    assert "--workers-per-gpu 4: no CUDA GPU is visible here" in line
+    assert "--cpu-processes" in line

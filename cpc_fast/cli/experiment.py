@@ -4,7 +4,8 @@ The options come from the fields of :class:`~cpc_fast.config.experiment.Experime
 (:mod:`cpc_fast.cli.options`); ``--preset`` picks the base the options change.
 
 ``--gpus N`` / ``--cpu-processes N`` start N workers, each running whole units (see
-:mod:`cpc_fast.emotion.experiment`); under torchrun every process is a worker. ``--ddp``
+:mod:`cpc_fast.emotion.launch`); ``--gpus N --workers-per-gpu K`` starts N x K, K on each
+GPU; under torchrun every process is a worker. ``--ddp``
 trains each unit with DDP over the processes instead.
 """
 
@@ -20,7 +21,12 @@ from cpc_fast.cli.launch import needs_launch, relaunched
 from cpc_fast.cli.options import Overrides, Quiet, ShowProgress, config_options, shows_progress
 from cpc_fast.config import experiment as presets
 from cpc_fast.config.experiment import ExperimentConfig
-from cpc_fast.emotion.experiment import completed_results, run_experiment, warn_complete
+from cpc_fast.emotion.launch import (
+    completed_results,
+    local_workers,
+    run_experiment,
+    warn_complete,
+)
 from cpc_fast.emotion.report import render_markdown
 from cpc_fast.errors import UserInputError
 from cpc_fast.training import distributed
@@ -51,6 +57,7 @@ def experiment(
 ) -> None:
     """Train and test the recognizer in the paper's setups; print Table 1 (CCC mean ± std)."""
     config = overrides.apply(presets.preset(preset))
+    local_workers(config)  # refuses GPU sharing without GPUs at once, before any launch
     if config.ddp:
         # DDP per unit: rank 0 of the launched processes prints the table
         try:

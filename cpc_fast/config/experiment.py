@@ -193,6 +193,14 @@ class ExperimentConfig(Config):
         resumable=True,
         help="GPUs (at most those visible), one unit at a time on each: N workers; 0 = CPU.",
     )
+    workers_per_gpu: int = setting(
+        1,
+        flag=True,
+        check=at_least(1),
+        resumable=True,
+        help="Workers sharing each GPU: --gpus N runs N x K units at a time (a small unit "
+        "leaves its GPU mostly idle).",
+    )
     cpu_processes: int = setting(
         0,
         flag=True,

@@ -9,7 +9,7 @@ activation, valence, dominance = model.predict(wave)  # (n,) 16 kHz float32
 """
 
 from cpc_fast.config.experiment import SETUP_NAMES, SETUPS, ExperimentConfig
-from cpc_fast.emotion.experiment import run_experiment
+from cpc_fast.emotion.launch import run_experiment
 from cpc_fast.emotion.model_io import EmotionModel, load_model
 from cpc_fast.emotion.report import aggregate, render_markdown, write_report
 

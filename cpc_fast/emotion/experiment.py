@@ -1,7 +1,7 @@
 """Runs the paper's emotion experiments: setups x folds x runs, then the results table.
 
     from cpc_fast.config import experiment
-    from cpc_fast.emotion.experiment import run_experiment
+    from cpc_fast.emotion.launch import run_experiment
     results = run_experiment(experiment.tiny(setups=("sup", "joint"), out="exp"))
 
 or ``cpc-fast experiment --dataset synthetic --preset tiny --setups sup,joint --out exp``.
@@ -33,13 +33,15 @@ Scheduling (:mod:`cpc_fast.emotion.schedule`): the experiment is a list of tasks
 feature caches and each fold's miniCPC pre-training, then the units, longest first) that
 workers claim one at a time through ``<out>/.claims`` (:mod:`cpc_fast.io.claims`). A worker
 runs a whole unit on one device with ``threads`` CPU threads, so a unit's files are
-bit-identical whichever worker runs it, alone or beside others. ``--gpus N`` (one worker per
-GPU) or ``--cpu-processes N`` starts N workers here; any number of launches on the same
-``out`` (other terminals, nodes, a SLURM array, torchrun) share the work: a dead worker's
-claim is taken over, its unit resumed from its last epoch. Whoever finishes the last task
-writes the tables. ``ddp`` trains each unit with DDP over the launched processes instead (the
-group is then one worker; rank 0 alone writes files). ``<out>/.claims/events.log`` says who
-ran what: one line per start, takeover, failure and end.
+bit-identical whichever worker runs it, alone or beside others. How many workers a launch
+starts, and where, is :mod:`cpc_fast.emotion.launch`'s (``--gpus N``, ``--workers-per-gpu K``,
+``--cpu-processes N``; this module is the worker, :class:`Runner`); any number of launches
+on the same ``out`` (other terminals, nodes, a SLURM array, torchrun) share the work: a
+dead worker's claim is taken over, its unit resumed from its last epoch. Whoever finishes
+the last task writes the tables. ``ddp`` trains each unit with DDP over the launched
+processes instead (the group is then one worker; rank 0 alone writes files).
+``<out>/.claims/events.log`` says who ran what: one line per start, takeover, failure and
+end.
 """
 
 from __future__ import annotations
@@ -63,7 +65,6 @@ from cpc_fast.emotion.experiment_folder import (
 )
 from cpc_fast.emotion.experiment_folder import (
     check_experiment_folder,
-    clear_experiment,
 )
 from cpc_fast.emotion.joint import JointModel
 from cpc_fast.emotion.model_io import load_cpc_checked, save_model
@@ -81,8 +82,8 @@ from cpc_fast.errors import UserInputError
 from cpc_fast.features.cache import FeatureSet, cache_key, frame_statistics, module_digest
 from cpc_fast.features.extract import cpc_context_features, cpc_contexts, lfbe_features
 from cpc_fast.features.lfbe import LFBEConfig
-from cpc_fast.io.atomic import atomic_write_bytes, check_writable_folder, read_json, write_json
-from cpc_fast.io.claims import Claim, ClaimBoard, new_launch_id
+from cpc_fast.io.atomic import atomic_write_bytes, write_json
+from cpc_fast.io.claims import Claim, ClaimBoard
 from cpc_fast.io.lock import FolderLock
 from cpc_fast.io.metrics import MetricsLogger, truncate_metrics
 from cpc_fast.models.cpc import CPCModel
@@ -91,15 +92,11 @@ from cpc_fast.models.recognizer import EmotionRecognizer, RecognizerConfig
 from cpc_fast.training.checkpointer import Checkpointer
 from cpc_fast.training.distributed import (
     DistEnv,
-    WorkerFailed,
     barrier,
     broadcast_object,
-    init,
     on_main_then_broadcast,
-    under_launcher,
 )
 from cpc_fast.training.pretrain import pretrain
-from cpc_fast.training.workers import run_workers
 
 # What a (setup, fold, run) folder holds besides ``done`` (written last). result.json holds
 # no time, so that it is the same whoever ran the unit; timing.json says who and how long.
@@ -164,7 +161,7 @@ def _selected_folds(corpus: EmotionCorpus, config: ExperimentConfig) -> list[Fol
 _PREPARE_WORKERS = min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
 
 
-class _Runner:
+class Runner:
     def __init__(self, config: ExperimentConfig, env: DistEnv, progress: bool) -> None:
         self.config = config
         self.env = env
@@ -447,7 +444,7 @@ class _Runner:
         manifest = self.manifest()
         on_main_then_broadcast(
             self.env,
-            lambda: _briefly_locked(self.out, lambda: check_experiment_folder(self.out, manifest)),
+            lambda: briefly_locked(self.out, lambda: check_experiment_folder(self.out, manifest)),
         )
 
     def _done(self, task: Task) -> bool:
@@ -558,7 +555,7 @@ class _Runner:
         return broadcast_object(results)
 
 
-def _briefly_locked(out: Path, action):
+def briefly_locked(out: Path, action):
     """``action()`` under the folder's lock, waiting (a minute at most) while another
     launch holds it: it is held only to check or change the folder, never while training."""
     lock = FolderLock(out, "experiment folder")
@@ -583,148 +580,4 @@ def _protocol(corpus: EmotionCorpus, config: ExperimentConfig, num_folds: int) -
     return f"official train/validation/test split, validation: {config.validation} if carved"
 
 
-def run_experiment(
-    config: ExperimentConfig,
-    *,
-    progress: bool = True,
-    env: DistEnv | None = None,
-    restart: bool = False,
-) -> dict[str, Any] | None:
-    """Runs every unfinished task of ``config`` and returns the results dict (also written
-    to ``<config.out>/results.json`` and ``results.md``), or None when some failed (each
-    worker has printed why; the finished ones are kept, a re-run retries the rest).
-
-    Workers (module docstring): ``env`` (a DDP group) or ``config.ddp`` makes the processes
-    of the group one worker; under torchrun each process is a worker on its local GPU;
-    otherwise ``gpus`` (> 1) or ``cpu_processes`` (> 1) workers are started here, or this
-    process is the one worker. A folder that holds another experiment is refused
-    (:mod:`.experiment_folder`); ``restart`` deletes that experiment's files first, refused
-    while a worker runs a task there. The folder is checked to be writable before any work.
-    """
-    config.validate()
-    out = Path(config.out)
-    if env is not None or config.ddp:
-        env = env or init(config.device_gpus)
-        on_main_then_broadcast(env, lambda: _start(out, restart))
-        launch = broadcast_object(new_launch_id())
-        return _work(config, env, progress, launch)
-    if under_launcher():  # torchrun or SLURM + torchrun: one worker per process
-        run_id = os.environ.get("TORCHELASTIC_RUN_ID") or os.environ.get("SLURM_JOB_ID")
-        launch = f"{run_id}-{os.environ.get('GROUP_RANK', '')}" if run_id else new_launch_id()
-        slot = int(os.environ["LOCAL_RANK"])
-        return _worker(config, slot, launch, progress and slot == 0, restart)
-    workers = config.cpu_processes or (config.gpus if config.gpus > 1 else 1)
-    if workers == 1:
-        return _worker(config, 0, new_launch_id(), progress, restart)
-    _start(out, restart)
-    # The settings and data are checked once here, so a mistake is one line, not N.
-    here = DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))  # no CUDA
-    _Runner(config, here, progress=False).check_folder()
-    launch = new_launch_id()
-    codes = run_workers(_worker, [(config, i, launch, False, False) for i in range(workers)])
-    return _collect(config, codes)
-
-
-def _start(out: Path, restart: bool) -> None:
-    check_writable_folder(out, "`out`")
-    if restart:
-        _briefly_locked(out, lambda: _clear(out))
-
-
-def _clear(out: Path) -> None:
-    live = ClaimBoard(out / CLAIMS, launch="restart").live_owners()
-    if live:
-        raise UserInputError(
-            f"{out}: a task is running there ({live[0].describe()}); stop every worker of "
-            "this experiment before `restart`"
-        )
-    clear_experiment(out)
-
-
-def _device_env(config: ExperimentConfig, slot: int) -> DistEnv:
-    """A worker's place: alone, on GPU ``slot`` (modulo those visible) or the CPU."""
-    if config.device_gpus > 0 and torch.cuda.is_available():
-        device = torch.device("cuda", slot % torch.cuda.device_count())
-        torch.cuda.set_device(device)
-    else:
-        device = torch.device("cpu")
-    return DistEnv(rank=0, world_size=1, local_rank=slot, device=device)
-
-
-def _worker(
-    config: ExperimentConfig, slot: int, launch: str, progress: bool, restart: bool
-) -> dict[str, Any] | None:
-    """One worker: claims and runs tasks until none is left to start."""
-    _start(Path(config.out), restart)
-    return _work(config, _device_env(config, slot), progress, launch)
-
-
-def _work(
-    config: ExperimentConfig, env: DistEnv, progress: bool, launch: str
-) -> dict[str, Any] | None:
-    threads = torch.get_num_threads()
-    if config.threads:
-        # Fixed per unit: the intra-op thread count changes how sums are split, so bits.
-        torch.set_num_threads(config.threads)
-    try:
-        return _Runner(config, env, progress).run(launch)
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _collect(config: ExperimentConfig, codes: list[int]) -> dict[str, Any] | None:
-    """The results once the workers are gone, or :class:`WorkerFailed`."""
-    failed = [(i + 1, c) for i, c in enumerate(codes) if c != 0]
-    results = completed_results(config)
-    if failed:
-        which = ", ".join(f"{i} (exit status {c})" for i, c in failed)
-        what = f"worker(s) {which} of {len(codes)}"
-        if results is None:
-            raise WorkerFailed(
-                f"{what} failed; their messages are above; finished units are kept: run the "
-                "same command again to retry the rest",
-                next((c for _, c in failed if c > 0), 1),
-            )
-        warn_complete(config, f"{what} exited abnormally")
-    return results
-
-
-def warn_complete(config: ExperimentConfig, what: str) -> None:
-    """One line on stderr: a worker failed, but not the experiment (every unit is done and
-    the tables are written), so the command succeeds."""
-    print(
-        f"warning: {what}, but every unit is done (a dead worker's unit is taken over): the "
-        f"experiment is complete, {Path(config.out) / 'results.json'}",
-        file=sys.stderr,
-        flush=True,
-    )
-
-
-def completed_results(config: ExperimentConfig) -> dict[str, Any] | None:
-    """The results of ``config``'s folder when every unit is done and the tables are
-    written (read from the folder alone), else None."""
-    path = Path(config.out) / "results.json"
-    if not (_all_done(config) and path.is_file()):
-        return None
-    try:
-        return read_json(path)
-    except (OSError, UserInputError):
-        return None
-
-
-def _all_done(config: ExperimentConfig) -> bool:
-    """Whether every unit of ``config`` has its ``done`` (read from the folder alone)."""
-    out = Path(config.out)
-    try:
-        folds = read_json(out / "experiment.json")["folds"]
-    except (OSError, UserInputError, KeyError):
-        return False
-    return all(
-        (out / s / f / f"run{r}" / "done").is_file()
-        for s in config.setups
-        for f in folds
-        for r in range(1, config.runs + 1)
-    )
-
-
-__all__ = ["UNIT_FILES", "completed_results", "open_corpus", "run_experiment", "warn_complete"]
+__all__ = ["UNIT_FILES", "Runner", "briefly_locked", "open_corpus"]

@@ -59,22 +59,64 @@ class TrainSettings:
 
 
 class FeatureBatches:
-    """Batches of cached features: ((x (B, L, D), frames (B,)), y (B, 3))."""
+    """Batches of cached features: ((x (B, L, D), frames (B,)), y (B, 3)), zero-padded to the
+    batch's longest utterance.
+
+    On the CPU a batch is copied from the cache (memory-mapped, read as needed). On another
+    device (:meth:`on_device`) every frame and label is uploaded once, with one zero row
+    after the frames; a batch is then gathered there from its frames' row numbers (B, L),
+    padding pointing at the zero row: one small pinned, non-blocking upload per step, and the
+    same values as the CPU's copy.
+    """
 
     def __init__(self, features: FeatureSet, targets: np.ndarray) -> None:
         self.features = features
         self.targets = np.asarray(targets, np.float32)  # (N, 3) scaled labels
+        self._lengths = features.lengths()  # (N,) frames per utterance
+        self._device: torch.device | None = None
+        self._frames = self._labels = torch.empty(0)  # on the device: (frames + 1, D), (N, 3)
+
+    def on_device(self, device: torch.device) -> FeatureBatches:
+        """These batches made on ``device``: the same object for the CPU, else a copy whose
+        frames and labels live there."""
+        return self if device.type == "cpu" else self._gathered_on(device)
+
+    def _gathered_on(self, device: torch.device) -> FeatureBatches:
+        moved = FeatureBatches(self.features, self.targets)
+        zero = np.zeros((1, self.features.dim), np.float32)
+        frames = torch.from_numpy(np.concatenate([self.features.data, zero]))
+        moved._device = device
+        moved._frames = frames.to(device)  # (frames + 1, D): the last row pads
+        moved._labels = torch.from_numpy(self.targets).to(device)  # (N, 3)
+        return moved
 
     def length(self, index: int) -> int:
-        return int(self.features.offsets[index + 1] - self.features.offsets[index])
+        return int(self._lengths[index])
 
     def batch(self, indices: Sequence[int]) -> Batch:
+        if self._device is not None:
+            return self._gather(np.asarray(indices, np.int64))
         lengths = [self.length(i) for i in indices]
         x = np.zeros((len(indices), max(lengths), self.features.dim), np.float32)
         for row, i in enumerate(indices):
             x[row, : lengths[row]] = self.features[i]
         inputs = (torch.from_numpy(x), torch.tensor(lengths, dtype=torch.int64))
         return inputs, torch.from_numpy(self.targets[list(indices)])
+
+    def _gather(self, indices: np.ndarray) -> Batch:
+        """The batch on the device from one upload of (B·L + 2B,) int64 row numbers."""
+        lengths = self._lengths[indices].astype(np.int64)  # (B,)
+        steps = np.arange(int(lengths.max()))  # (L,)
+        rows = self.features.offsets[indices][:, None] + steps  # (B, L)
+        rows = np.where(steps < lengths[:, None], rows, self._frames.shape[0] - 1)
+        host = torch.from_numpy(np.concatenate([rows.ravel(), lengths, indices]))
+        if self._device.type == "cuda":
+            host = host.pin_memory()  # the copy below then leaves the host free
+        numbers = host.to(self._device, non_blocking=True)
+        b, length = len(indices), len(steps)
+        x = self._frames[numbers[: b * length]].view(b, length, -1)  # (B, L, D)
+        frames, which = numbers[b * length : b * length + b], numbers[b * length + b :]
+        return (x, frames), self._labels[which]
 
 
 class WaveBatches:
@@ -236,6 +278,8 @@ class _Fitting:
         self.settings, self.env, self.joint, self.checkpoint = settings, env, joint, checkpoint
         torch.manual_seed(settings.seed)
         self.model = model.to(env.device)
+        if isinstance(data, FeatureBatches):  # on a GPU: the features uploaded once, not per step
+            self.data = data.on_device(env.device)
         self.train_model = wrap_ddp(self.model, env)
         self.optimizer = torch.optim.Adam(
             self.model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay

@@ -52,6 +52,18 @@ def _worker_main(
         raise SystemExit(2) from None
 
 
+def gpu_of_worker(slot: int, workers_per_gpu: int, visible: int) -> int:
+    """The GPU of worker ``slot`` (0-based) when ``workers_per_gpu`` workers share each of
+    the ``visible`` GPUs: workers 0..K-1 on GPU 0, K..2K-1 on GPU 1, and so on (wrapping
+    around when there are more workers than places)."""
+    if workers_per_gpu < 1 or visible < 1 or slot < 0:
+        raise ValueError(
+            f"slot {slot}, workers_per_gpu {workers_per_gpu}, visible {visible}: "
+            "need slot >= 0 and at least one worker per GPU and one GPU"
+        )
+    return slot // workers_per_gpu % visible
+
+
 def run_workers(target: Callable[..., Any], args: Sequence[tuple]) -> list[int]:
     """Runs ``target(*args[i])`` in ``len(args)`` processes at once; returns their exit
     statuses in order (a negative status: killed by that signal)."""
@@ -85,4 +97,4 @@ def run_workers(target: Callable[..., Any], args: Sequence[tuple]) -> list[int]:
     return [int(p.exitcode if p.exitcode is not None else 1) for p in processes]
 
 
-__all__ = ["run_workers"]
+__all__ = ["gpu_of_worker", "run_workers"]
