@@ -7,7 +7,8 @@
 or ``cpc-fast experiment --dataset synthetic --preset tiny --setups sup,joint --out exp``.
 
 For every setup, fold and run (seed = ``seed + 100 (run − 1) + fold index``) a recognizer is
-trained (:mod:`cpc_fast.emotion.train`) and its folder ``<out>/<setup>/<fold>/run<r>`` gets
+trained (:mod:`cpc_fast.emotion.unit`, :mod:`cpc_fast.emotion.train`) and its folder
+``<out>/<setup>/<fold>/run<r>`` gets
 the best model, its test predictions, metrics and a ``done`` marker written last; a re-run of
 the same command skips every folder with ``done`` and resumes an unfinished one from its
 last epoch (``state.pt``, removed when the unit is done). Inputs per setup:
@@ -59,37 +60,25 @@ from tqdm.auto import tqdm
 
 from cpc_fast.config.experiment import ExperimentConfig
 from cpc_fast.data.corpora import open_emotion_corpus
-from cpc_fast.data.labelled import EmotionCorpus, Fold, LabelScaler
+from cpc_fast.data.labelled import EmotionCorpus, Fold
 from cpc_fast.emotion.experiment_folder import (
     CLAIMS_NAME as CLAIMS,
 )
 from cpc_fast.emotion.experiment_folder import (
     check_experiment_folder,
 )
-from cpc_fast.emotion.joint import JointModel
-from cpc_fast.emotion.model_io import load_cpc_checked, save_model
-from cpc_fast.emotion.report import write_predictions, write_report
+from cpc_fast.emotion.model_io import load_cpc_checked
+from cpc_fast.emotion.report import write_report
 from cpc_fast.emotion.schedule import Task, plan
-from cpc_fast.emotion.train import (
-    FeatureBatches,
-    TrainSettings,
-    WaveBatches,
-    ccc_scores,
-    fit,
-    predict_indices,
-)
+from cpc_fast.emotion.unit import UnitPlace, run_unit
 from cpc_fast.errors import UserInputError
-from cpc_fast.features.cache import FeatureSet, cache_key, frame_statistics, module_digest
-from cpc_fast.features.extract import cpc_context_features, cpc_contexts, lfbe_features
+from cpc_fast.features.cache import FeatureSet, cache_key, module_digest
+from cpc_fast.features.extract import cpc_context_features, lfbe_features
 from cpc_fast.features.lfbe import LFBEConfig
-from cpc_fast.io.atomic import atomic_write_bytes, write_json
+from cpc_fast.io.atomic import atomic_write_bytes
 from cpc_fast.io.claims import Claim, ClaimBoard
 from cpc_fast.io.lock import FolderLock
-from cpc_fast.io.metrics import MetricsLogger, truncate_metrics
-from cpc_fast.models.cpc import CPCModel
 from cpc_fast.models.loading import load_cpc
-from cpc_fast.models.recognizer import EmotionRecognizer, RecognizerConfig
-from cpc_fast.training.checkpointer import Checkpointer
 from cpc_fast.training.distributed import (
     DistEnv,
     barrier,
@@ -98,16 +87,6 @@ from cpc_fast.training.distributed import (
 )
 from cpc_fast.training.pretrain import pretrain
 
-# What a (setup, fold, run) folder holds besides ``done`` (written last). result.json holds
-# no time, so that it is the same whoever ran the unit; timing.json says who and how long.
-UNIT_FILES = (
-    "metrics.csv",
-    "model.safetensors",
-    "config.json",
-    "predictions.csv",
-    "result.json",
-    "timing.json",
-)
 POLL_SECONDS = 1.0  # how often an idle worker looks for a task it may start
 
 
@@ -268,140 +247,6 @@ class Runner:
 
     # -- one unit ------------------------------------------------------------------------
 
-    def run_unit(self, setup: str, fold_index: int, fold: Fold, run: int, prepared: dict) -> dict:
-        cfg = self.config
-        seed = cfg.seed + 100 * (run - 1) + fold_index
-        torch.manual_seed(seed)
-        unit = self.out / setup / fold.name / f"run{run}"
-        scaler = LabelScaler.fit(self.corpus.labels(fold.train))
-        targets = scaler.transform(self.corpus.labels())
-        joint = setup == "joint"
-        cpc = None
-        if joint:
-            cpc = CPCModel(cfg.pretrain_config().model)
-            data = WaveBatches(self.corpus, targets, hop=cpc.frame_hop)
-            recognizer = EmotionRecognizer(RecognizerConfig(input_dim=cpc.config.context_dim))
-            stats = frame_statistics(self._initial_contexts(cpc, fold.train))
-            model: torch.nn.Module = JointModel(cpc, recognizer)
-        else:
-            features: FeatureSet = prepared["features"]
-            data = FeatureBatches(features, targets)
-            recognizer = EmotionRecognizer(RecognizerConfig(input_dim=features.dim))
-            stats = features.mean_std(fold.train)
-            model = recognizer
-        mean, std = (torch.as_tensor(a, dtype=torch.float32) for a in stats)
-        recognizer.set_input_normalization(mean, torch.where(std > 1e-6, std, torch.ones_like(std)))
-        settings = TrainSettings(
-            epochs=cfg.epochs,
-            batch_size=cfg.batch_size,
-            lr=cfg.joint_lr if joint and cfg.joint_lr is not None else cfg.lr,
-            weight_decay=cfg.weight_decay,
-            seed=seed,
-            joint_lambda=cfg.joint_lambda,
-            loss=cfg.pretrain_config().loss,
-        )
-        checkpoint = Checkpointer(unit, self.env)
-        # Collectives, so every rank asks: rank 0's answer reaches all of them.
-        resumed_epoch = checkpoint.saved("epoch") if checkpoint.exists() else None
-        logger = None
-        if self.env.is_main:
-            unit.mkdir(parents=True, exist_ok=True)
-            if resumed_epoch is not None:  # rows logged after that epoch are logged again
-                truncate_metrics(unit / "metrics.csv", resumed_epoch)
-            else:  # an interrupted attempt's leftovers, from before its first checkpoint
-                for name in UNIT_FILES:
-                    (unit / name).unlink(missing_ok=True)
-            logger = MetricsLogger(unit, tensorboard=False)
-        bar = None
-        if self.progress:
-            bar = tqdm(
-                total=cfg.epochs,
-                desc=f"{setup} {fold.name} run{run}",
-                leave=False,
-                unit="epoch",
-                dynamic_ncols=True,
-            )
-
-        def on_epoch(epoch: int, scores: dict[str, float]) -> None:
-            if bar is not None:
-                bar.set_postfix(val_ccc=f"{scores['ccc_avg']:.3f}")
-                bar.update()
-
-        try:
-            model, result = fit(
-                model,
-                data,
-                fold.train,
-                fold.validation,
-                settings,
-                self.env,
-                joint=joint,
-                log=logger.log if logger else None,
-                on_epoch=on_epoch,
-                checkpoint=checkpoint,
-            )
-        finally:
-            if bar is not None:
-                bar.close()
-            if logger is not None:
-                logger.close()
-        scaled = predict_indices(model, data, fold.test, self.env, joint=joint)
-        pred = scaler.inverse(scaled)
-        labels = self.corpus.labels(fold.test)
-        test = ccc_scores(pred, labels)
-        summary = {
-            "setup": setup,
-            "fold": fold.name,
-            "run": run,
-            "seed": seed,
-            "best_epoch": result.best_epoch,
-            "epochs": cfg.epochs,
-            "validation": result.best_validation,
-            "test": test,
-            "num_train": len(fold.train),
-            "num_validation": len(fold.validation),
-            "num_test": len(fold.test),
-        }
-        if self.env.is_main:
-            model_config = {
-                "setup": setup,
-                "dataset": self.corpus.name,
-                "fold": fold.name,
-                "run": run,
-                "features": prepared.get("reference") or self._joint_reference(cpc),
-                "recognizer": recognizer.config.to_dict(),
-                "label_scaler": scaler.to_dict(),
-                "label_range": list(self.corpus.label_range) if self.corpus.label_range else None,
-            }
-            save_model(unit, recognizer, model_config, cpc=cpc if joint else None)
-            ids = [self.corpus.records[i].utt_id for i in fold.test]
-            write_predictions(unit / "predictions.csv", ids, pred, labels)
-            write_json(unit / "result.json", summary)
-            write_json(
-                unit / "timing.json",
-                {
-                    "train_seconds": round(result.seconds, 2),
-                    "host": self.board_host,
-                    "pid": os.getpid(),
-                    "device": str(self.env.device),
-                },
-            )
-            atomic_write_bytes(unit / "done", f"{time.strftime('%Y-%m-%dT%H:%M:%S')}\n".encode())
-        checkpoint.remove()  # the unit is done: nothing to resume
-        barrier()
-        return summary
-
-    def _initial_contexts(self, cpc: torch.nn.Module, train: tuple[int, ...]):
-        """Contexts of the freshly initialised CPC on (up to 256) training utterances."""
-        cpc.eval()
-        for i in train[:: max(1, len(train) // 256)]:
-            yield cpc_contexts(cpc, self.corpus.wave(i), torch.device("cpu"))
-        cpc.train()
-
-    @staticmethod
-    def _joint_reference(cpc) -> dict:
-        return {"kind": "joint", "cpc_config": cpc.config.to_dict()}
-
     def prepare(self, setup: str, fold: Fold, *, build: bool = False) -> dict:
         """A unit's inputs (``build``: the prep task that makes them first)."""
         if setup == "sup":
@@ -505,7 +350,10 @@ class Runner:
         if prepared.get("for") != key:
             prepared.clear()
             prepared.update(self.prepare(task.setup, task.fold), **{"for": key})
-        self.run_unit(task.setup, task.fold_index, task.fold, task.run, prepared)
+        place = UnitPlace(
+            self.config, self.corpus, self.env, self.out, self.progress, self.board_host
+        )
+        run_unit(place, task.setup, task.fold_index, task.fold, task.run, prepared)
 
     def run(self, launch: str) -> dict[str, Any] | None:
         """Runs tasks until none is left to start; returns the results when every task is
@@ -580,4 +428,4 @@ def _protocol(corpus: EmotionCorpus, config: ExperimentConfig, num_folds: int) -
     return f"official train/validation/test split, validation: {config.validation} if carved"
 
 
-__all__ = ["UNIT_FILES", "Runner", "briefly_locked", "open_corpus"]
+__all__ = ["Runner", "briefly_locked", "open_corpus"]
