@@ -164,6 +164,7 @@ class Runner:
         self._claim: Claim | None = None  # the task this worker holds (rank 0)
         self._features: dict[str, FeatureSet] = {}  # by "lfbe" or "cpc-<weights digest>"
         self.board_host = socket.gethostname()
+        self.place = UnitPlace(config, self.corpus, env, self.out, self.progress, self.board_host)
 
     # -- inputs --------------------------------------------------------------------------
 
@@ -350,10 +351,7 @@ class Runner:
         if prepared.get("for") != key:
             prepared.clear()
             prepared.update(self.prepare(task.setup, task.fold), **{"for": key})
-        place = UnitPlace(
-            self.config, self.corpus, self.env, self.out, self.progress, self.board_host
-        )
-        run_unit(place, task.setup, task.fold_index, task.fold, task.run, prepared)
+        run_unit(self.place, task.setup, task.fold_index, task.fold, task.run, prepared)
 
     def run(self, launch: str) -> dict[str, Any] | None:
         """Runs tasks until none is left to start; returns the results when every task is

@@ -72,6 +72,7 @@ def run_unit(
     (:meth:`cpc_fast.emotion.experiment.Runner.prepare`: features and their reference; none
     for ``joint``), writes its folder, ``done`` last, and returns its ``result.json``."""
     cfg = place.config
+    cpc_config = cfg.pretrain_config()  # the joint setup's CPC and its loss
     seed = cfg.seed + 100 * (run - 1) + fold_index
     torch.manual_seed(seed)
     unit = place.out / setup / fold.name / f"run{run}"
@@ -80,7 +81,7 @@ def run_unit(
     joint = setup == "joint"
     cpc = None
     if joint:
-        cpc = CPCModel(cfg.pretrain_config().model)
+        cpc = CPCModel(cpc_config.model)
         data = WaveBatches(place.corpus, targets, hop=cpc.frame_hop)
         recognizer = EmotionRecognizer(RecognizerConfig(input_dim=cpc.config.context_dim))
         stats = frame_statistics(_initial_contexts(place.corpus, cpc, fold.train))
@@ -100,7 +101,7 @@ def run_unit(
         weight_decay=cfg.weight_decay,
         seed=seed,
         joint_lambda=cfg.joint_lambda,
-        loss=cfg.pretrain_config().loss,
+        loss=cpc_config.loss,
     )
     checkpoint = Checkpointer(unit, place.env)
     # Collectives, so every rank asks: rank 0's answer reaches all of them.

@@ -8,15 +8,13 @@ model's record, ``PretrainConfig.upgrade`` moves them into the run's ``loss``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 
 from cpc_fast.losses.cpc import CPCInfoNCEOutput, cpc_info_nce
 from cpc_fast.losses.padded_info_nce import masked_cpc_info_nce
 from cpc_fast.settings import Config, at_least, positive, setting
-
-LOSS_FIELDS = ("num_negatives", "temperature", "exclude_positive")
 
 
 @dataclass
@@ -81,5 +79,8 @@ class LossConfig(Config):
             generator=generator,
         )
 
+
+# The names a record of the earlier layout carries in its model's config.
+LOSS_FIELDS = tuple(f.name for f in fields(LossConfig))
 
 __all__ = ["LOSS_FIELDS", "LossConfig"]

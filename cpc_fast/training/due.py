@@ -33,23 +33,23 @@ class Due(NamedTuple):
         return self.log or self.validate or self.save
 
 
-@dataclass(frozen=True)
 class StepSchedule:
     """Train metrics every ``log_every`` steps; validation (when there is a validation set)
     and the checkpoint every ``valid_every`` / ``save_every`` steps or, for 0, at each
     epoch's end; all three after the last step."""
 
-    log_every: int
-    valid_every: int
-    save_every: int
-    validates: bool = True
+    def __init__(
+        self, log_every: int, valid_every: int, save_every: int, validates: bool = True
+    ) -> None:
+        self.log, self.validate, self.save = Every(log_every), Every(valid_every), Every(save_every)
+        self.validates = validates
 
     def after(self, step: int, epoch_done: bool, last: bool) -> Due:
         boundary = epoch_done or last
         return Due(
-            log=Every(self.log_every).due(step, False) or last,
-            validate=self.validates and Every(self.valid_every).due(step, boundary),
-            save=Every(self.save_every).due(step, boundary),
+            log=self.log.due(step, False) or last,
+            validate=self.validates and self.validate.due(step, boundary),
+            save=self.save.due(step, boundary),
         )
 
 

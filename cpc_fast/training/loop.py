@@ -106,7 +106,8 @@ class _Phases:
     def __init__(self, run: Run, state: Progress, last_saved: int) -> None:
         config, env = run.config, run.env
         self.run, self.state, self.last_saved = run, state, last_saved
-        self.reader, self.valid_reader = (BatchReader(config, env, run.console) for _ in "tv")
+        self.reader = BatchReader(config, env, run.console)
+        self.valid_reader = BatchReader(config, env, run.console)
         self.windows = train_windows(run.train_set, config)
         self.validator = None
         if run.valid_set is not None:
