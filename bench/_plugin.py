@@ -35,6 +35,7 @@ SUITE_ORDER = (
     "bench_cpc_audio",
     "bench_toolkits",
     "bench_joint_step",
+    "bench_encoder",
     "bench_batching",
     "bench_protocol",
 )

@@ -5,10 +5,11 @@ With k = 2 s the padded input cut into blocks of s frames is read by output t as
 t + 1, so ``y[t] = W_a x_t + W_b x_{t+1} + b``: one GEMM of the (B (n + 1), s C) blocks with
 the stacked (2 out, s C) weight gives both halves, and output t adds half one of row t to
 half two of row t + 1. Backward is two more GEMMs. On a CPU this is faster than oneDNN's
-strided convolution, whose backward dominated a CPC training step (at the tiny preset on one
-thread: the encoder 31 ms forward and backward as convolutions, 17 ms as blocks), and the
-(B, L, C) layout spares the transposes around each per-frame norm. The result equals the
-convolution up to float rounding (a different summation order).
+strided convolution, whose backward dominated a CPC training step (the tiny preset on one
+thread: the encoder's forward and backward 31 ms as convolutions, 15 ms as blocks; the whole
+step 68 ms, then 40 ms), and the (B, L, C) layout spares the transposes around each
+per-frame norm. The result equals the convolution up to float rounding (another summation
+order). ``bench/bench_encoder.py`` measures both, on a GPU too.
 """
 
 from __future__ import annotations
@@ -36,7 +37,6 @@ def stacked_weight(weight: torch.Tensor) -> torch.Tensor:
 
 class _TwoBlockConv(torch.autograd.Function):
     @staticmethod
-    @torch.amp.custom_fwd(device_type="cpu")
     def forward(ctx, h, weight2, bias, stride: int, left: int):  # type: ignore[override]
         batch, length, channels = h.shape
         out = bias.shape[0]
@@ -55,7 +55,6 @@ class _TwoBlockConv(torch.autograd.Function):
         return both[:, :-1, :out] + both[:, 1:, out:]
 
     @staticmethod
-    @torch.amp.custom_bwd(device_type="cpu")
     def backward(ctx, grad):  # type: ignore[override]
         blocks, weight2 = ctx.saved_tensors
         batch, length, channels, n, used, left, stride = ctx.sizes
@@ -68,6 +67,9 @@ class _TwoBlockConv(torch.autograd.Function):
         grad_both[:, 1:, out:] = grad
         grad_both[:, 0, out:] = 0
         grad_both = grad_both.view(batch * (n + 1), 2 * out)
+        # Under autocast the forward's GEMM ran in its dtype (bf16), and so do these; autograd
+        # casts the gradients back to each input's dtype.
+        blocks, weight2 = blocks.to(grad.dtype), weight2.to(grad.dtype)
         grad_h = grad_weight = grad_bias = None
         if ctx.needs_input_grad[0]:
             grad_padded = (grad_both @ weight2).view(batch, (n + 1) * stride, channels)
