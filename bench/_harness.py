@@ -116,6 +116,13 @@ class Case:
         log_partial(not_measured=NOT_MEASURED[-1])
         pytest.skip(f"not measured: {reason}")
 
+    def skip_past_deadline(self) -> None:
+        """Skips the case when it would not finish before the GPU check's deadline
+        (``BENCH_DEADLINE``): ``needs_s`` is what it must have left to start."""
+        deadline = os.environ.get(DEADLINE_ENV)
+        if deadline and time.time() + self.needs_s > float(deadline):
+            self.skip("the time budget of bench/gpu_check.py was spent before this case")
+
     def skip_unless_fused(self) -> None:
         reason = fused_unavailable()
         if reason:
@@ -160,9 +167,7 @@ def measure(
     """Times ``target(*setup())`` as described in the module docstring and records the case
     in ``benchmark.extra_info``. Returns the median seconds (CUDA events on the GPU), or None
     under ``--benchmark-disable`` (one checked call, nothing measured)."""
-    deadline = os.environ.get(DEADLINE_ENV)
-    if deadline and time.time() + case.needs_s > float(deadline):
-        case.skip("the time budget of bench/gpu_check.py was spent before this case")
+    case.skip_past_deadline()
     benchmark.group = case.group
     benchmark.extra_info.update(case.record())
 

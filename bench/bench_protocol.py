@@ -79,13 +79,11 @@ def test_protocol(benchmark, tmp_path, provider):
         device=device,
         needs_s=GPU_ROUND_S,
     )
-    deadline = os.environ.get(DEADLINE_ENV)
     if on_gpu and not ON_GPU:
         case.skip("no CUDA device")
-    if not on_gpu and deadline:
+    if not on_gpu and os.environ.get(DEADLINE_ENV):
         case.skip("the GPU check's budget is for the GPU cases (minutes per CPU round)")
-    if deadline and time.time() + case.needs_s > float(deadline):
-        case.skip("the time budget of bench/gpu_check.py was spent before this case")
+    case.skip_past_deadline()
     if PROVIDERS.get(provider) and cpu_cores() < 2:
         case.skip("two worker processes need two CPU cores")
     from cpc_fast.config import pretrain
