@@ -257,6 +257,7 @@ class Check:
             self.notes.append("protocol: skipped (--protocol-budget 0)")
             return
         cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", PROTOCOL, "-k", "gpu"]
+        cmd += ["--benchmark-long"]
         cmd += [f"--benchmark-json={self.work / 'protocol.json'}"]
         seconds = min(seconds, self.left() - RESERVE_S)
         deadline = time.time() + seconds - 20

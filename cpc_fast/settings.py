@@ -33,7 +33,7 @@ import math
 import types
 import typing
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from cpc_fast.errors import UserInputError
 
@@ -114,6 +114,10 @@ def optional(check: Check) -> Check:
 
 class Config:
     """Base of the run configurations (a mixin for ``@dataclass`` classes)."""
+
+    # What ``--help`` says for a default of None where it depends on the run (a field
+    # declared once for several runs, see config.common), by field name.
+    default_texts: ClassVar[Mapping[str, str]] = {}
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):

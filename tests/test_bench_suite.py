@@ -43,6 +43,32 @@ def test_the_bench_folder_collects_the_suites_training_step_first():
     assert collected[0].startswith("bench/bench_train_step.py")  # the GPU check needs it first
 
 
+def _collected_suites(*args: str) -> set[str]:
+    done = _pytest(*args, "--co", "-q")
+    assert done.returncode == 0, done.stdout + done.stderr
+    return {line.split("::")[0] for line in done.stdout.splitlines() if "::" in line}
+
+
+def test_the_default_benchmark_run_leaves_the_long_suites_out():
+    """`pytest --benchmark` stays minutes long: the suites marked `long` (whole experiment
+    launches) run only when asked for."""
+    default = _collected_suites("--benchmark")
+    assert "bench/bench_protocol.py" not in default
+    assert {"bench/bench_train_step.py", "bench/bench_info_nce.py"} <= default
+    long = {"bench/bench_protocol.py"}
+    assert _collected_suites("--benchmark", "--benchmark-long") == default | long
+    assert _collected_suites("--benchmark", "-m", "long") == long
+    assert _collected_suites("--benchmark", "bench/bench_protocol.py") == long
+
+
+def test_every_suite_that_launches_an_experiment_is_marked_long():
+    """A suite that starts whole `cpc-fast experiment` launches takes minutes per case."""
+    for path in sorted(BENCH.glob("bench_*.py")):
+        text = path.read_text()
+        if '"experiment"' in text and "subprocess" in text:
+            assert "pytestmark = pytest.mark.long" in text, path.name
+
+
 @pytest.mark.parametrize(("args", "root"), [([], "tests"), (["--benchmark"], "bench")])
 def test_plain_pytest_runs_tests_and_the_benchmark_option_runs_bench(tmp_path, args, root):
     # A plugin that prints what the session would collect, then stops before collecting.

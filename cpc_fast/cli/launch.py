@@ -8,32 +8,28 @@ for every command).
   visible here: without CUDA, ``--gpus 2`` and more are refused at once.
 * ``--gpus 0``, or ``--gpus 1`` without CUDA, runs one process on the CPU.
 * ``--cpu-processes N`` runs N CPU processes (gloo) on purpose, whatever GPUs there are: for
-  tests, and for CPU machines. N may not exceed the CPU cores this process may use.
+  tests, and for CPU machines. N may not exceed the CPU cores this process may use
+  (:func:`~cpc_fast.io.cpus.available_cpus`: its affinity and cgroup quota).
+
+``cpu_processes`` None or 0 means none was asked for.
 """
 
 from __future__ import annotations
-
-import os
 
 import torch
 
 from cpc_fast.cli.app import invoked_argv
 from cpc_fast.errors import UserInputError
+from cpc_fast.io.cpus import available_cpus
 from cpc_fast.training import distributed
 
 
-def _cpu_cores() -> int:
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
-
-
-def device_gpus(gpus: int, cpu_processes: int = 0) -> int:
+def device_gpus(gpus: int, cpu_processes: int | None = None) -> int:
     """What :func:`cpc_fast.training.distributed.init` gets: 0 (the CPU) for CPU processes."""
     return 0 if cpu_processes else gpus
 
 
-def needs_launch(gpus: int, cpu_processes: int = 0) -> bool:
+def needs_launch(gpus: int, cpu_processes: int | None = None) -> bool:
     """True when this call must spawn workers instead of training in-process.
 
     Refuses, before any work, a ``--gpus`` that is negative or larger than the GPUs visible
@@ -43,6 +39,7 @@ def needs_launch(gpus: int, cpu_processes: int = 0) -> bool:
     """
     if gpus < 0:
         raise UserInputError(f"--gpus must be 0 or more, got {gpus}")
+    cpu_processes = cpu_processes or 0
     if cpu_processes < 0:
         raise UserInputError(f"--cpu-processes must be 0 or more, got {cpu_processes}")
     if cpu_processes and gpus > 1:
@@ -50,7 +47,7 @@ def needs_launch(gpus: int, cpu_processes: int = 0) -> bool:
     if distributed.under_launcher():
         return False
     if cpu_processes:
-        cores = _cpu_cores()
+        cores = available_cpus()
         if cpu_processes > cores:
             raise UserInputError(
                 f"--cpu-processes {cpu_processes} asks for more processes than the {cores} "
@@ -70,7 +67,7 @@ def needs_launch(gpus: int, cpu_processes: int = 0) -> bool:
     return gpus > 1
 
 
-def relaunched(gpus: int, cpu_processes: int = 0) -> bool:
+def relaunched(gpus: int, cpu_processes: int | None = None) -> bool:
     """Outside a launcher, with N > 1 processes asked for, re-runs this command as N
     processes (blocking) and returns True; otherwise returns False and this process does
     the work."""

@@ -13,9 +13,11 @@ that configure the run come from the fields of
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
+import torch
 import typer
 
 from cpc_fast.cli.app import app
@@ -71,35 +73,29 @@ def _open_data(config: PretrainConfig, env: distributed.DistEnv):
     return distributed.on_main_then_broadcast(env, index)
 
 
+def _use_cores(config: PretrainConfig, env: distributed.DistEnv, progress: bool) -> None:
+    """Each CPU process takes its share of the cores (``--threads``), and rank 0 says so
+    first: torch's own default counts the machine's cores, not those this process may use."""
+    if env.device.type == "cpu":
+        # torchrun (and --cpu-processes, through it) says how many share this host
+        plan = config.cpu_plan(int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+        if plan.threads:
+            torch.set_num_threads(plan.threads)
+        line = plan.describe("process")
+    else:
+        line = f"{env.world_size} process(es), one GPU each"
+    if progress and env.is_main:
+        typer.echo(f"pretrain: {line}", err=True)
+
+
 @app.command()
 @config_options(
     PretrainConfig,
     presets.PRESETS,
-    flags={
-        "out_dir": "--out",
-        "restart": "--restart",
-        "preset": "--preset",
-        "gpus": "--gpus",
-        "cpu_processes": "--cpu-processes",
-    },
+    flags={"out_dir": "--out", "restart": "--restart", "preset": "--preset"},
 )
 def pretrain(
     out: Annotated[Path, typer.Option("--out", help="Run folder (created; resumed if it exists).")],
-    gpus: Annotated[
-        int,
-        typer.Option(
-            "--gpus",
-            help="Local processes, one GPU each (at most the GPUs visible); 0 = CPU, as is 1 "
-            "without CUDA. Under torchrun this is ignored for launching.",
-        ),
-    ] = 1,
-    cpu_processes: Annotated[
-        int,
-        typer.Option(
-            "--cpu-processes",
-            help="Run N CPU processes (gloo) instead, on purpose: tests, CPU machines.",
-        ),
-    ] = 0,
     preset_name: Annotated[
         str, typer.Option("--preset", help=f"Base configuration: {', '.join(presets.PRESETS)}.")
     ] = "paper",
@@ -114,14 +110,15 @@ def pretrain(
     """Pre-train a CPC model (Li et al. 2021): 10-s windows, Adam 2e-4, 8 per GPU."""
     config = overrides.apply(presets.preset(preset_name))
     progress = shows_progress(progress, quiet)
-    if relaunched(gpus, cpu_processes):
+    if relaunched(config.gpus, config.cpu_processes):
         return
-    env = distributed.init(device_gpus(gpus, cpu_processes))
+    env = distributed.init(device_gpus(config.gpus, config.cpu_processes))
     try:
         # A folder it may not write is refused before the corpus is indexed.
         distributed.on_main_then_broadcast(env, lambda: check_writable_folder(out, "`out_dir`"))
         train, valid, data = _open_data(config, env)
         config = config.replace(data=data)
+        _use_cores(config, env, progress)  # its line first, once the arguments are good
         run_pretrain(config, train, valid, out, env=env, progress=progress, restart=restart)
     finally:
         distributed.shutdown()

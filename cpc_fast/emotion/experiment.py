@@ -77,6 +77,7 @@ from cpc_fast.features.extract import cpc_context_features, lfbe_features
 from cpc_fast.features.lfbe import LFBEConfig
 from cpc_fast.io.atomic import atomic_write_bytes
 from cpc_fast.io.claims import Claim, ClaimBoard
+from cpc_fast.io.cpus import available_cpus
 from cpc_fast.io.lock import FolderLock
 from cpc_fast.models.loading import load_cpc
 from cpc_fast.training.distributed import (
@@ -137,7 +138,7 @@ def _selected_folds(corpus: EmotionCorpus, config: ExperimentConfig) -> list[Fol
 
 # Worker processes that decode a labelled corpus into its prepared cache (fewer on fewer
 # cores): decoding is a few ms a file, so more would wait on the disk.
-_PREPARE_WORKERS = min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
+_PREPARE_WORKERS = min(8, available_cpus())
 
 
 class Runner:
@@ -293,6 +294,15 @@ class Runner:
             lambda: briefly_locked(self.out, lambda: check_experiment_folder(self.out, manifest)),
         )
 
+    def tasks(self) -> list[Task]:
+        """Every task of this experiment, in start order (:func:`~.schedule.plan`)."""
+        return plan(self.config.setups, self.folds, self.config.runs)
+
+    def units_done(self) -> tuple[int, int]:
+        """(units whose folder holds ``done``, all units), read from the folder."""
+        units = [t for t in self.tasks() if t.kind == "unit"]
+        return sum(self._done(t) for t in units), len(units)
+
     def _done(self, task: Task) -> bool:
         if task.kind == "unit":
             return (task.unit_dir(self.out) / "done").is_file()
@@ -357,8 +367,7 @@ class Runner:
         """Runs tasks until none is left to start; returns the results when every task is
         done (None when what is left failed)."""
         self.check_folder()
-        cfg = self.config
-        tasks = plan(cfg.setups, self.folds, cfg.runs)
+        tasks = self.tasks()
         by_name = {t.name: t for t in tasks}
         board = ClaimBoard(self.out / CLAIMS, launch)
         units = [t for t in tasks if t.kind == "unit"]

@@ -24,6 +24,7 @@ from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 from torch.distributed.run import get_args_parser, run
 
 from cpc_fast.errors import UserInputError
+from cpc_fast.io.cpus import share_of_cores
 
 T = TypeVar("T")
 
@@ -76,6 +77,9 @@ def launch(num_processes: int, argv: list[str]) -> None:
             *argv,
         ]
     )
+    # Each process's share of the cores, not torchrun's default of one thread (which leaves
+    # all but N cores idle); a value the user set is kept.
+    os.environ.setdefault("OMP_NUM_THREADS", str(share_of_cores(num_processes)))
     try:
         run(args)
     except ChildFailedError as exc:  # its message is a long per-rank report: summarise it

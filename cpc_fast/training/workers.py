@@ -64,9 +64,16 @@ def gpu_of_worker(slot: int, workers_per_gpu: int, visible: int) -> int:
     return slot // workers_per_gpu % visible
 
 
-def run_workers(target: Callable[..., Any], args: Sequence[tuple]) -> list[int]:
+def run_workers(
+    target: Callable[..., Any],
+    args: Sequence[tuple],
+    *,
+    on_wait: Callable[[], None] | None = None,
+    every: float = 1.0,
+) -> list[int]:
     """Runs ``target(*args[i])`` in ``len(args)`` processes at once; returns their exit
-    statuses in order (a negative status: killed by that signal)."""
+    statuses in order (a negative status: killed by that signal). ``on_wait`` is called
+    every ``every`` seconds while they run (a progress display), and once at the end."""
     context = multiprocessing.get_context("spawn")
     processes = [
         context.Process(
@@ -83,10 +90,13 @@ def run_workers(target: Callable[..., Any], args: Sequence[tuple]) -> list[int]:
         while running:
             # Reaped as each one ends, in any order: an exited worker left unreaped is a
             # zombie, whose pid still answers signals.
-            ended = multiprocessing.connection.wait([p.sentinel for p in running])
+            timeout = every if on_wait is not None else None
+            ended = multiprocessing.connection.wait([p.sentinel for p in running], timeout)
             for process in [p for p in running if p.sentinel in ended]:
                 process.join()
                 running.remove(process)
+            if on_wait is not None:
+                on_wait()
     except BaseException:  # Ctrl-C or SIGTERM in the parent: no orphan keeps training
         for process in processes:
             if process.is_alive():
