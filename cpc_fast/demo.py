@@ -82,7 +82,7 @@ class DemoSettings:
 
 
 def demo_settings(out: str | Path, quick: bool = False) -> DemoSettings:
-    """The full demo (5-13 min on 2 CPU cores, by CPU) or ``quick`` (1.5-4 min: shorter training).
+    """The full demo (5-13 min on 2 CPU cores, by CPU) or ``quick`` (2-4 min: shorter training).
 
     Both run all four setups, 2 runs each, over the 5 leave-one-session-out folds of the
     tiny synthetic emotion corpus, with the experiment's CPU default: one worker process per
