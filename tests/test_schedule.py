@@ -262,7 +262,7 @@ def test_a_bare_launch_fills_the_cpu_and_matches_one_process(
     workers = min(available_cpus(), len(UNITS))
     first = err.lstrip().splitlines()[0]
     assert first.startswith(f"experiment: {workers} CPU worker"), err[:500]
-    assert "1 thread" in first and "--cpu-processes N" in first
+    assert "1 thread" in first and "the default without a GPU" in first
     pids = {line.split()[4] for line in (out / ".claims/events.log").read_text().splitlines()}
     assert len(pids) == workers
     _assert_same_units(one_process, out)

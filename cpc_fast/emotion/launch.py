@@ -145,7 +145,7 @@ def _announce(config: ExperimentConfig, workers: int, progress: bool) -> None:
     else:
         line = config.cpu_plan(workers).describe("worker") + ", one unit at a time each"
         if config.cpu_processes is None:
-            line += " (--cpu-processes N to choose)"
+            line += " (the default without a GPU)"
     print(f"experiment: {line}", file=sys.stderr, flush=True)
 
 
