@@ -361,7 +361,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.readme:
         update_between(PAGE, tables_block(paths))
         update_between(README, headline_block(paths), HEADLINE_START, HEADLINE_END)
-        print(f"updated {PAGE.relative_to(BENCH.parent)} and {README.name} from {len(paths)} file(s)")
+        page = PAGE.relative_to(BENCH.parent)
+        print(f"updated {page} and {README.name} from {len(paths)} file(s)")
         return
     for path in paths:
         data = load(path)
