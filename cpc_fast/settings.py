@@ -56,7 +56,8 @@ def setting(
     """A config field.
 
     Args:
-        default, default_factory: as for ``dataclasses.field``.
+        default: as for ``dataclasses.field``.
+        default_factory: as for ``dataclasses.field``.
         help: one line for documentation and ``--help``.
         check: the field's own check (:func:`at_least`, :func:`one_of`, ...).
         flag: whether the command line offers the field: True for the flag its name gives
