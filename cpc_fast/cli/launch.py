@@ -9,6 +9,8 @@ for every command).
 * ``--gpus 0``, or ``--gpus 1`` without CUDA, runs one process on the CPU.
 * ``--cpu-processes N`` runs N CPU processes (gloo) on purpose, whatever GPUs there are: for
   tests, and for CPU machines. N may not exceed the CPU cores this process may use.
+* ``--launcher slurm`` (:mod:`cpc_fast.cli.slurm`): the counts are per node of the job,
+  checked there, not against this machine.
 """
 
 from __future__ import annotations
@@ -33,6 +35,16 @@ def device_gpus(gpus: int, cpu_processes: int = 0) -> int:
     return 0 if cpu_processes else gpus
 
 
+def check_counts(gpus: int, cpu_processes: int = 0) -> None:
+    """Refuses a negative count, or both kinds of process at once (wherever they run)."""
+    if gpus < 0:
+        raise UserInputError(f"--gpus must be 0 or more, got {gpus}")
+    if cpu_processes < 0:
+        raise UserInputError(f"--cpu-processes must be 0 or more, got {cpu_processes}")
+    if cpu_processes and gpus > 1:
+        raise UserInputError("give --gpus N or --cpu-processes N, not both")
+
+
 def needs_launch(gpus: int, cpu_processes: int = 0) -> bool:
     """True when this call must spawn workers instead of training in-process.
 
@@ -41,12 +53,7 @@ def needs_launch(gpus: int, cpu_processes: int = 0) -> bool:
     crowd of gloo workers), and more ``--cpu-processes`` than CPU cores. Under a launcher the
     launcher decides.
     """
-    if gpus < 0:
-        raise UserInputError(f"--gpus must be 0 or more, got {gpus}")
-    if cpu_processes < 0:
-        raise UserInputError(f"--cpu-processes must be 0 or more, got {cpu_processes}")
-    if cpu_processes and gpus > 1:
-        raise UserInputError("give --gpus N or --cpu-processes N, not both")
+    check_counts(gpus, cpu_processes)
     if distributed.under_launcher():
         return False
     if cpu_processes:
@@ -83,4 +90,4 @@ def relaunched(gpus: int, cpu_processes: int = 0) -> bool:
     return True
 
 
-__all__ = ["device_gpus", "needs_launch", "relaunched"]
+__all__ = ["check_counts", "device_gpus", "needs_launch", "relaunched"]

@@ -5,8 +5,11 @@ synthetic corpus, on one process, N local GPUs (``--gpus N``) or under torchrun.
     cpc-fast pretrain --data /data/LibriSpeech --out runs/ls100 --gpus 8
     torchrun --nnodes 2 --nproc-per-node 8 --rdzv-backend c10d --rdzv-endpoint $HEAD:29500 \\
         -m cpc_fast pretrain --data /data/LibriSpeech --out runs/ls100
+    cpc-fast pretrain --data /data/LibriSpeech --out runs/ls100 --gpus 8 \\
+        --launcher slurm --nodes 2 --time 24:00:00     # a SLURM job (cpc_fast.cli.slurm)
 
-Running the same command again resumes from the run folder's last checkpoint. The options
+Running the same command again resumes from the run folder's last checkpoint; a preemption
+signal saves the step in flight first (exit status 75). The options
 that configure the run come from the fields of
 :class:`~cpc_fast.config.pretrain.PretrainConfig` (:mod:`cpc_fast.cli.options`).
 """
@@ -19,8 +22,9 @@ from typing import Annotated
 import typer
 
 from cpc_fast.cli.app import app
-from cpc_fast.cli.launch import device_gpus, relaunched
+from cpc_fast.cli.launch import check_counts, device_gpus, relaunched
 from cpc_fast.cli.options import Overrides, Quiet, ShowProgress, config_options, shows_progress
+from cpc_fast.cli.slurm import SlurmOptions, check_options, slurm_options, submit
 from cpc_fast.config import pretrain as presets
 from cpc_fast.config.pretrain import PretrainConfig
 from cpc_fast.io.atomic import check_writable_folder
@@ -83,6 +87,7 @@ def _open_data(config: PretrainConfig, env: distributed.DistEnv):
         "cpu_processes": "--cpu-processes",
     },
 )
+@slurm_options
 def pretrain(
     out: Annotated[Path, typer.Option("--out", help="Run folder (created; resumed if it exists).")],
     gpus: Annotated[
@@ -110,10 +115,24 @@ def pretrain(
     ] = False,
     progress: ShowProgress = True,
     quiet: Quiet = False,
+    slurm: SlurmOptions | None = None,
 ) -> None:
     """Pre-train a CPC model (Li et al. 2021): 10-s windows, Adam 2e-4, 8 per GPU."""
     config = overrides.apply(presets.preset(preset_name))
     progress = shows_progress(progress, quiet)
+    check_options(slurm, restart=restart)
+    if slurm.submits:  # --gpus and --cpu-processes are per node, on the cluster's nodes
+        check_counts(gpus, cpu_processes)
+        check_writable_folder(out, "`out_dir`")
+        per_node = cpu_processes or max(gpus, 1)
+        submit(
+            "pretrain",
+            slurm,
+            out=out,
+            processes_per_node=per_node,
+            gpus_per_node=0 if cpu_processes else gpus,
+        )
+        return
     if relaunched(gpus, cpu_processes):
         return
     env = distributed.init(device_gpus(gpus, cpu_processes))

@@ -41,8 +41,10 @@ on the same ``out`` (other terminals, nodes, a SLURM array, torchrun) share the 
 dead worker's claim is taken over, its unit resumed from its last epoch. Whoever finishes
 the last task writes the tables. ``ddp`` trains each unit with DDP over the launched
 processes instead (the group is then one worker; rank 0 alone writes files).
-``<out>/.claims/events.log`` says who ran what: one line per start, takeover, failure and
-end.
+``<out>/.claims/events.log`` says who ran what: one line per start, takeover, failure,
+preemption and end. A preempted worker (:mod:`cpc_fast.training.preemption`) stops before its
+next batch, keeps the unit's last epoch's checkpoint and releases its claim at once, so any
+worker may resume the unit; between tasks it starts none.
 """
 
 from __future__ import annotations
@@ -85,6 +87,7 @@ from cpc_fast.training.distributed import (
     broadcast_object,
     on_main_then_broadcast,
 )
+from cpc_fast.training.preemption import Preempted, requested, stop_agreed
 from cpc_fast.training.pretrain import pretrain
 
 POLL_SECONDS = 1.0  # how often an idle worker looks for a task it may start
@@ -373,6 +376,8 @@ class Runner:
         prepared: dict = {}
         try:
             while True:
+                if stop_agreed(self.env):  # preempted during the last task: start no other
+                    raise Preempted(requested())
                 name = on_main_then_broadcast(self.env, lambda: self._next(board, tasks))
                 if name is None:
                     break
@@ -385,6 +390,8 @@ class Runner:
                         self._claim.__exit__(type(exc), exc, exc.__traceback__)
                         if isinstance(exc, Exception):
                             self._event("failed", name)
+                        elif isinstance(exc, Preempted):
+                            self._event("preempted", name)
                     raise
                 if self.env.is_main:
                     if task.kind == "prep":
