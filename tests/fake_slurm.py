@@ -2,7 +2,8 @@
 ``squeue``, ``scontrol requeue`` and ``scancel --signal`` as executables on the PATH
 (:func:`install`), which record what they were given and run the jobs here.
 
-* ``sbatch SCRIPT`` records the script and its ``#SBATCH`` options in
+* ``sbatch SCRIPT`` refuses the partition ``nope``; otherwise it records the script and its
+  ``#SBATCH`` options in
   ``<state>/submissions.jsonl``, prints ``Submitted batch job N`` and returns; a detached
   runner (:func:`_run_job`) runs the script, once per array task (``--array``), in the
   background, with the variables SLURM sets (``SLURM_JOB_ID``, ``SLURM_JOB_NUM_NODES``,
@@ -89,6 +90,8 @@ def _options(script: str) -> dict[str, str | bool]:
 def _sbatch(state: Path, args: list[str]) -> None:
     script_path = Path(args[-1])
     script = script_path.read_text()
+    if _options(script).get("partition") == "nope":
+        sys.exit("sbatch: error: invalid partition specified: nope")
     with _locked(state):
         counter = state / "next_id"
         job_id = int(counter.read_text()) if counter.exists() else 1000

@@ -4,15 +4,15 @@ A signal raised at random points of a small run (data loading, forward, backward
 optimizer step, a checkpoint write, a validation), in one process and in two (gloo), stops
 it with that step saved; the run resumed from there ends with the weights of an
 uninterrupted run, bit for bit, and the optimizer steps counted in the two pieces add up to
-the run's. The points run in this process (and in one pair of processes), each a fresh run.
+the run's. The points run in this process (and in one pair of processes, conftest's
+``two_process_runs``), each a fresh run. Then the command: ``--cpu-processes 2`` signalled
+from outside ends with status 75 and resumes to the uninterrupted run's weights.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,49 +20,24 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.multiprocessing as mp
+from cli_runner import one_error_line, run_main
 from preemption_harness import (
+    E2E_STEPS,
     FLAGS,
     STEPS,
-    Injector,
-    Point,
     differing_weights,
     random_points,
-    small_config,
+    run_piece,
 )
 
-from cpc_fast.data.corpora.synthetic_speech import SyntheticSpeechCorpus
 from cpc_fast.errors import UserInputError
 from cpc_fast.io.checkpoint import load_state
-from cpc_fast.training import distributed, preemption
+from cpc_fast.training import preemption
 from cpc_fast.training.preemption import Preempted
-from cpc_fast.training.pretrain import pretrain
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 ONE = random_points(seed=30, count=12, last=STEPS - 1)
-# Under two processes the ranks stop one step after the signal (StopVote).
-TWO = random_points(seed=31, count=12, last=STEPS - 2, ranks=2)
-
-
-def _corpus():
-    train = SyntheticSpeechCorpus(3, 4, seconds=(0.2, 0.6), seed=1)
-    return train, train.held_out(1)
-
-
-def _piece(out: Path, point: Point | None, start: int, env=None):
-    """One run until it ends or is preempted: (its Injector, the Preempted or None)."""
-    train, valid = _corpus()
-    restore = preemption.install()
-    try:
-        with Injector(point, start) as injector:
-            try:
-                pretrain(small_config(), train, valid, out, env=env, progress=False)
-            except Preempted as exc:
-                return injector, exc
-            return injector, None
-    finally:
-        restore()
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +46,7 @@ def reference(tmp_path_factory) -> Path:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the tests' runs (one_torch_thread is set up after this)
     try:
-        injector, stop = _piece(out, None, 0)
+        injector, stop = run_piece(out, None, 0)
     finally:
         torch.set_num_threads(threads)
     assert stop is None and injector.trained == STEPS
@@ -82,64 +57,24 @@ def reference(tmp_path_factory) -> Path:
 def test_one_process_saves_the_step_in_flight_and_resumes_to_the_same_weights(
     point, tmp_path, reference
 ):
-    first, stop = _piece(tmp_path, point, 0)
+    first, stop = run_piece(tmp_path, point, 0)
     assert first.fired and stop is not None and stop.signum == point.signum
     saved = load_state(tmp_path / "state.pt")["step"]
     assert saved == point.step == first.trained  # the step in flight finished, and saved
     assert f"step {saved} is saved in {tmp_path}" in stop.describe()
-    second, again = _piece(tmp_path, None, saved)
+    second, again = run_piece(tmp_path, None, saved)
     assert again is None
     assert first.trained + second.trained == STEPS  # nothing trained twice, nothing lost
     assert differing_weights(tmp_path, reference) == []
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _two_process_worker(rank: int, port: int, folder: str, points: list[Point]) -> None:
-    os.environ.update(
-        RANK=str(rank),
-        LOCAL_RANK=str(rank),
-        WORLD_SIZE="2",
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-    )
-    torch.set_num_threads(1)
-    env = distributed.init(0)
-    root = Path(folder)
-    injector, stop = _piece(root / "reference", None, 0, env)
-    records = [{"trained": [injector.trained], "stopped": stop is not None}]
-    for i, point in enumerate(points):
-        out = root / f"point{i}"
-        mine = point if point.rank == rank else None
-        first, stop = _piece(out, mine, 0, env)
-        saved = int(load_state(out / "state.pt")["step"])
-        second, again = _piece(out, None, saved, env)
-        records.append(
-            {
-                "fired": first.fired,
-                "signum": None if stop is None else stop.signum,
-                "stopped": stop is not None,
-                "saved": saved,
-                "trained": [first.trained, second.trained],
-                "again": again is not None,
-            }
-        )
-    (root / f"rank{rank}.json").write_text(json.dumps(records))
-    distributed.shutdown()
-
-
-def test_two_processes_agree_save_the_step_and_resume_to_the_same_weights(tmp_path):
+def test_two_processes_agree_save_the_step_and_resume_to_the_same_weights(two_process_runs):
     """Two gloo processes, the signal raised in one of them at each point: both stop after
     the same step (the next one: the vote is read a step later), which is saved."""
-    mp.spawn(_two_process_worker, args=(_free_port(), str(tmp_path), TWO), nprocs=2, join=True)
-    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    folder, ranks, points = two_process_runs
     for rank in ranks:
         assert rank[0] == {"trained": [STEPS], "stopped": False}
-    for i, point in enumerate(TWO, start=1):
+    for i, point in enumerate(points, start=1):
         signalled, other = ranks[point.rank][i], ranks[1 - point.rank][i]
         assert signalled["fired"] and signalled["signum"] == point.signum, point
         assert other["stopped"] and other["signum"] is None, point  # told by the vote
@@ -147,5 +82,87 @@ def test_two_processes_agree_save_the_step_and_resume_to_the_same_weights(tmp_pa
             assert record["saved"] == point.step + 1, point
             assert record["trained"] == [point.step + 1, STEPS - point.step - 1], point
             assert not record["again"]
-        folder = tmp_path / f"point{i - 1}"
-        assert differing_weights(folder, tmp_path / "reference") == [], point
+        run = folder / f"point{i - 1}"
+        assert differing_weights(run, folder / "reference") == [], point
+
+
+# --------------------------------------------------------------------------- the signals
+
+
+def test_the_signals_come_from_the_environment(monkeypatch):
+    assert preemption.preemption_signals() == (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
+    monkeypatch.setenv(preemption.SIGNALS_VARIABLE, " term, SIGUSR1 ,usr1")
+    assert preemption.preemption_signals() == (signal.SIGTERM, signal.SIGUSR1)
+    for bad in ("INT", "SIGKILL", "NOPE"):
+        monkeypatch.setenv(preemption.SIGNALS_VARIABLE, f"TERM,{bad}")
+        with pytest.raises(UserInputError, match=f"{preemption.SIGNALS_VARIABLE}=.*{bad}"):
+            preemption.preemption_signals()
+
+
+def test_a_bad_signal_list_is_one_line(monkeypatch, capsys):
+    monkeypatch.setenv(preemption.SIGNALS_VARIABLE, "USR3")
+    line = one_error_line(*run_main(["info"], capsys)[::2])
+    assert "CPC_FAST_PREEMPT_SIGNALS='USR3': USR3 is not a signal that can preempt" in line
+
+
+def test_outside_a_loop_a_signal_stops_at_once_and_a_repeat_changes_nothing():
+    restore = preemption.install()
+    try:
+        with pytest.raises(Preempted) as caught:
+            signal.raise_signal(signal.SIGUSR1)
+        assert caught.value.signum == signal.SIGUSR1
+        signal.raise_signal(signal.SIGUSR2)  # the stop is under way: nothing more happens
+        assert preemption.requested() == signal.SIGUSR1
+        assert "preempted (SIGUSR1); run the same command again" in caught.value.describe()
+    finally:
+        restore()
+    assert preemption.requested() is None
+
+
+def test_inside_deferred_a_signal_only_asks():
+    restore = preemption.install()
+    try:
+        with preemption.deferred():
+            signal.raise_signal(signal.SIGTERM)
+            assert preemption.requested() == signal.SIGTERM
+    finally:
+        restore()
+
+
+# --------------------------------------------------------------------------- the command
+
+
+def _command(out: Path) -> list[str]:
+    return [sys.executable, "-m", "cpc_fast", "pretrain", *FLAGS, "--max-steps", str(E2E_STEPS),
+            "--cpu-processes", "2", "--out", str(out)]  # fmt: skip
+
+
+def test_the_command_signalled_from_outside_exits_75_and_resumes(tmp_path, two_process_runs):
+    """``--cpu-processes 2``, the signal sent to the launching process (``kill PID``): torch's
+    launcher passes it on, both workers save the same step and exit with 75, and so does the
+    command; run again, it ends with the weights of the uninterrupted run."""
+    out = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        _command(out), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "state.pt").exists():  # step 4: training, well before the end
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGTERM)
+        err = proc.communicate(timeout=120)[1]
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == preemption.PREEMPTED_EXIT_STATUS, err[-3000:]
+    saved = int(load_state(out / "state.pt")["step"])
+    assert 4 <= saved < E2E_STEPS
+    assert f"preempted (SIGTERM): step {saved} is saved in {out}; run the same command" in err
+    assert "Traceback" not in err
+    again = subprocess.run(_command(out), env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"resuming at step {saved}:" in again.stdout  # trained the rest, and only that
+    assert load_state(out / "state.pt")["step"] == E2E_STEPS
+    assert differing_weights(out, two_process_runs[0] / "e2e") == []

@@ -283,9 +283,13 @@ def submit(
             "would die on it instead of saving"
         )
     folder = (slurm.slurm_dir or out / "slurm").absolute()
-    executor = submitit.AutoExecutor(
-        folder, cluster=CLUSTER, slurm_max_num_timeout=slurm.max_timeouts
-    )
+    timeouts = {f"{name}_max_num_timeout": slurm.max_timeouts for name in ("slurm", "local")}
+    try:
+        executor = submitit.AutoExecutor(folder, cluster=CLUSTER, **timeouts)
+    except RuntimeError as exc:  # submitit's "Could not detect srun"
+        raise UserInputError(
+            f"--launcher slurm: {exc} (submit from a machine where sbatch and srun run)"
+        ) from None
     array = command == "experiment"
     parameters: dict[str, Any] = {
         "name": f"cpc-fast-{command}",
@@ -310,12 +314,17 @@ def submit(
     argv = job_argv(invoked_argv())
     wait_s = max(slurm.signal_delay - 15, 10)  # the warning's time, less the requeue's
     common = dict(argv=argv, cwd=os.getcwd(), wait_s=wait_s)
-    if array:
-        with executor.batch():
-            jobs = [executor.submit(slurm_jobs.ExperimentJob(**common)) for _ in range(slurm.nodes)]
-    else:
-        job_class = slurm_jobs.PretrainJob
-        jobs = [executor.submit(job_class(**common, processes_per_node=processes_per_node))]
+    try:
+        if array:
+            with executor.batch():
+                worker = slurm_jobs.ExperimentJob(**common)
+                jobs = [executor.submit(worker) for _ in range(slurm.nodes)]
+        else:
+            job = slurm_jobs.PretrainJob(**common, processes_per_node=processes_per_node)
+            jobs = [executor.submit(job)]
+    except submitit.core.utils.FailedJobError as exc:  # sbatch's own message, one line
+        why = next((line for line in str(exc).splitlines() if line.strip()), "no reason given")
+        raise UserInputError(f"sbatch refused the job: {why}") from None
     _announce(command, jobs, slurm, processes_per_node, gpus_per_node)
 
 

@@ -87,7 +87,7 @@ from cpc_fast.training.distributed import (
     broadcast_object,
     on_main_then_broadcast,
 )
-from cpc_fast.training.preemption import Preempted, requested, stop_agreed
+from cpc_fast.training.preemption import Preempted, deferred, requested, stop_agreed
 from cpc_fast.training.pretrain import pretrain
 
 POLL_SECONDS = 1.0  # how often an idle worker looks for a task it may start
@@ -246,6 +246,8 @@ class Runner:
             env=self.env,
             progress=self.progress,
         )
+        if stop_agreed(self.env):  # signalled in its last step: its contexts can wait
+            raise Preempted(requested(), f"the miniCPC of {fold.name} is done in {run_dir}")
         model = load_cpc(path)
         return model, module_digest(model), Path(path).resolve()
 
@@ -325,18 +327,17 @@ class Runner:
             for task in pending:
                 if names.intersection(task.needs):
                     continue  # its features or miniCPC are not ready
-                claim = board.try_claim(task.name)
-                if claim is None:
-                    continue
-                if self._done(task):  # finished between our look and the claim
-                    claim.release()
-                    continue
-                self._claim = claim
-                if claim.took_over is not None:
-                    dead = claim.took_over
-                    self._event(f"takeover-from:{dead.host}:{dead.pid}", task.name)
-                self._event("start", task.name)
-                return task.name
+                # A signal while claiming waits: no claim is left half-written, or held by
+                # a worker that is gone; one that came meanwhile hands the task back.
+                with deferred():
+                    claimed = self._take(board, task)
+                if requested() is not None:
+                    if claimed:
+                        self._claim.release()
+                        self._event("preempted", task.name)
+                    raise Preempted(requested())
+                if claimed:
+                    return task.name
             failed = set()
             for task in pending:
                 owner = board.owner(task.name)
@@ -345,6 +346,21 @@ class Runner:
             if all(t.name in failed or failed.intersection(t.needs) for t in pending):
                 return None
             time.sleep(POLL_SECONDS)
+
+    def _take(self, board: ClaimBoard, task: Task) -> bool:
+        """Claims ``task`` unless another worker holds it or it is done."""
+        claim = board.try_claim(task.name)
+        if claim is None:
+            return False
+        if self._done(task):  # finished between our look and the claim
+            claim.release()
+            return False
+        self._claim = claim
+        if claim.took_over is not None:
+            dead = claim.took_over
+            self._event(f"takeover-from:{dead.host}:{dead.pid}", task.name)
+        self._event("start", task.name)
+        return True
 
     def _run_task(self, task: Task, prepared: dict) -> None:
         if task.kind == "prep":

@@ -81,8 +81,9 @@ def train_loop(run: Run, state: Progress, total: int, last_saved: int) -> None:
     bar = run.console.progress_bar(total, state.step)
     loop.meter.restart()
     vote = StopVote(run.env)  # every rank, here: a collective under DDP
-    try:
-        with deferred():  # a preemption signal waits for the end of the step
+    # A preemption signal waits for the end of the step in flight, or of the run.
+    with deferred():
+        try:
             while state.step < total and state.epoch < config.epochs:
                 for batch in loop.epoch_batches():
                     loop.train(batch)
@@ -105,11 +106,11 @@ def train_loop(run: Run, state: Progress, total: int, last_saved: int) -> None:
                         break
                     if vote.poll():
                         raise loop.preempted()
-        vote.close()
-    finally:
-        bar.close()
-        run.console.bar = None
-    loop.finish()
+            vote.close()
+        finally:
+            bar.close()
+            run.console.bar = None
+        loop.finish()
 
 
 class _Phases:
