@@ -35,7 +35,7 @@ from cpc_fast.training.pretrain import pretrain
 
 KINDS = ("data", "forward", "backward", "optimizer", "checkpoint", "validation")
 STEPS = 12
-E2E_STEPS = 40  # the runs in subprocesses: long enough to be signalled from outside
+E2E_STEPS = 64  # the runs in subprocesses: long enough to be signalled from outside
 EVERY = 4  # checkpoints and validations at steps 4 and 8 (and the end)
 SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
 
