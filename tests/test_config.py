@@ -43,6 +43,11 @@ NEW_EXPERIMENT_FLAGS = {"--cpu-processes", "--restart", "--threads", "--ddp", "-
 NEW_PRETRAIN_FLAGS |= {"--encoder-dim", "--context-dim", "--prediction-steps", "--encoder-norm"}
 NEW_PRETRAIN_FLAGS |= {"--num-negatives", "--temperature", "--exclude-positive"}
 NEW_EXPERIMENT_FLAGS |= {"--progress", "--no-progress"}
+# Issue 30: the SLURM options of both commands (cli/slurm.py).
+SLURM_FLAGS = {"--launcher", "--nodes", "--partition", "--account", "--qos", "--time"}
+SLURM_FLAGS |= {"--cpus-per-task", "--sbatch", "--signal-delay", "--max-timeouts", "--slurm-dir"}
+NEW_PRETRAIN_FLAGS |= SLURM_FLAGS
+NEW_EXPERIMENT_FLAGS |= SLURM_FLAGS
 
 
 def _flags(command: str) -> set[str]:

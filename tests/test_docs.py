@@ -44,6 +44,7 @@ OTHER_TOOLS_FLAGS = {
     "--benchmark-max-time", "--benchmark-min-rounds", "--extra", "--gpus-per-node", "--help",
     "--launches", "--nnodes", "--nodes", "--nproc-per-node", "--ntasks-per-node",
     "--rdzv-backend", "--rdzv-endpoint", "--rdzv-id", "--readme", "--wrap",
+    "--requeue", "--signal", "--signals-to-handle",
 }  # fmt: skip
 
 

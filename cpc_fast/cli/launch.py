@@ -10,6 +10,8 @@ for every command).
 * ``--cpu-processes N`` runs N CPU processes (gloo) on purpose, whatever GPUs there are: for
   tests, and for CPU machines. N may not exceed the CPU cores this process may use
   (:func:`~cpc_fast.io.cpus.available_cpus`: its affinity and cgroup quota).
+* ``--launcher slurm`` (:mod:`cpc_fast.cli.slurm`): the counts are per node of the job,
+  checked there, not against this machine.
 
 ``cpu_processes`` None or 0 means none was asked for.
 """
@@ -29,6 +31,17 @@ def device_gpus(gpus: int, cpu_processes: int | None = None) -> int:
     return 0 if cpu_processes else gpus
 
 
+def check_counts(gpus: int, cpu_processes: int | None = None) -> None:
+    """Refuses a negative count, or both kinds of process at once (wherever they run)."""
+    cpu_processes = cpu_processes or 0
+    if gpus < 0:
+        raise UserInputError(f"--gpus must be 0 or more, got {gpus}")
+    if cpu_processes < 0:
+        raise UserInputError(f"--cpu-processes must be 0 or more, got {cpu_processes}")
+    if cpu_processes and gpus > 1:
+        raise UserInputError("give --gpus N or --cpu-processes N, not both")
+
+
 def needs_launch(gpus: int, cpu_processes: int | None = None) -> bool:
     """True when this call must spawn workers instead of training in-process.
 
@@ -37,13 +50,7 @@ def needs_launch(gpus: int, cpu_processes: int | None = None) -> bool:
     crowd of gloo workers), and more ``--cpu-processes`` than CPU cores. Under a launcher the
     launcher decides.
     """
-    if gpus < 0:
-        raise UserInputError(f"--gpus must be 0 or more, got {gpus}")
-    cpu_processes = cpu_processes or 0
-    if cpu_processes < 0:
-        raise UserInputError(f"--cpu-processes must be 0 or more, got {cpu_processes}")
-    if cpu_processes and gpus > 1:
-        raise UserInputError("give --gpus N or --cpu-processes N, not both")
+    check_counts(gpus, cpu_processes)
     if distributed.under_launcher():
         return False
     if cpu_processes:
@@ -80,4 +87,4 @@ def relaunched(gpus: int, cpu_processes: int | None = None) -> bool:
     return True
 
 
-__all__ = ["device_gpus", "needs_launch", "relaunched"]
+__all__ = ["check_counts", "device_gpus", "needs_launch", "relaunched"]

@@ -5,8 +5,11 @@ synthetic corpus, on one process, N local GPUs (``--gpus N``) or under torchrun.
     cpc-fast pretrain --data /data/LibriSpeech --out runs/ls100 --gpus 8
     torchrun --nnodes 2 --nproc-per-node 8 --rdzv-backend c10d --rdzv-endpoint $HEAD:29500 \\
         -m cpc_fast pretrain --data /data/LibriSpeech --out runs/ls100
+    cpc-fast pretrain --data /data/LibriSpeech --out runs/ls100 --gpus 8 \\
+        --launcher slurm --nodes 2 --time 24:00:00     # a SLURM job (cpc_fast.cli.slurm)
 
-Running the same command again resumes from the run folder's last checkpoint. The options
+Running the same command again resumes from the run folder's last checkpoint; a preemption
+signal saves the step in flight first (exit status 75). The options
 that configure the run come from the fields of
 :class:`~cpc_fast.config.pretrain.PretrainConfig` (:mod:`cpc_fast.cli.options`).
 """
@@ -21,8 +24,9 @@ import torch
 import typer
 
 from cpc_fast.cli.app import app
-from cpc_fast.cli.launch import device_gpus, relaunched
+from cpc_fast.cli.launch import check_counts, device_gpus, relaunched
 from cpc_fast.cli.options import Overrides, Quiet, ShowProgress, config_options, shows_progress
+from cpc_fast.cli.slurm import SlurmOptions, check_options, slurm_options, submit
 from cpc_fast.config import pretrain as presets
 from cpc_fast.config.pretrain import PretrainConfig
 from cpc_fast.io.atomic import check_writable_folder
@@ -94,6 +98,7 @@ def _use_cores(config: PretrainConfig, env: distributed.DistEnv, progress: bool)
     presets.PRESETS,
     flags={"out_dir": "--out", "restart": "--restart", "preset": "--preset"},
 )
+@slurm_options
 def pretrain(
     out: Annotated[Path, typer.Option("--out", help="Run folder (created; resumed if it exists).")],
     preset_name: Annotated[
@@ -106,13 +111,28 @@ def pretrain(
     ] = False,
     progress: ShowProgress = True,
     quiet: Quiet = False,
+    slurm: SlurmOptions | None = None,
 ) -> None:
     """Pre-train a CPC model (Li et al. 2021): 10-s windows, Adam 2e-4, 8 per GPU."""
     config = overrides.apply(presets.preset(preset_name))
     progress = shows_progress(progress, quiet)
-    if relaunched(config.gpus, config.cpu_processes):
+    check_options(slurm, restart=restart)
+    gpus, cpu_processes = config.gpus, config.cpu_processes
+    if slurm.submits:  # --gpus and --cpu-processes are per node, on the cluster's nodes
+        check_counts(gpus, cpu_processes)
+        check_writable_folder(out, "`out_dir`")
+        per_node = cpu_processes or max(gpus, 1)
+        submit(
+            "pretrain",
+            slurm,
+            out=out,
+            processes_per_node=per_node,
+            gpus_per_node=0 if cpu_processes else gpus,
+        )
         return
-    env = distributed.init(device_gpus(config.gpus, config.cpu_processes))
+    if relaunched(gpus, cpu_processes):
+        return
+    env = distributed.init(device_gpus(gpus, cpu_processes))
     try:
         # A folder it may not write is refused before the corpus is indexed.
         distributed.on_main_then_broadcast(env, lambda: check_writable_folder(out, "`out_dir`"))

@@ -41,8 +41,10 @@ on the same ``out`` (other terminals, nodes, a SLURM array, torchrun) share the 
 dead worker's claim is taken over, its unit resumed from its last epoch. Whoever finishes
 the last task writes the tables. ``ddp`` trains each unit with DDP over the launched
 processes instead (the group is then one worker; rank 0 alone writes files).
-``<out>/.claims/events.log`` says who ran what: one line per start, takeover, failure and
-end.
+``<out>/.claims/events.log`` says who ran what: one line per start, takeover, failure,
+preemption and end. A preempted worker (:mod:`cpc_fast.training.preemption`) stops before its
+next batch, keeps the unit's last epoch's checkpoint and releases its claim at once, so any
+worker may resume the unit; between tasks it starts none.
 """
 
 from __future__ import annotations
@@ -86,6 +88,7 @@ from cpc_fast.training.distributed import (
     broadcast_object,
     on_main_then_broadcast,
 )
+from cpc_fast.training.preemption import Preempted, deferred, requested, stop_agreed
 from cpc_fast.training.pretrain import pretrain
 
 POLL_SECONDS = 1.0  # how often an idle worker looks for a task it may start
@@ -244,6 +247,8 @@ class Runner:
             env=self.env,
             progress=self.progress,
         )
+        if stop_agreed(self.env):  # signalled in its last step: its contexts can wait
+            raise Preempted(requested(), f"the miniCPC of {fold.name} is done in {run_dir}")
         model = load_cpc(path)
         return model, module_digest(model), Path(path).resolve()
 
@@ -332,18 +337,17 @@ class Runner:
             for task in pending:
                 if names.intersection(task.needs):
                     continue  # its features or miniCPC are not ready
-                claim = board.try_claim(task.name)
-                if claim is None:
-                    continue
-                if self._done(task):  # finished between our look and the claim
-                    claim.release()
-                    continue
-                self._claim = claim
-                if claim.took_over is not None:
-                    dead = claim.took_over
-                    self._event(f"takeover-from:{dead.host}:{dead.pid}", task.name)
-                self._event("start", task.name)
-                return task.name
+                # A signal while claiming waits: no claim is left half-written, or held by
+                # a worker that is gone; one that came meanwhile hands the task back.
+                with deferred():
+                    claimed = self._take(board, task)
+                if requested() is not None:
+                    if claimed:
+                        self._claim.release()
+                        self._event("preempted", task.name)
+                    raise Preempted(requested())
+                if claimed:
+                    return task.name
             failed = set()
             for task in pending:
                 owner = board.owner(task.name)
@@ -352,6 +356,21 @@ class Runner:
             if all(t.name in failed or failed.intersection(t.needs) for t in pending):
                 return None
             time.sleep(POLL_SECONDS)
+
+    def _take(self, board: ClaimBoard, task: Task) -> bool:
+        """Claims ``task`` unless another worker holds it or it is done."""
+        claim = board.try_claim(task.name)
+        if claim is None:
+            return False
+        if self._done(task):  # finished between our look and the claim
+            claim.release()
+            return False
+        self._claim = claim
+        if claim.took_over is not None:
+            dead = claim.took_over
+            self._event(f"takeover-from:{dead.host}:{dead.pid}", task.name)
+        self._event("start", task.name)
+        return True
 
     def _run_task(self, task: Task, prepared: dict) -> None:
         if task.kind == "prep":
@@ -382,6 +401,8 @@ class Runner:
         prepared: dict = {}
         try:
             while True:
+                if stop_agreed(self.env):  # preempted during the last task: start no other
+                    raise Preempted(requested())
                 name = on_main_then_broadcast(self.env, lambda: self._next(board, tasks))
                 if name is None:
                     break
@@ -394,6 +415,8 @@ class Runner:
                         self._claim.__exit__(type(exc), exc, exc.__traceback__)
                         if isinstance(exc, Exception):
                             self._event("failed", name)
+                        elif isinstance(exc, Preempted):
+                            self._event("preempted", name)
                     raise
                 if self.env.is_main:
                     if task.kind == "prep":

@@ -38,6 +38,7 @@ from cpc_fast.training.distributed import (
     on_main_then_broadcast,
     under_launcher,
 )
+from cpc_fast.training.preemption import PREEMPTED_EXIT_STATUS, Preempted
 from cpc_fast.training.workers import gpu_of_worker, run_workers
 
 
@@ -224,9 +225,14 @@ def _work(
 
 
 def _collect(config: ExperimentConfig, codes: list[int]) -> dict[str, Any] | None:
-    """The results once the workers are gone, or :class:`WorkerFailed`."""
+    """The results once the workers are gone, or :class:`WorkerFailed` (:class:`Preempted`
+    when every worker that stopped early was preempted: each released its task)."""
     failed = [(i + 1, c) for i, c in enumerate(codes) if c != 0]
     results = completed_results(config)
+    if failed and results is None and all(c == PREEMPTED_EXIT_STATUS for _, c in failed):
+        raise Preempted(
+            saved=f"finished units and the last epoch of the others are kept in {config.out}"
+        )
     if failed:
         which = ", ".join(f"{i} (exit status {c})" for i, c in failed)
         what = f"worker(s) {which} of {len(codes)}"
