@@ -174,6 +174,38 @@ def predict(
     if batch_size < 1:
         raise UserInputError("`batch_size` must be at least 1")
     threads = threads or available_cpus()
+    before = torch.get_num_threads()  # a command called in-process leaves it as it was
+    try:
+        _predict(
+            inputs,
+            model,
+            cpc,
+            output_format,
+            output,
+            skip_bad,
+            runtime,
+            threads,
+            batch_size,
+            shows_progress(progress, quiet),
+            quiet,
+        )
+    finally:
+        torch.set_num_threads(before)
+
+
+def _predict(
+    inputs: list[Path],
+    model: str,
+    cpc: Path | None,
+    output_format: str,
+    output: Path | None,
+    skip_bad: bool,
+    runtime: str,
+    threads: int,
+    batch_size: int,
+    show: bool,
+    quiet: bool,
+) -> None:
     folder = model_folder(model)
     if runtime == "onnxruntime":
         if cpc is not None:
@@ -203,7 +235,6 @@ def predict(
     conversions = Conversions(sample_rate)
     clips = index_files(files, sample_rate, conversions)
     seconds = total_seconds(clips, sample_rate)
-    show = shows_progress(progress, quiet)
     if not quiet:
         typer.echo(
             f"predict: {len(clips)} file(s), {seconds:,.1f} s of audio, on {threads} CPU "
