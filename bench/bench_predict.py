@@ -6,27 +6,34 @@ Groups "predict 200 clips" (one per setup; each round reads and predicts every c
   per-file                 ``cpc-fast predict`` before batching: each file read, then
                            ``EmotionModel.predict`` on it alone (its loop, kept here)
   batched                  today's ``predict``: headers first, length-sorted batches of 16
-                           (``EmotionModel.predict_batch``), the next batches decoded by a
-                           thread meanwhile
-  onnxruntime              the same batches through the exported graph (``--runtime
-                           onnxruntime``), onnxruntime's graph optimisations on
+                           (``EmotionModel.predict_batch``: on a CPU the CPC's GRU runs on
+                           the batch, the rest row by row), one batch per core at a time on
+                           one thread each, the next batches decoded by a thread meanwhile
+  onnxruntime              ``predict --runtime onnxruntime``: the exported graph, one file a
+                           run, one run per core at a time on one thread each (on this CPU
+                           the graph's padded batches cost more than they save), graph
+                           optimisations on
   onnxruntime, no graph optimisations
                            the same with ``ORT_DISABLE_ALL``
 
 ``pre`` is the paper's CPC (encoder 128, GRU 256) with the paper's recognizer, ``sup`` the
 LFBE with it; random weights (the work does not depend on them). Every provider's
-predictions are checked against per-file's (1e-4 in the labels' units). Threads: torch's
-and onnxruntime's defaults, one per core. Columns: clips/s and audio seconds per second.
+predictions are checked against per-file's (1e-4 in the labels' units). Per-file runs with
+torch's default threads (one per core), as ``predict`` did. Columns: clips/s and audio
+seconds per second.
 
 Group "int8 on trained models" (the held-out test split of fold 1 of the tiny synthetic
 corpus, 24 clips, models of the tiny preset trained on the fold's training split for 10
 epochs): ``onnxruntime`` against ``onnxruntime int8`` (``cpc-fast export --int8``: dynamic
-int8 quantization of the weights), each with its test CCC and the change int8 makes.
+int8 quantization of the weights), run as ``predict --runtime onnxruntime`` runs them, each
+with its test CCC and the change int8 makes.
 
     pytest --benchmark -k predict
 """
 
 from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -103,16 +110,28 @@ def _per_file(model, paths):
     return np.stack(values)
 
 
-def _batched(predict_batch, paths):
+def _batched(predict_batch, paths, *, max_items: int, use_threads=None):
+    """``cpc-fast predict``'s pipeline: one worker per core (``available_cpus``)."""
     from cpc_fast.emotion.batch_predict import index_files, predict_clips
+    from cpc_fast.io.cpus import available_cpus
 
     clips = index_files(paths, 16000)
     order = {id(c): i for i, c in enumerate(clips)}
     out = np.empty((len(paths), 3))
-    for result in predict_clips(
-        predict_batch, clips, sample_rate=16000, min_samples=160, max_items=BATCH
-    ):
-        out[order[id(result.clip)]] = result.values
+    threads = torch.get_num_threads()
+    try:
+        for result in predict_clips(
+            predict_batch,
+            clips,
+            sample_rate=16000,
+            min_samples=160,
+            max_items=max_items,
+            workers=available_cpus(),
+            use_threads=use_threads,
+        ):
+            out[order[id(result.clip)]] = result.values
+    finally:
+        torch.set_num_threads(threads)
     return out
 
 
@@ -127,12 +146,14 @@ def test_predict(benchmark, clips, models, setup, provider):
     if provider == "per-file":
         target = lambda: _per_file(model, clips)  # noqa: E731
     elif provider == "batched":
-        target = lambda: _batched(model.predict_batch, clips)  # noqa: E731
+        target = lambda: _batched(  # noqa: E731
+            model.predict_batch, clips, max_items=BATCH, use_threads=torch.set_num_threads
+        )
     else:
         from cpc_fast.emotion.onnx_export import OnnxEmotionRunner
 
-        runner = OnnxEmotionRunner(graph, optimize=provider == "onnxruntime")
-        target = lambda: _batched(runner.predict_batch, clips)  # noqa: E731
+        runner = OnnxEmotionRunner(graph, optimize=provider == "onnxruntime", threads=1)
+        target = lambda: _batched(runner.predict_batch, clips, max_items=1)  # noqa: E731
     reference = _per_file(model, clips[:12])
 
     def check(values):
@@ -179,6 +200,7 @@ def trained(tmp_path_factory):
 @pytest.mark.parametrize("provider", ["onnxruntime", "onnxruntime int8"])
 def test_int8(benchmark, trained, setup, provider):
     from cpc_fast.emotion.onnx_export import INT8_NAME, ONNX_NAME, OnnxEmotionRunner
+    from cpc_fast.io.cpus import available_cpus
     from cpc_fast.losses.ccc import ccc
 
     folder, waves, labels = trained
@@ -190,14 +212,19 @@ def test_int8(benchmark, trained, setup, provider):
         device="cpu",
     )
     unit = folder / setup / "fold1" / "run1"
-    runners = {name: OnnxEmotionRunner(unit / name) for name in (ONNX_NAME, INT8_NAME)}
+    runners = {name: OnnxEmotionRunner(unit / name, threads=1) for name in (ONNX_NAME, INT8_NAME)}
     graph = INT8_NAME if provider.endswith("int8") else ONNX_NAME
 
+    def predict(name: str) -> np.ndarray:
+        """As ``predict --runtime onnxruntime``: a file a run, one run per core at a time."""
+        with ThreadPoolExecutor(available_cpus()) as pool:
+            return np.concatenate(list(pool.map(lambda w: runners[name].predict_batch([w]), waves)))
+
     def scores(name: str) -> float:
-        pred = runners[name].predict_batch(waves)
+        pred = predict(name)
         return float(ccc(torch.from_numpy(pred), torch.from_numpy(labels)).mean())
 
-    seconds = measure(benchmark, case, lambda: runners[graph].predict_batch(waves))
+    seconds = measure(benchmark, case, lambda: predict(graph))
     if seconds is not None:
         fp32, mine = scores(ONNX_NAME), scores(graph)
         show(

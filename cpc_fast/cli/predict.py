@@ -152,12 +152,12 @@ def predict(
         typer.Option(help="CPU threads. Default: the cores this process may use."),
     ] = None,
     batch_size: Annotated[
-        int,
+        int | None,
         typer.Option(
             help=f"Files a batch, of similar lengths (at most {MAX_SAMPLES // 16000} s padded; "
-            "a longer file runs alone). 1: one file at a time."
+            f"a longer file runs alone). Default: {MAX_ITEMS} with torch, 1 with onnxruntime."
         ),
-    ] = MAX_ITEMS,
+    ] = None,
     progress: ShowProgress = True,
     quiet: Quiet = False,
 ) -> None:
@@ -171,7 +171,7 @@ def predict(
         raise UserInputError(f"`runtime` must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
     if threads is not None and threads < 1:
         raise UserInputError("`threads` must be at least 1")
-    if batch_size < 1:
+    if batch_size is not None and batch_size < 1:
         raise UserInputError("`batch_size` must be at least 1")
     threads = threads or available_cpus()
     before = torch.get_num_threads()  # a command called in-process leaves it as it was
@@ -202,7 +202,7 @@ def _predict(
     skip_bad: bool,
     runtime: str,
     threads: int,
-    batch_size: int,
+    batch_size: int | None,
     show: bool,
     quiet: bool,
 ) -> None:
@@ -215,22 +215,25 @@ def _predict(
                 f"{folder}: no {ONNX_NAME}; write one with cpc-fast export {folder} --out "
                 "FOLDER --onnx"
             )
-        runner = OnnxEmotionRunner(folder / ONNX_NAME, threads=threads)
-        predict_batch, sample_rate, hop, what = (
-            runner.predict_batch,
-            runner.sample_rate,
-            runner.hop,
-            "onnxruntime",
-        )
+        # One file a run, `threads` runs at once on one thread each: on a CPU the graph's
+        # padded batches cost more than they save (its attention is quadratic in the
+        # padded length; bench/bench_predict.py), and runs in parallel beat one run's
+        # threads.
+        runner = OnnxEmotionRunner(folder / ONNX_NAME, threads=1)
+        predict_batch, sample_rate, hop = runner.predict_batch, runner.sample_rate, runner.hop
+        workers, use_threads = threads, None
+        batch_size = batch_size or 1
+        what = f"onnxruntime: {threads} run(s) at a time"
     else:
-        torch.set_num_threads(threads)
         emotion_model = load_model(folder, cpc_path=cpc)
         predict_batch, sample_rate, hop = (
             emotion_model.predict_batch,
             emotion_model.sample_rate,
             emotion_model.hop,
         )
-        what = f"torch, {emotion_model.config['setup']}"
+        workers, use_threads = threads, torch.set_num_threads
+        batch_size = batch_size or MAX_ITEMS
+        what = f"torch, {emotion_model.config['setup']}: {threads} batch(es) at a time"
     files = expand_inputs(inputs)
     conversions = Conversions(sample_rate)
     clips = index_files(files, sample_rate, conversions)
@@ -238,7 +241,7 @@ def _predict(
     if not quiet:
         typer.echo(
             f"predict: {len(clips)} file(s), {seconds:,.1f} s of audio, on {threads} CPU "
-            f"thread(s) ({what}; batches of up to {batch_size} files)",
+            f"thread(s) ({what}; up to {batch_size} files a batch)",
             err=True,
         )
     bar = tqdm(
@@ -257,6 +260,8 @@ def _predict(
             sample_rate=sample_rate,
             min_samples=hop,
             max_items=batch_size,
+            workers=workers,
+            use_threads=use_threads,
             on_batch=lambda s: bar.update(round(s, 1)),
         ):
             if result.error is not None:

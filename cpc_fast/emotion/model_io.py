@@ -143,30 +143,38 @@ class EmotionModel(HubMixin, nn.Module):
                 valid = torch.arange(wave.shape[1], device=wave.device) < lengths.unsqueeze(1)
                 wave = torch.where(valid, wave, torch.zeros((), dtype=wave.dtype))
             features = self.front_end(wave)
-        elif padded and not torch.jit.is_tracing():
-            features = self.front_end.autoregress(self._rows_encoded(wave, lengths))
         else:
             features = self.front_end.context(wave, lengths if padded else None)
         return features, lengths // self.hop
 
-    def _rows_encoded(self, wave: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """z (B, L, D) of a padded batch, the encoder run on each row alone (zeros past its
-        end). The same z as the masked batch, faster on a CPU: a row's activations stay in
-        the caches, a batch's do not (16 rows of 5 s: 2.4x the time per row on a 2-core
-        EPYC), and a lone row needs no masks. The GRU then runs on the whole batch, where
-        batching pays: its steps are sequential."""
-        z = wave.new_zeros(
-            wave.shape[0], wave.shape[1] // self.hop, self.front_end.config.encoder_dim
-        )
-        for row, n in enumerate(lengths.tolist()):
-            encoded = self.front_end.encode(wave[row : row + 1, :n])[0]
-            z[row, : encoded.shape[0]] = encoded
-        return z
-
     def scaled(self, wave: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         """(B, 3) outputs on the scaled (z-score) labels."""
+        if lengths is not None and wave.device.type == "cpu" and not torch.jit.is_tracing():
+            return self._scaled_by_rows(wave, lengths)
         features, frames = self.frames(wave, lengths)
         return self.recognizer(features, frames, check=not torch.jit.is_tracing())
+
+    def _scaled_by_rows(self, wave: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """:meth:`scaled` on a CPU: each row's front end and recognizer run on the row alone
+        (exactly what the row gives alone), only the CPC's GRU on the batch. On a CPU the
+        convolutions and the attention run near the cores' peak for one row already, and a
+        batch's activations overflow the caches (16 rows of 5 s: the encoder 2.4x, the
+        recognizer 1.4x the time per row on a 2-core EPYC); the GRU's steps are sequential
+        matrix-vector products, which a batch turns into matrix products (3x less time)."""
+        out = wave.new_full((wave.shape[0], self.recognizer.config.num_outputs), float("nan"))
+        framed = [(b, n) for b, n in enumerate(lengths.tolist()) if n >= self.hop]
+        if not framed:
+            return out  # no row holds a frame: NaN, as forward says
+        rows = [wave[b : b + 1, :n] for b, n in framed]
+        if self.feature_kind == "lfbe":
+            features = [self.front_end(row) for row in rows]
+        else:
+            z = [self.front_end.encode(row)[0] for row in rows]  # each (L_b, D)
+            c = self.front_end.autoregress(nn.utils.rnn.pad_sequence(z, batch_first=True))
+            features = [c[i : i + 1, : zi.shape[0]] for i, zi in enumerate(z)]
+        for (b, _), x in zip(framed, features, strict=True):
+            out[b] = self.recognizer(x, torch.tensor([x.shape[1]], device=x.device))[0]
+        return out
 
     def forward(self, wave: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         """(B, 3) activation, valence, dominance in the labels' units; NaN for a row of
