@@ -183,7 +183,8 @@ def test_predict_never_prints_nan(tmp_path, capsys, monkeypatch):
 
     def predict_batch(self, waves):  # the model's output for bad.wav (0.6 s) is NaN
         values = real(self, waves)
-        return np.stack([v * math.nan if w.shape[0] == 9600 else v for v, w in zip(values, waves)])
+        pairs = zip(values, waves, strict=True)
+        return np.stack([v * math.nan if w.shape[0] == 9600 else v for v, w in pairs])
 
     monkeypatch.setattr(model_io.EmotionModel, "predict_batch", predict_batch)
     args = ["predict", "--model", str(model), str(good), str(bad), "--json"]

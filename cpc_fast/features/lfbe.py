@@ -20,6 +20,7 @@ windowed DFT is a strided convolution with the window times cosine and sine kern
 
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, dataclass
 
 import torch
@@ -79,7 +80,6 @@ class LFBE(torch.nn.Module):
             "window", torch.hamming_window(config.win_length, periodic=False), persistent=False
         )
         self.register_buffer("filters", mel_filterbank(config), persistent=False)
-        self.register_buffer("dft", _dft_kernels(config), persistent=False)
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
         cfg = self.config
@@ -126,11 +126,13 @@ class LFBE(torch.nn.Module):
         left = (cfg.win_length - cfg.hop_length) // 2
         right = cfg.win_length - left  # enough for the last frame, whatever T % hop is
         x = torch.nn.functional.pad(wave.float(), (left, right)).unsqueeze(1)  # (B, 1, T')
-        both = torch.nn.functional.conv1d(x, self.dft, stride=cfg.hop_length)[..., :frames]
+        kernels = _dft_kernels(cfg).to(x.device)
+        both = torch.nn.functional.conv1d(x, kernels, stride=cfg.hop_length)[..., :frames]
         bins = cfg.n_fft // 2 + 1
         return both[:, :bins].square() + both[:, bins:].square()  # (B, bins, L)
 
 
+@functools.cache
 def _dft_kernels(config: LFBEConfig) -> torch.Tensor:
     """(2 (n_fft // 2 + 1), 1, win_length): the Hamming window times the real and imaginary
     parts of the DFT's basis, sample m of the window sitting at place m + (n_fft - win) // 2
