@@ -210,10 +210,14 @@ def test_command_line_rebuilds_the_config() -> None:
 
 
 def test_re_export_replaces_an_export_and_refuses_other_folders(
-    exported: Path, tmp_path: Path
+    exported: Path, tmp_path: Path, capsys
 ) -> None:
     target = tmp_path / "again"
-    export_models(exported / "sup/fold1/run1", target)
+    code, out, err = run_main(
+        ["export", str(exported / "sup/fold1/run1"), "--out", str(target)], capsys
+    )
+    assert code == 0, err
+    assert out == f"{target} (sup): README.md, config.json, model.safetensors\n"
     first = (target / "config.json").read_bytes()
     export_models(exported / "sup/fold1/run1", target)  # an export replaces an export
     assert (target / "config.json").read_bytes() == first

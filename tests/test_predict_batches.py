@@ -184,3 +184,18 @@ def test_a_padded_cpc_batch_gives_each_row_its_own_frames(blocks: bool) -> None:
             torch.testing.assert_close(c[b, :frames], model.context(alone)[0], atol=1e-5, rtol=0)
             assert not z[b, frames:].any()
         assert not torch.allclose(unmasked[1, :20], z[1, :20])  # 3200 samples: 20 frames
+
+
+@pytest.mark.parametrize("setup", ["sup", "pre"])
+def test_the_whole_padded_batch_path_equals_the_rows(setup: str) -> None:
+    """What a GPU runs (and the ONNX graph holds): the front end and the recognizer on the
+    masked, padded batch; on a CPU ``predict_batch`` runs them row by row. Both agree."""
+    model = _model(setup)
+    lengths = torch.tensor([16000, 7777, 3200, 161])
+    wave = torch.randn(4, 16000) * (torch.arange(16000) < lengths[:, None])
+    with torch.inference_mode():
+        features, frames = model.frames(wave, lengths)
+        batched = model.recognizer(features, frames)
+        rows = model.scaled(wave, lengths)  # on a CPU: row by row
+    assert frames.tolist() == [100, 48, 20, 1]
+    torch.testing.assert_close(batched, rows, atol=1e-5, rtol=0)

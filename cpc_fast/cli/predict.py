@@ -30,7 +30,7 @@ from cpc_fast.emotion.onnx_export import ONNX_NAME, OnnxEmotionRunner
 from cpc_fast.emotion.visualize import check_figure_path, cpc_representations
 from cpc_fast.emotion.visualize import visualize as draw
 from cpc_fast.errors import UserInputError
-from cpc_fast.io.atomic import atomic_write_bytes, json_text
+from cpc_fast.io.atomic import atomic_write_bytes, check_writable_folder, json_text
 from cpc_fast.io.cpus import available_cpus
 from cpc_fast.models.hub import model_folder
 
@@ -206,6 +206,8 @@ def _predict(
     show: bool,
     quiet: bool,
 ) -> None:
+    if output is not None:  # before any work
+        check_writable_folder(output.parent, "`output`")
     folder = model_folder(model)
     if runtime == "onnxruntime":
         if cpc is not None:

@@ -59,7 +59,8 @@ def expand_inputs(inputs: Iterable[Path]) -> list[Path]:
     """Each input as the audio files it stands for, in order: a file as itself, a folder as
     every audio file below it (sorted), a manifest (``.csv`` with a ``path`` column, or
     ``.txt``/``.lst`` with one path a line; relative paths from the manifest's folder) as
-    its files. A missing input is a :class:`UserInputError` naming it."""
+    its files. A missing manifest is a :class:`UserInputError` naming it; a missing file
+    stays in the list, to be named (and skipped, if asked) as a file that cannot be read."""
     files: list[Path] = []
     for path in inputs:
         if path.is_dir():
@@ -69,10 +70,8 @@ def expand_inputs(inputs: Iterable[Path]) -> list[Path]:
             files += found
         elif path.suffix.lower() in MANIFEST_SUFFIXES and path.suffix.lower() not in AUDIO_SUFFIXES:
             files += _manifest_files(path)
-        elif path.exists():
-            files.append(path)
         else:
-            raise UserInputError(f"{path}: no such file or folder")
+            files.append(path)
     return files
 
 

@@ -70,7 +70,10 @@ def model_folder(
     name = str(name_or_path)
     if not _REPO_ID.match(name):
         raise UserInputError(f"{name}: no such folder (nor a Hub repository id owner/name)")
-    hub = huggingface_hub()
+    try:
+        hub = huggingface_hub()
+    except UserInputError as exc:  # a mistyped folder reads as a repository id too
+        raise UserInputError(f"{name}: no such folder; as a Hub repository id, {exc}") from None
     try:
         folder = hub.snapshot_download(
             name,
