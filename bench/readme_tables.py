@@ -1,6 +1,6 @@
 """Comparison tables from pytest-benchmark JSON files, for the terminal and for the docs.
 
-    python bench/readme_tables.py                     # the newest saved run of each device
+    python bench/readme_tables.py                     # the newest table of each group, per device
     python bench/readme_tables.py FILE.json ...       # these files (--benchmark-json or saved)
     python bench/readme_tables.py --readme [FILE...]  # rewrites the docs between the markers
 
@@ -226,12 +226,22 @@ def file_tables(data: dict) -> list[Table]:
 
 
 def newest_runs(results: Path = RESULTS) -> list[Path]:
-    """The newest saved run (by its recorded time) in each device folder of ``results``."""
+    """The saved runs whose tables are the newest of their group on their device, newest
+    first within each device folder of ``results``: a run of one suite (the protocol's, say)
+    does not hide an older run's tables of the other suites."""
     runs = []
     for folder in sorted(p for p in results.iterdir() if p.is_dir()):
-        saved = list(folder.glob("*/[0-9][0-9][0-9][0-9]_*.json"))
-        if saved:
-            runs.append(max(saved, key=lambda p: (load(p).get("datetime", ""), p.name)))
+        saved = sorted(
+            folder.glob("*/[0-9][0-9][0-9][0-9]_*.json"),
+            key=lambda p: (load(p).get("datetime", ""), p.name),
+            reverse=True,
+        )
+        seen: set[str] = set()
+        for path in saved:
+            groups = {t.group for t in file_tables(load(path))}
+            if groups - seen:
+                runs.append(path)
+                seen |= groups
     return runs
 
 
@@ -287,9 +297,15 @@ def tables_block(paths: list[Path]) -> str:
         ]
     if not runs:
         lines += ["No benchmark run is saved yet: `pytest --benchmark` makes one.", ""]
+    shown: dict[str, set[str]] = {}  # device -> groups a newer run already showed
     for path, data in runs:
+        device = _device(data)
+        fresh = [t for t in file_tables(data) if t.group not in shown.setdefault(device, set())]
+        if not fresh:
+            continue
+        shown[device] |= {t.group for t in fresh}
         lines += run_heading(path, data)
-        lines.append(render_markdown(file_tables(data), data.get("machine_info", {}).get("device")))
+        lines.append(render_markdown(fresh, data.get("machine_info", {}).get("device")))
     lines.append(END)
     return "\n".join(lines)
 
@@ -350,7 +366,9 @@ def update_between(path: Path, block: str, start: str = START, end: str = END) -
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("files", nargs="*", type=Path, help="default: newest run per device")
+    parser.add_argument(
+        "files", nargs="*", type=Path, help="default: the newest table of each group, per device"
+    )
     parser.add_argument(
         "--readme",
         action="store_true",

@@ -30,7 +30,7 @@ def need(module: str) -> ModuleType:
         if REQUIRE_EXTRAS:
             pytest.fail(
                 f"{module} is not installed, and CPC_FAST_REQUIRE_EXTRAS=1 requires every "
-                "extra (pip install -e '.[dev,viz,compat]')",
+                "extra (pip install -e '.[dev,viz,compat,tb]')",
                 pytrace=False,
             )
         pytest.skip(f"needs {module} (an optional extra)")

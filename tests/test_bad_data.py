@@ -179,13 +179,14 @@ def test_predict_refuses_a_model_with_non_finite_weights(tmp_path, capsys):
 def test_predict_never_prints_nan(tmp_path, capsys, monkeypatch):
     model = _emotion_model(tmp_path / "model")
     good, bad = write_wav(tmp_path / "good.wav", 0.5), write_wav(tmp_path / "bad.wav", 0.6)
-    real = model_io.EmotionModel.predict
+    real = model_io.EmotionModel.predict_batch
 
-    def predict(self, wave):  # the model's output for bad.wav (0.6 s) is NaN
-        values = real(self, wave)
-        return values * math.nan if wave.shape[0] == 9600 else values
+    def predict_batch(self, waves):  # the model's output for bad.wav (0.6 s) is NaN
+        values = real(self, waves)
+        pairs = zip(values, waves, strict=True)
+        return np.stack([v * math.nan if w.shape[0] == 9600 else v for v, w in pairs])
 
-    monkeypatch.setattr(model_io.EmotionModel, "predict", predict)
+    monkeypatch.setattr(model_io.EmotionModel, "predict_batch", predict_batch)
     args = ["predict", "--model", str(model), str(good), str(bad), "--json"]
     line = _error(args, capsys)
     assert f"{bad}: the prediction is not finite" in line and "--skip-bad" in line

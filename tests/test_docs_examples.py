@@ -103,7 +103,65 @@ def _recognizer_inputs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict:
     }
 
 
+def _exported_models(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict:
+    """models/pre-fold1 (a tiny `pre` model, its ONNX graph) and models/cpc-ls100 as
+    `cpc-fast export --onnx` writes them, two clips, and a Hub that takes uploads offline."""
+    import soundfile
+    from optional_deps import need
+
+    from cpc_fast import CPCConfig, CPCModel
+    from cpc_fast.emotion.export import export_models
+    from cpc_fast.emotion.model_io import save_model
+    from cpc_fast.features.cache import module_digest
+    from cpc_fast.models.loading import save_cpc
+    from cpc_fast.models.recognizer import EmotionRecognizer, RecognizerConfig
+
+    hub = need("huggingface_hub")
+
+    class OfflineHub:  # push_to_hub's calls, answered here
+        def __init__(self, token=None):
+            pass
+
+        def create_repo(self, repo_id, private=None, exist_ok=False):
+            return type("Repo", (), {"repo_id": repo_id})
+
+        def upload_folder(self, repo_id, repo_type, folder_path, **kwargs):
+            return f"https://huggingface.co/{repo_id}/commit/1"
+
+    monkeypatch.setattr(hub, "HfApi", OfflineHub)
+    monkeypatch.chdir(tmp_path)
+    torch.manual_seed(0)
+    cpc = CPCModel(CPCConfig(encoder_dim=16, context_dim=16, encoder_norm="channel"))
+    (tmp_path / "runs/ls100").mkdir(parents=True)
+    save_cpc(cpc, tmp_path / "runs/ls100/model.safetensors")
+    unit = tmp_path / "exp/pre/fold1/run1"
+    unit.mkdir(parents=True)
+    config = {
+        "setup": "pre",
+        "features": {
+            "kind": "cpc",
+            "cpc": {"path": str(tmp_path / "runs/ls100"), "digest": module_digest(cpc)},
+        },
+        "recognizer": RecognizerConfig(input_dim=16).to_dict(),
+        "label_scaler": {"mean": [3.0, 3.0, 3.0], "std": [1.0, 1.0, 1.0]},
+    }
+    save_model(unit, EmotionRecognizer(RecognizerConfig(input_dim=16)), config)
+    export_models(unit, tmp_path / "models/pre-fold1", onnx=True)
+    export_models(tmp_path / "runs/ls100", tmp_path / "models/cpc-ls100")
+    rng = np.random.default_rng(0)
+    for name, seconds in (("a.wav", 1.2), ("b.wav", 2.0)):
+        soundfile.write(tmp_path / name, rng.uniform(-0.5, 0.5, int(16000 * seconds)), 16000)
+    waves = torch.zeros(2, 32000)
+    waves[0, :19200], waves[1] = torch.randn(19200), torch.randn(32000)
+    return {
+        "wave": np.asarray(waves[0, :19200]),
+        "waves": waves,
+        "lengths": torch.tensor([19200, 32000]),
+    }
+
+
 _GIVEN: dict[str, Callable[[Path, pytest.MonkeyPatch], dict]] = {
+    "export.md": _exported_models,
     "batching.md": _audio_files,
     "pretraining.md": _run_folder,
     "experiments.md": _recognizer_inputs,
@@ -133,6 +191,17 @@ def test_what_the_given_pages_compute_has_the_documented_shapes(tmp_path, monkey
     (scope,) = _run("experiments.md", _recognizer_inputs(tmp_path, monkeypatch))
     assert scope["y"].shape == (2, 3) and scope["feats"].shape == (2, 100, 40)
     assert scope["loss"].dim() == 0 and torch.isfinite(scope["loss"])
+
+
+def test_the_export_page_loads_predicts_and_runs_its_graph(tmp_path, monkeypatch):
+    loaded, graph = _run("export.md", _exported_models(tmp_path, monkeypatch))
+    assert loaded["y"].shape == (2, 3) and torch.isfinite(loaded["y"]).all()
+    assert loaded["c"].shape == (2, 200, 16)
+    assert np.isfinite([loaded["activation"], loaded["valence"], loaded["dominance"]]).all()
+    # the graph's rows are what PyTorch gives each clip alone
+    alone = [loaded["model"].predict(graph[name]) for name in ("a", "b")]
+    got = np.stack([graph["activation"], graph["valence"], graph["dominance"]], axis=1)
+    np.testing.assert_allclose(got, np.stack(alone), atol=1e-4)
 
 
 # ---- the drop-in loss ---------------------------------------------------------------------

@@ -78,7 +78,7 @@ def test_predict_matches_test_predictions(experiment: Path, tmp_path: Path, setu
         app, ["predict", "--model", str(unit), *map(str, files.values()), "--json"]
     )
     assert result.exit_code == 0, result.output
-    rows = json.loads(result.output)
+    rows = json.loads(result.stdout)
     expected = _expected(unit)
     assert [r["file"] for r in rows] == [str(p) for p in files.values()]
     for utt, row in zip(files, rows, strict=True):
@@ -262,6 +262,6 @@ def test_predict_reads_a_joint_model_of_the_earlier_layout(
         result = runner.invoke(app, ["predict", "--model", str(folder), str(wav), "--json"])
         assert result.exit_code == 0, result.output
         outputs.append(
-            [{k: v for k, v in r.items() if k != "file"} for r in json.loads(result.output)]
+            [{k: v for k, v in r.items() if k != "file"} for r in json.loads(result.stdout)]
         )
     assert outputs[0] == outputs[1]

@@ -4,7 +4,7 @@ from cpc_fast.config import experiment
 from cpc_fast.emotion import run_experiment, load_model
 
 results = run_experiment(experiment.tiny(setups=("sup", "joint"), out="exp"))
-model = load_model("exp/sup/fold1/run1")
+model = load_model("exp/sup/fold1/run1")  # or EmotionModel.from_pretrained(exported folder)
 activation, valence, dominance = model.predict(wave)  # (n,) 16 kHz float32
 """
 

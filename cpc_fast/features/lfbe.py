@@ -12,10 +12,15 @@ Framing (chosen so LFBE frames line up one-to-one with CPC frames):
   on the HTK mel scale (mel = 2595 log10(1 + f / 700)) from 0 Hz to 8 kHz, unnormalised
   (peak 1); natural log with a floor: log(max(E, 1e-10)).
 * No pre-emphasis and no dither, so features are deterministic.
+
+A traced graph (ONNX export) cannot hold ``torch.stft``'s complex output, so there the same
+windowed DFT is a strided convolution with the window times cosine and sine kernels
+(:meth:`LFBE.power_by_convolution`): the same spectrum up to float rounding.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, dataclass
 
 import torch
@@ -83,6 +88,17 @@ class LFBE(torch.nn.Module):
         frames = wave.shape[1] // cfg.hop_length
         if frames < 1:
             raise ValueError(f"waveform of {wave.shape[1]} samples is shorter than one hop")
+        if torch.jit.is_tracing():
+            power = self.power_by_convolution(wave)
+        else:
+            power = self.power(wave)
+        energies = power.transpose(1, 2) @ self.filters  # (B, L, num_mels)
+        return torch.log(torch.clamp(energies, min=cfg.log_floor))
+
+    def power(self, wave: torch.Tensor) -> torch.Tensor:
+        """(B, T) -> (B, n_fft // 2 + 1, floor(T / hop)) power spectrum, by ``torch.stft``."""
+        cfg = self.config
+        frames = wave.shape[1] // cfg.hop_length
         # torch.stft centres the win_length window inside each n_fft frame, so a frame that
         # starts at s weights samples [s + offset, s + offset + win_length).
         offset = (cfg.n_fft - cfg.win_length) // 2
@@ -99,9 +115,35 @@ class LFBE(torch.nn.Module):
             center=False,
             return_complex=True,
         )[..., :frames]  # (B, n_fft // 2 + 1, L)
-        power = spec.real.square() + spec.imag.square()
-        energies = power.transpose(1, 2) @ self.filters  # (B, L, num_mels)
-        return torch.log(torch.clamp(energies, min=cfg.log_floor))
+        return spec.real.square() + spec.imag.square()
+
+    def power_by_convolution(self, wave: torch.Tensor) -> torch.Tensor:
+        """:meth:`power` as one strided convolution (real ops only, as ONNX has them): frame
+        t's window starts 120 samples before 160 t, and its 400 weighted samples are
+        correlated with the cosines and sines of the n_fft-point DFT at their places."""
+        cfg = self.config
+        frames = wave.shape[1] // cfg.hop_length
+        left = (cfg.win_length - cfg.hop_length) // 2
+        right = cfg.win_length - left  # enough for the last frame, whatever T % hop is
+        x = torch.nn.functional.pad(wave.float(), (left, right)).unsqueeze(1)  # (B, 1, T')
+        kernels = _dft_kernels(cfg).to(x.device)
+        both = torch.nn.functional.conv1d(x, kernels, stride=cfg.hop_length)[..., :frames]
+        bins = cfg.n_fft // 2 + 1
+        return both[:, :bins].square() + both[:, bins:].square()  # (B, bins, L)
+
+
+@functools.cache
+def _dft_kernels(config: LFBEConfig) -> torch.Tensor:
+    """(2 (n_fft // 2 + 1), 1, win_length): the Hamming window times the real and imaginary
+    parts of the DFT's basis, sample m of the window sitting at place m + (n_fft - win) // 2
+    of its n_fft frame (where ``torch.stft`` centres it). Built in float64."""
+    offset = (config.n_fft - config.win_length) // 2
+    place = torch.arange(config.win_length, dtype=torch.float64) + offset
+    k = torch.arange(config.n_fft // 2 + 1, dtype=torch.float64).unsqueeze(1)
+    angle = 2 * torch.pi * k * place / config.n_fft  # (bins, win)
+    window = torch.hamming_window(config.win_length, periodic=False, dtype=torch.float64)
+    kernels = torch.cat([torch.cos(angle), -torch.sin(angle)]) * window
+    return kernels.to(torch.float32).unsqueeze(1)
 
 
 def lfbe(wave: torch.Tensor, config: LFBEConfig = LFBEConfig()) -> torch.Tensor:

@@ -8,7 +8,9 @@ predicts z[:, t + k + 1].
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
@@ -16,11 +18,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from cpc_fast.errors import UserInputError
+from cpc_fast.io.checkpoint import WEIGHTS_NAME, load_weights, save_weights
 from cpc_fast.losses.config import LOSS_FIELDS
 from cpc_fast.models.block_conv import conv_pads, two_block_conv
+from cpc_fast.models.hub import HubMixin, cpc_card, read_hub_config, write_hub_config
 from cpc_fast.settings import Config, at_least, one_of, setting
 
 ENCODER_NORMS = ("none", "channel")
+CPC_KIND = "cpc"  # the "kind" in a CPC weights file's metadata
+HUB_MODEL_TYPE = "cpc-fast-cpc"  # the "model_type" of an exported CPC folder's config.json
 
 
 def _conv_sizes(value: tuple[int, ...]) -> str | None:
@@ -149,27 +155,47 @@ class CPCEncoder(nn.Module):
         self.norms = nn.ModuleList(norms)
         self.hop = config.frame_hop
 
-    def forward(self, wave: torch.Tensor) -> torch.Tensor:
+    def forward(self, wave: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T) -> (B, floor(T / hop), D). With ``lengths`` (B,) samples, a zero-padded
+        batch: every layer's frames past a row's own count are zeroed, so that row b's first
+        ``lengths[b] // hop`` frames are those of ``wave[b, :lengths[b]]`` run alone (each
+        layer reads zeros past the end, as it pads a lone waveform)."""
         if wave.dim() != 2:
             raise UserInputError(f"expected wave of shape (B, T), got {tuple(wave.shape)}")
         if wave.shape[1] < self.hop:
             raise UserInputError(
                 f"waveform of {wave.shape[1]} samples is shorter than one frame ({self.hop})"
             )
-        if self.blocks and wave.device.type == "cpu":
-            return self._blocks(wave)
-        x = wave.unsqueeze(1)  # (B, 1, T)
+        # The block GEMM is an autograd Function with in-place writes, which a traced graph
+        # (ONNX export) cannot hold; the Conv1d path computes the same with the same weights.
+        if self.blocks and wave.device.type == "cpu" and not torch.jit.is_tracing():
+            return self._blocks(wave, lengths)
+        x = _zero_past(wave, lengths, 1).unsqueeze(1)  # (B, 1, T)
         for pad, conv, norm in zip(self.pads, self.convs, self.norms, strict=True):
             x = F.relu(norm(conv(F.pad(x, pad))))
+            lengths = None if lengths is None else lengths // conv.stride[0]
+            x = _zero_past(x, lengths, 2)
         return x.transpose(1, 2)  # (B, L, D)
 
-    def _blocks(self, wave: torch.Tensor) -> torch.Tensor:
+    def _blocks(self, wave: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         """The same layers as block GEMMs on frames (B, L, C), from (B, T, 1) on."""
-        x = wave.unsqueeze(2)
+        x = _zero_past(wave, lengths, 1).unsqueeze(2)
         for conv, norm in zip(self.convs, self.norms, strict=True):
             x = two_block_conv(x, conv.weight, conv.bias, conv.stride[0])
             x = F.relu(norm.frames(x) if isinstance(norm, ChannelNorm) else x)
+            lengths = None if lengths is None else lengths // conv.stride[0]
+            x = _zero_past(x, lengths, 1)
         return x  # (B, L, D)
+
+
+def _zero_past(x: torch.Tensor, lengths: torch.Tensor | None, axis: int) -> torch.Tensor:
+    """``x`` with the positions of ``axis`` (time) at or past each row's length zeroed."""
+    if lengths is None:
+        return x
+    valid = torch.arange(x.shape[axis], device=x.device) < lengths.unsqueeze(1)  # (B, L)
+    shape = [x.shape[0]] + [1] * (x.dim() - 1)
+    shape[axis] = x.shape[axis]
+    return torch.where(valid.view(shape), x, torch.zeros((), dtype=x.dtype, device=x.device))
 
 
 class CPCOutput(NamedTuple):
@@ -178,12 +204,20 @@ class CPCOutput(NamedTuple):
     predictions: torch.Tensor  # (B, K, L, encoder_dim); [:, k, t] predicts z[:, t + k + 1]
 
 
-class CPCModel(nn.Module):
-    """Encoder f, unidirectional GRU g and K linear predictors h_k (no bias: ẑ = W_k c_t)."""
+class CPCModel(HubMixin, nn.Module):
+    """Encoder f, unidirectional GRU g and K linear predictors h_k (no bias: ẑ = W_k c_t).
+
+    ``from_pretrained`` / ``save_pretrained`` / ``push_to_hub``
+    (:mod:`cpc_fast.models.hub`): a folder of ``model.safetensors`` (the file
+    :func:`~cpc_fast.models.loading.save_cpc` writes), ``config.json`` and a model card;
+    ``from_pretrained`` also reads a training run's folder. ``training_record`` is what the
+    card says of the training (data, steps, validation, command), when known.
+    """
 
     def __init__(self, config: CPCConfig | None = None) -> None:
         super().__init__()
         self.config = config or CPCConfig()
+        self.training_record: dict[str, Any] | None = None
         cfg = self.config
         self.encoder = CPCEncoder(cfg)
         self.gru = nn.GRU(cfg.encoder_dim, cfg.context_dim, num_layers=1, batch_first=True)
@@ -199,13 +233,16 @@ class CPCModel(nn.Module):
     def num_frames(self, num_samples: int) -> int:
         return num_samples // self.frame_hop
 
-    def encode(self, wave: torch.Tensor) -> torch.Tensor:
-        """(B, T) float waveform -> z (B, L, encoder_dim)."""
-        return self.encoder(wave)
+    def encode(self, wave: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T) float waveform -> z (B, L, encoder_dim); ``lengths`` (B,) samples of a
+        zero-padded batch (:meth:`CPCEncoder.forward`)."""
+        return self.encoder(wave, lengths)
 
-    def context(self, wave: torch.Tensor) -> torch.Tensor:
-        """(B, T) float waveform -> c (B, L, context_dim)."""
-        return self.autoregress(self.encode(wave))
+    def context(self, wave: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T) float waveform -> c (B, L, context_dim). With ``lengths``, each row's
+        first ``lengths[b] // frame_hop`` contexts are those of the row alone (the GRU is
+        causal: what follows a row's end never reaches them)."""
+        return self.autoregress(self.encode(wave, lengths))
 
     def autoregress(self, z: torch.Tensor) -> torch.Tensor:
         """z (B, L, encoder_dim) -> c (B, L, context_dim), the GRU over time.
@@ -228,5 +265,45 @@ class CPCModel(nn.Module):
         c = self.autoregress(z)
         return CPCOutput(z=z, c=c, predictions=self.predict(c))
 
+    @classmethod
+    def from_file(
+        cls, path: str | os.PathLike, map_location: str | torch.device = "cpu"
+    ) -> CPCModel:
+        """The model of a weights file written by ``save_cpc``, in eval mode; a
+        :class:`UserInputError` naming it when it is not a CPC model (another kind, no
+        config, wrong shapes) or its weights hold NaN or infinite values."""
+        tensors, config = load_weights(path, expected_kind=CPC_KIND)
+        model = cls(CPCConfig.from_dict(config))
+        try:
+            model.load_state_dict(tensors, strict=True)
+        except RuntimeError as exc:
+            raise UserInputError(f"{path}: weights do not match their CPC config ({exc})") from exc
+        return model.to(map_location).eval()
 
-__all__ = ["ENCODER_NORMS", "CPCConfig", "CPCEncoder", "CPCModel", "ChannelNorm", "CPCOutput"]
+    @classmethod
+    def _from_folder(cls, folder: Path, map_location: str | torch.device = "cpu") -> CPCModel:
+        if not (folder / WEIGHTS_NAME).is_file():
+            raise FileNotFoundError(f"{folder}: no {WEIGHTS_NAME} in this folder (not a CPC)")
+        model = cls.from_file(folder / WEIGHTS_NAME, map_location)
+        model.training_record = (read_hub_config(folder, HUB_MODEL_TYPE) or {}).get("training")
+        return model
+
+    def _save_folder(self, folder: Path) -> None:
+        save_weights(folder / WEIGHTS_NAME, self.state_dict(), self.config.to_dict(), CPC_KIND)
+        record = {"cpc": self.config.to_dict(), "training": self.training_record}
+        write_hub_config(folder, HUB_MODEL_TYPE, record)
+
+    def model_card(self) -> str:
+        return cpc_card(self.config.to_dict(), self.training_record)
+
+
+__all__ = [
+    "CPC_KIND",
+    "ENCODER_NORMS",
+    "HUB_MODEL_TYPE",
+    "CPCConfig",
+    "CPCEncoder",
+    "CPCModel",
+    "CPCOutput",
+    "ChannelNorm",
+]

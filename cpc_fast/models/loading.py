@@ -14,11 +14,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from cpc_fast.errors import UserInputError
-from cpc_fast.io.checkpoint import WEIGHTS_NAME, load_weights, save_weights
-from cpc_fast.models.cpc import CPCConfig, CPCModel
-
-CPC_KIND = "cpc"
+from cpc_fast.io.checkpoint import WEIGHTS_NAME, save_weights
+from cpc_fast.models.cpc import CPC_KIND, CPCModel
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -61,13 +58,7 @@ def load_cpc(path: str | os.PathLike, map_location: str | torch.device = "cpu") 
             raise FileNotFoundError(f"{folder}: no {WEIGHTS_NAME} in this folder (not a CPC run)")
     elif not path.exists():
         raise FileNotFoundError(f"{path}: no such file or folder")
-    tensors, config = load_weights(path, expected_kind=CPC_KIND)
-    model = CPCModel(CPCConfig.from_dict(config))
-    try:
-        model.load_state_dict(tensors, strict=True)
-    except RuntimeError as exc:
-        raise UserInputError(f"{path}: weights do not match their CPC config ({exc})") from exc
-    return model.to(map_location).eval()
+    return CPCModel.from_file(path, map_location)
 
 
 __all__ = ["CPC_KIND", "load_cpc", "save_cpc", "unwrap"]

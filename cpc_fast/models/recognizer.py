@@ -129,8 +129,14 @@ class EmotionRecognizer(nn.Module):
         self.input_mean.copy_(mean)
         self.input_std.copy_(std)
 
-    def embed(self, features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """The utterance representation u = [mean(U); std(U)]: (B, L, D_in) -> (B, 2 D_in)."""
+    def embed(
+        self, features: torch.Tensor, lengths: torch.Tensor, *, check: bool = True
+    ) -> torch.Tensor:
+        """The utterance representation u = [mean(U); std(U)]: (B, L, D_in) -> (B, 2 D_in).
+
+        ``check=False`` skips the checks of the lengths' values, which read the tensor: a
+        traced graph (ONNX export) cannot hold them.
+        """
         if features.dim() != 3 or features.shape[-1] != self.config.input_dim:
             raise ValueError(
                 f"expected features (B, L, {self.config.input_dim}), got {tuple(features.shape)}"
@@ -139,7 +145,7 @@ class EmotionRecognizer(nn.Module):
             raise ValueError(
                 f"lengths {tuple(lengths.shape)} do not match batch {features.shape[0]}"
             )
-        if lengths.min() < 1 or lengths.max() > features.shape[1]:
+        if check and (lengths.min() < 1 or lengths.max() > features.shape[1]):
             raise ValueError(f"frame lengths must be in [1, {features.shape[1]}]")
         mask = frame_mask(lengths, features.shape[1])  # (B, L)
         x = (features - self.input_mean) / self.input_std
@@ -147,8 +153,10 @@ class EmotionRecognizer(nn.Module):
         mean, std = masked_mean_std(u, mask, self.config.std_eps)
         return torch.cat([mean, std], dim=-1)  # (B, 2 D_in)
 
-    def forward(self, features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        return self.output(self.head(self.embed(features, lengths)))  # (B, 3)
+    def forward(
+        self, features: torch.Tensor, lengths: torch.Tensor, *, check: bool = True
+    ) -> torch.Tensor:
+        return self.output(self.head(self.embed(features, lengths, check=check)))  # (B, 3)
 
 
 __all__ = [
