@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -469,3 +471,18 @@ def test_a_seed_gives_cpc_audio_s_negatives_and_dropout_masks():
     want_losses, want_acc = _cpc_audio_forward(criterion, c, z, neg, masks=masks)
     torch.testing.assert_close(losses.double(), want_losses, rtol=1e-5, atol=1e-6)
     assert torch.equal((acc.double() * B * W).round(), (want_acc * B * W).round())
+
+
+def test_the_documentation_s_examples_run(standin):
+    """docs/integrations/cpc_audio.md's Python blocks, as written (CPC_audio's classes from
+    the stand-in)."""
+    page = Path(__file__).resolve().parents[1] / "docs" / "integrations" / "cpc_audio.md"
+    blocks = re.findall(r"```python\n(.*?)```", page.read_text(), flags=re.S)
+    assert len(blocks) == 2  # LSTM predictors, then the transformer (CPC_audio's classes)
+    scope: dict = {}
+    for block in blocks:  # in order, in one namespace, as a reader runs them
+        scope.pop("all_losses", None)
+        exec(compile(block, str(page), "exec"), scope)
+        assert torch.isfinite(scope["all_losses"]).all()
+        assert scope["c_feature"].grad.abs().sum() > 0
+    assert type(scope["criterion"].wPrediction.predictors[0]).__name__ == "Sequential"
