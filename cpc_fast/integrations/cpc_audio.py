@@ -33,6 +33,7 @@ gives CPC_audio's very draws too.
 from __future__ import annotations
 
 import importlib
+from types import ModuleType
 
 import torch
 from torch import Tensor, nn
@@ -97,7 +98,7 @@ def _linear(dimOutputAR: int, dimOutputEncoder: int) -> nn.Linear:
     return linear
 
 
-def _cpc_audio_module(name: str, rnnMode: str):
+def _cpc_audio_module(name: str, rnnMode: str) -> ModuleType:
     """CPC_audio's module ``name`` (its ``cpc`` package), or an error naming the mode."""
     try:
         # Optional: CPC_audio is no package on any registry; it is importable wherever its
@@ -112,7 +113,9 @@ def _cpc_audio_module(name: str, rnnMode: str):
         ) from exc
 
 
-def _predictor(rnnMode, dimOutputAR: int, dimOutputEncoder: int, sizeSeq: int) -> nn.Module:
+def _predictor(
+    rnnMode: str | bool | None, dimOutputAR: int, dimOutputEncoder: int, sizeSeq: int
+) -> nn.Module:
     """One step's predictor, as CPC_audio's ``PredictionNetwork`` builds it for ``rnnMode``:
     the same class and arguments, so the same parameters (and, for a seed, the same values)."""
     if rnnMode in LINEAR_MODES:
@@ -141,16 +144,16 @@ class _PredictionNetwork(nn.Module):
         nPredicts: int,
         dimOutputAR: int,
         dimOutputEncoder: int,
-        rnnMode,
+        rnnMode: str | bool | None,
         dropout: bool,
         sizeSeq: int,
-    ):
+    ) -> None:
         super().__init__()
         self.predictors = nn.ModuleList(
             _predictor(rnnMode, dimOutputAR, dimOutputEncoder, sizeSeq) for _ in range(nPredicts)
         )
         self.dropout = nn.Dropout(p=0.5) if dropout else None
-        self.linear = rnnMode in LINEAR_MODES
+        self.all_linear = rnnMode in LINEAR_MODES
 
     def forward(self, c: Tensor) -> Tensor:
         """c (B, W, AR) -> predictions (B, K, W, D), a view of a (B, W, K, D) buffer (the
@@ -158,7 +161,7 @@ class _PredictionNetwork(nn.Module):
         B, W, _ = c.shape
         K = len(self.predictors)
         dropping = self.dropout is not None and self.training
-        if self.linear and not dropping:
+        if self.all_linear and not dropping:
             # The K linear predictors as one GEMM: (B·W, AR) x (AR, K·D).
             weight = torch.cat([p.weight for p in self.predictors])  # (K·D, AR)
             return (c @ weight.t()).view(B, W, K, -1).permute(0, 2, 1, 3)
@@ -283,7 +286,9 @@ class CPCUnsupervisedCriterion(nn.Module):
         return out.loss_per_step.view(1, K), out.accuracy_per_step.view(1, K)
 
 
-def _check_transformer(nPredicts: int, dimInput: int, dimOutputEncoder: int, sizeInputSeq: int):
+def _check_transformer(
+    nPredicts: int, dimInput: int, dimOutputEncoder: int, sizeInputSeq: int
+) -> None:
     """CPC_audio's transformer predictor reads dimOutputEncoder features (its model's width)
     over exactly sizeInputSeq - nPredicts frames (its attention mask's size)."""
     if dimInput != dimOutputEncoder:
