@@ -141,3 +141,15 @@ def test_the_shared_form_runs_where_it_is_the_faster(monkeypatch, B, L, N, share
             batch_keys=True,
         )
     assert (seen[0] is not None) == shared
+
+
+def test_half_inputs_are_scored_in_float32_and_get_gradients_in_their_dtype(shared_path):
+    pred, z, neg = _inputs()
+    kwargs = {"neg_index": neg, "negatives_from": "batch", "backend": "reference"}
+    half = [t.detach().bfloat16().requires_grad_() for t in (pred, z)]
+    out = cpc_info_nce(*half, **kwargs)
+    want = cpc_info_nce(*(t.detach().float() for t in half), **kwargs)
+    assert out.loss.dtype == torch.float32
+    torch.testing.assert_close(out.loss, want.loss)  # the same float32 arithmetic
+    grads = torch.autograd.grad(out.loss, half)
+    assert [g.dtype for g in grads] == [torch.bfloat16, torch.bfloat16]
