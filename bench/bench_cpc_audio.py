@@ -3,8 +3,11 @@
 CPC_audio (``cpc/criterion/criterion.py``, ``CPCUnsupersivedCriterion``) scores each of its
 12 prediction steps against the positive and N negatives drawn once across the whole batch
 and shared by all steps; score = dot product / D (a mean over D); cross-entropy with the
-positive as class 0. The shape is CPC_audio's default configuration: 20480-sample windows
-(L=128 frames), hiddenEncoder D=256, 128 negatives, 12 steps; B=8 windows (2 on a CPU).
+positive as class 0. hiddenEncoder D=256, 128 negatives, 12 steps, B=8 windows, at two
+window lengths (one group each):
+
+  CPC_audio's default   20480-sample windows (``--sizeWindow``): L=128 frames
+  the paper's           10-s windows (160000 samples at 16 kHz): L=1000 frames
 
 Providers, forward + backward, fp32, on the predictions and z the model would hand over
 (the 12 linear predictors excluded on both sides):
@@ -13,11 +16,16 @@ Providers, forward + backward, fp32, on the predictions and z the model would ha
               (B, 1 + N, W, D) candidates and their mean-over-D scores, W = L - K windows
   cpc-fast    ``cpc_info_nce`` on the same W windows with ``temperature=D``,
               ``negatives_from="batch"`` and ``share_negatives_across_steps=True`` (the fused
-              kernels on CUDA, the reference backend on a CPU)
+              kernels on CUDA; on a CPU the reference backend, which gathers each frame's
+              negatives once for the 12 steps where the batch has more than 3 (K + N) frames)
 
-Before timing, both are given the same negatives and must agree.
+Before timing, both are given the same negatives and must agree. On a CPU the eager
+baseline at 10-s windows is a long case (marker ``long``): each call takes about 40 s and
+16 GB there (twelve (8, 129, 988, 256) candidate tensors kept for the backward), so a plain
+``pytest --benchmark`` leaves it out; ``--benchmark-long``, or naming this file, runs it.
 
     pytest --benchmark -k cpc_audio
+    pytest --benchmark bench/bench_cpc_audio.py    # the 10-s baseline too
 """
 
 from __future__ import annotations
@@ -31,16 +39,19 @@ from _harness import DEVICE, ON_GPU, Case, measure
 
 from cpc_fast.losses.info_nce import cpc_info_nce
 
-B = 8 if ON_GPU else 2  # the eager criterion takes seconds per call on a CPU at B=8
-K, L, D, N = 12, 128, 256, 128
-W = L - K
-SHAPE = f"B={B} K={K} L={L} D={D} N={N}" + ("" if ON_GPU else " (B=8 on a GPU)")
+B, K, D, N = 8, 12, 256, 128
+WINDOWS = {  # frames per window -> the group's name
+    128: "CPC_audio criterion fwd+bwd fp32, CPC_audio's 20480-sample windows",
+    1000: "CPC_audio criterion fwd+bwd fp32, the paper's 10-s windows",
+}
 _BATCH_OPTIONS = ("negatives_from", "share_negatives_across_steps")
+# The eager baseline at 10-s windows on a CPU: minutes per case, opt-in.
+_LONG = () if ON_GPU else (pytest.mark.long,)
 
 
-def draw_negatives(generator: torch.Generator) -> torch.Tensor:
+def draw_negatives(L: int, generator: torch.Generator) -> torch.Tensor:
     """(B, N, W) rows of the flattened (B·L, D) batch, drawn uniformly, shared by the steps."""
-    return torch.randint(0, B * L, (B, N, W), generator=generator, device=DEVICE)
+    return torch.randint(0, B * L, (B, N, L - K), generator=generator, device=DEVICE)
 
 
 def cpc_audio_criterion(pred: torch.Tensor, z: torch.Tensor, drawn: torch.Tensor):
@@ -67,33 +78,43 @@ def ours(pred: torch.Tensor, z: torch.Tensor, drawn: torch.Tensor | None = None)
 
 
 @functools.cache
-def inputs() -> tuple[torch.Tensor, torch.Tensor]:
+def inputs(L: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Predictions (B, K, W, D), a view of a (B, W, K, D) buffer as a model hands it over,
+    and z (B, L, D)."""
     g = torch.Generator(device=DEVICE).manual_seed(0)
-    pred = torch.randn(B, L, K, D, device=DEVICE, generator=g).permute(0, 2, 1, 3)
+    pred = torch.randn(B, L - K, K, D, device=DEVICE, generator=g).permute(0, 2, 1, 3)
     z = torch.randn(B, L, D, device=DEVICE, generator=g)
     return pred.requires_grad_(), z.requires_grad_()
 
 
-@pytest.mark.parametrize("provider", ["cpc_audio", "cpc-fast"])
-def test_cpc_audio(benchmark, provider):
-    case = Case("CPC_audio criterion fwd+bwd fp32", provider, "cpc_audio", SHAPE)
-    pred, z = inputs()
+@pytest.mark.parametrize(
+    "L, provider",
+    [
+        (128, "cpc_audio"),
+        (128, "cpc-fast"),
+        pytest.param(1000, "cpc_audio", marks=_LONG),
+        (1000, "cpc-fast"),
+    ],
+)
+def test_cpc_audio(benchmark, L, provider):
+    case = Case(WINDOWS[L], provider, "cpc_audio", f"B={B} K={K} L={L} D={D} N={N}")
+    pred, z = inputs(L)
     generator = torch.Generator(device=DEVICE).manual_seed(1)
     if provider == "cpc_audio":
 
         def loss() -> torch.Tensor:
-            return cpc_audio_criterion(pred[:, :, :W], z, draw_negatives(generator))
+            return cpc_audio_criterion(pred, z, draw_negatives(L, generator))
     else:
         if not set(_BATCH_OPTIONS) <= set(inspect.signature(cpc_info_nce).parameters):
             case.skip("cpc_info_nce has no negatives_from='batch' in this checkout")
         with torch.no_grad():
-            drawn = draw_negatives(generator)
-            want = cpc_audio_criterion(pred[:, :, :W], z, drawn).item()
-            got = ours(pred[:, :, :W], z, drawn).item()
+            drawn = draw_negatives(L, generator)
+            want = cpc_audio_criterion(pred, z, drawn).item()
+            got = ours(pred, z, drawn).item()
         assert abs(got - want) <= 1e-4 * abs(want), f"cpc-fast {got} vs the eager {want}"
 
         def loss() -> torch.Tensor:
-            return ours(pred[:, :, :W], z)
+            return ours(pred, z)
 
     def setup() -> tuple:
         pred.grad = z.grad = None

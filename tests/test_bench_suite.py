@@ -43,22 +43,31 @@ def test_the_bench_folder_collects_the_suites_training_step_first():
     assert collected[0].startswith("bench/bench_train_step.py")  # the GPU check needs it first
 
 
-def _collected_suites(*args: str) -> set[str]:
+def _collected(*args: str) -> list[str]:
     done = _pytest(*args, "--co", "-q")
     assert done.returncode == 0, done.stdout + done.stderr
-    return {line.split("::")[0] for line in done.stdout.splitlines() if "::" in line}
+    return [line for line in done.stdout.splitlines() if "::" in line]
+
+
+def _collected_suites(*args: str) -> set[str]:
+    return {line.split("::")[0] for line in _collected(*args)}
 
 
 def test_the_default_benchmark_run_leaves_the_long_suites_out():
     """`pytest --benchmark` stays minutes long: the suites marked `long` (whole experiment
     launches) run only when asked for."""
-    default = _collected_suites("--benchmark")
+    cases = _collected("--benchmark")
+    default = {line.split("::")[0] for line in cases}
     assert "bench/bench_protocol.py" not in default
     assert {"bench/bench_train_step.py", "bench/bench_info_nce.py"} <= default
-    long = {"bench/bench_protocol.py"}
-    assert _collected_suites("--benchmark", "--benchmark-long") == default | long
+    protocol = {"bench/bench_protocol.py"}
+    assert _collected_suites("--benchmark", "--benchmark-long") == default | protocol
+    # The long cases: the protocol's, and CPC_audio's eager criterion at 10-s windows.
+    long = protocol | {"bench/bench_cpc_audio.py"}
     assert _collected_suites("--benchmark", "-m", "long") == long
-    assert _collected_suites("--benchmark", "bench/bench_protocol.py") == long
+    assert _collected_suites("--benchmark", "bench/bench_protocol.py") == protocol
+    assert "bench/bench_cpc_audio.py::test_cpc_audio[1000-cpc-fast]" in cases
+    assert "bench/bench_cpc_audio.py::test_cpc_audio[1000-cpc_audio]" not in cases
 
 
 def test_every_suite_that_launches_an_experiment_is_marked_long():

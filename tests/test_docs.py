@@ -44,7 +44,7 @@ OTHER_TOOLS_FLAGS = {
     "--benchmark-max-time", "--benchmark-min-rounds", "--extra", "--gpus-per-node", "--help",
     "--launches", "--nnodes", "--nodes", "--nproc-per-node", "--ntasks-per-node",
     "--rdzv-backend", "--rdzv-endpoint", "--rdzv-id", "--readme", "--wrap",
-    "--requeue", "--signal", "--signals-to-handle",
+    "--requeue", "--signal", "--signals-to-handle", "--rnnMode",
 }  # fmt: skip
 
 
@@ -137,7 +137,7 @@ def test_flags_the_prose_names_exist(page):
     known = set().union(*_options().values()) | OTHER_TOOLS_FLAGS
     text = page.read_text()
     code = re.findall(r"`([^`\n]+)`", text) + _shell_lines(text)
-    flags = {f for c in code for f in re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", c)}
+    flags = {f for c in code for f in re.findall(r"(?<![\w-])--[a-z][A-Za-z0-9-]*", c)}
     assert flags <= known, f"{page.name}: no such flag {sorted(flags - known)}"
 
 

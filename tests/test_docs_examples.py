@@ -30,12 +30,12 @@ TOOLKITS = [
     ("integrations/fairseq.md", 0, "fairseq"),
     ("integrations/speechbrain.md", 0, "speechbrain"),
     ("integrations/nemo.md", 0, "nemo"),
-    ("integrations/cpc_audio_swap.md", 0, "cpc_audio"),
+    ("integrations/cpc_audio.md", 0, "cpc_audio"),
     ("README.md", 0, "speechbrain"),
 ]
 SELF_CONTAINED = [
     ("integrations/fairseq.md", 1, "fairseq-style, Hugging Face signature"),
-    ("integrations/cpc_audio_swap.md", 1, "cpc_audio"),
+    ("integrations/cpc_audio.md", 2, "cpc_audio"),
     ("integrations/index.md", 0, "general"),
 ]
 HUGGING_FACE = "integrations/huggingface.md"
@@ -52,11 +52,13 @@ def _blocks(page: str) -> list[str]:
     return [b.replace('device = "cuda"', f'device = "{DEVICE}"') for b in blocks]
 
 
-def _run(page: str, scope: dict | None = None) -> list[dict]:
-    """Runs the page's blocks in order in one namespace; the namespace after each block."""
+def _run(page: str, scope: dict | None = None, upto: int | None = None) -> list[dict]:
+    """Runs the page's blocks in order in one namespace (up to block ``upto`` included, or
+    all); the namespace after each block."""
     scope = {} if scope is None else scope
     after = []
-    for block in _blocks(page):
+    blocks = _blocks(page)
+    for block in blocks if upto is None else blocks[: upto + 1]:
         torch.manual_seed(0)
         exec(compile(block, f"{page} (python block)", "exec"), scope)
         after.append(dict(scope))
@@ -207,12 +209,12 @@ def test_the_export_page_loads_predicts_and_runs_its_graph(tmp_path, monkeypatch
 # ---- the drop-in loss ---------------------------------------------------------------------
 
 
-def test_the_drop_in_pages_hold_the_eight_recipes():
+def test_the_drop_in_pages_hold_the_nine_recipes():
     pages = [HUGGING_FACE, *(f"integrations/{n}.md" for n in ("fairseq", "speechbrain"))]
-    pages += ["integrations/nemo.md", "integrations/cpc_audio_swap.md", "integrations/index.md"]
-    assert sum(len(_blocks(p)) for p in pages) == 8
+    pages += ["integrations/nemo.md", "integrations/cpc_audio.md", "integrations/index.md"]
+    assert sum(len(_blocks(p)) for p in pages) == 9
     assert "model(input_values" in _blocks(HUGGING_FACE)[0]
-    assert "cpc_info_nce" in _blocks("integrations/cpc_audio_swap.md")[1]
+    assert "cpc_info_nce" in _blocks("integrations/cpc_audio.md")[2]
     for page, index, toolkit in TOOLKITS:
         assert f"from cpc_fast.integrations.{toolkit} import" in _blocks(page)[index]
 
@@ -235,7 +237,11 @@ def _leaves_have_finite_grads(scope: dict) -> None:
 
 @pytest.mark.parametrize("page, index, name", SELF_CONTAINED)
 def test_self_contained_recipes_run(page, index, name):
-    scope = _run(page)[index]
+    # alone, as a reader who copies only this block runs it
+    block = _blocks(page)[index]
+    scope: dict = {}
+    torch.manual_seed(0)
+    exec(compile(block, f"{page} (python block {index})", "exec"), scope)
     loss = scope["out"].loss if name == "cpc_audio" else scope["loss"]
     assert torch.isfinite(loss)
     _leaves_have_finite_grads(scope)
@@ -243,8 +249,9 @@ def test_self_contained_recipes_run(page, index, name):
 
 @pytest.mark.parametrize("page, index, name", TOOLKITS)
 def test_toolkit_recipes_run(page, index, name):
-    scope = _run(page)[index]
-    loss = scope["loss"]
+    scope = _run(page, upto=index)[index]
+    # CPC_audio's criterion returns the (1, K) per-step losses; it trains on their sum
+    loss = scope["all_losses"].sum() if name == "cpc_audio" else scope["loss"]
     assert loss.dim() == 0 and torch.isfinite(loss)
     _leaves_have_finite_grads(scope)
     accuracy = {

@@ -16,7 +16,9 @@ when an input is float64), with autocast disabled, whatever the input dtype.
 The general form is the custom op ``cpc_fast::reference_info_nce`` (a fake implementation
 and an autograd formula, so ``torch.compile`` traces it without a graph break). Its
 backward recomputes the scores in plain differentiable PyTorch, so second-order gradients
-work. The CPC form (:func:`cpc_info_nce_rows_reference`) is plain autograd.
+work. The CPC form (:func:`cpc_info_nce_rows_reference`) is plain autograd, but for
+negatives shared by the K steps (CPC_audio's): those go to the custom op
+``cpc_fast::shared_negatives_info_nce``, built the same way.
 
 Memory: :func:`cpc_info_nce_rows_reference` works one prediction step k at a time and scores
 each step's rows against all L frames of their own sequence with one (T x D)(D x L) matmul,
@@ -24,7 +26,11 @@ then gathers the N + 1 scores it needs. Its peak is one (B, T, L) score block pe
 below 1/K of the naive dense gather (``bench/naive_info_nce.py``, which materialises a
 (B, K, L, N + 1, D) candidate tensor: 2.5 GB in float32 at the paper's shape). Very long
 sequences (or negatives from the whole batch) fall back to gathering the candidates per
-step, so the cost never grows as L².
+step, so the cost never grows as L². Negatives shared by the steps are gathered once per
+frame instead of once per step, with the K steps' positives, and scored by one (K, D) x
+(D, K + N) product per frame: at CPC_audio's 10-s windows (B=8, L=1000, D=256, N=128,
+K=12) that gathers K + N = 140 rows per frame instead of K (N + 1) = 1,548, a (frames,
+K + N, D) chunk of 2 MiB at a time.
 """
 
 from __future__ import annotations
@@ -41,6 +47,14 @@ _CHUNK_ELEMENTS = 1 << 23
 # Scoring against all L frames costs ~2·L·D flops per row instead of gathering N + 1 keys;
 # above this ratio of L to N + 1 the gather is cheaper on a CPU.
 _DENSE_MAX_RATIO = 40
+# Negatives shared by the K steps are scored one frame at a time (K + N candidates gathered
+# once) when the frames a row could score densely outnumber them this many times; below,
+# scoring all frames per step is faster (batched small products run at ~40 % of a GEMM's rate).
+_SHARED_MIN_RATIO = 3
+# The shared form's chunks: (frames, K + N, D) candidates of this many elements (2 MiB in
+# float32), read back from the cache by the product that follows the gather (measured on a
+# 2-core CPU: 2 and 4 MiB fastest at 1 and 2 threads, 8 MiB 10-30 % slower).
+_SHARED_CHUNK_ELEMENTS = 1 << 19
 COSINE_EPS = 1e-8  # torch.nn.functional.cosine_similarity's default
 
 
@@ -235,6 +249,110 @@ def _rows_from_scores(
     return loss, correct
 
 
+def _shared_chunk_rows(N: int, D: int) -> int:
+    """Frames per chunk of the shared form: one chunk's (rows, N, D) negatives stay near
+    ``_SHARED_CHUNK_ELEMENTS`` (small enough to be read back from the cache)."""
+    return max(1, _SHARED_CHUNK_ELEMENTS // (N * D))
+
+
+def _shared_scores(q: Tensor, k: Tensor, index: Tensor, scale: float) -> tuple[Tensor, Tensor]:
+    """q (r, K, D), k (Nk, D), index (r, K + N) key rows: the K steps' positives, then the N
+    negatives they share -> the candidates (r, K + N, D) and the scores (r, K, N + 1),
+    positive first. One product scores a positive and its negatives alike, so a negative
+    equal to the positive by value scores exactly as it does (a tie, as in the per-step
+    form)."""
+    K = q.shape[1]
+    cand = k.index_select(0, index.reshape(-1)).view(*index.shape, k.shape[1])  # (r, K + N, D)
+    s = torch.bmm(q, cand.transpose(1, 2)) * scale  # (r, K, K + N)
+    return cand, torch.cat([s[:, :, :K].diagonal(0, 1, 2).unsqueeze(2), s[:, :, K:]], 2)
+
+
+def _shared_index(pos: Tensor, neg: Tensor) -> tuple[Tensor, Tensor]:
+    """(R, K + N) int64 key rows, the positives first (ignored ones point at row 0), and the
+    (R, K) valid rows."""
+    valid = pos != IGNORE_INDEX
+    return torch.cat([torch.where(valid, pos, 0), neg], 1).long(), valid
+
+
+@torch.library.custom_op(
+    "cpc_fast::shared_negatives_info_nce",
+    mutates_args=(),
+    schema="(Tensor queries, Tensor keys, Tensor pos, Tensor neg, float scale, "
+    "bool correct_on_tie) -> (Tensor, Tensor)",
+)
+def shared_negatives_info_nce(queries, keys, pos, neg, scale, correct_on_tie):
+    """queries (R, K, D): K queries per frame row (one per step), keys (Nk, D), pos (R, K)
+    their positives' key rows (``IGNORE_INDEX``: no row), neg (R, N) key rows shared by the
+    K queries of the row -> loss (R, K) in the compute dtype, correct (R, K) bool.
+
+    The rows of :func:`reference_info_nce` with each frame's negatives repeated K times, but
+    they are gathered once per frame and scored against its K queries with one
+    (K, D) x (D, K + N) product: the gather, the costly part on a CPU, is K times smaller."""
+    R, K, D = queries.shape
+    N = neg.shape[1]
+    index, valid = _shared_index(pos, neg)
+    chunk = _shared_chunk_rows(K + N, D)
+    losses, correct = [], []
+    with torch.autocast(queries.device.type, enabled=False):
+        q, k = _scored(queries, keys, cosine=False)
+        for start in range(0, R, chunk):
+            idx = index[start : start + chunk]
+            _, scores = _shared_scores(q[start : start + chunk], k, idx, scale)
+            candidates = torch.cat([idx[:, :K, None], idx[:, None, K:].expand(-1, K, N)], 2)
+            loss, ok = _rows_from_scores(scores, candidates, correct_on_tie)
+            losses.append(loss)
+            correct.append(ok)
+    loss = torch.cat(losses)
+    return torch.where(valid, loss, 0), torch.cat(correct) & valid
+
+
+@shared_negatives_info_nce.register_fake
+def _(queries, keys, pos, neg, scale, correct_on_tie):
+    R, K = queries.shape[:2]
+    dtype = compute_dtype(queries, keys)
+    return queries.new_empty((R, K), dtype=dtype), queries.new_empty((R, K), dtype=torch.bool)
+
+
+def _shared_setup_context(ctx, inputs, output) -> None:
+    queries, keys, pos, neg, scale, _ = inputs
+    ctx.save_for_backward(queries, keys, pos, neg)
+    ctx.scale = scale
+
+
+def _shared_backward(ctx, grad_loss, _grad_correct):
+    """Recomputes each chunk's scores in differentiable PyTorch (so a second backward works,
+    as for the general op): d loss / d s = g (softmax(s) - [j = 0]), pulled back through the
+    same (K, D) x (D, K + N) product per frame, and scattered to the keys once."""
+    queries, keys, pos, neg = ctx.saved_tensors
+    need_dq, need_dk = ctx.needs_input_grad[:2]
+    R, K, D = queries.shape
+    index, valid = _shared_index(pos, neg)
+    chunk = _shared_chunk_rows(index.shape[1], D)
+    with torch.autocast(queries.device.type, enabled=False):
+        q, k = _scored(queries, keys, cosine=False)
+        g = torch.where(valid, grad_loss.to(q.dtype), 0) * ctx.scale  # (R, K)
+        # Filled in place, chunk by chunk (autograd records both writes, so a second
+        # backward still works): no copy of d keys per chunk, no list of d queries to join.
+        dq, dk = torch.zeros_like(q), torch.zeros_like(k)
+        for start in range(0, R, chunk):
+            qc, gc, idx = (x[start : start + chunk] for x in (q, g, index))
+            cand, scores = _shared_scores(qc, k, idx, ctx.scale)
+            w = gc.unsqueeze(2) * torch.softmax(scores, 2)  # (r, K, N + 1)
+            # Back to the product's (r, K, K + N) layout: step k's positive is column k.
+            w = torch.cat([torch.diag_embed(w[:, :, 0] - gc), w[:, :, 1:]], 2)
+            if need_dq:
+                dq[start : start + chunk] = torch.bmm(w, cand)
+            if need_dk:
+                d_cand = torch.bmm(w.transpose(1, 2), qc)  # (r, K + N, D)
+                dk.index_add_(0, idx.reshape(-1), d_cand.reshape(-1, D))
+        dq = dq.to(queries.dtype) if need_dq else None
+        dk = dk.to(keys.dtype) if need_dk else None
+    return dq, dk, None, None, None, None
+
+
+shared_negatives_info_nce.register_autograd(_shared_backward, setup_context=_shared_setup_context)
+
+
 def cpc_info_nce_rows_reference(
     predictions: Tensor,
     z: Tensor,
@@ -244,7 +362,8 @@ def cpc_info_nce_rows_reference(
     batch_keys: bool = False,
     correct_on_tie: bool = False,
 ) -> tuple[Tensor, Tensor]:
-    """Per-row CPC InfoNCE, one prediction step at a time.
+    """Per-row CPC InfoNCE: one prediction step at a time, or, for negatives shared by the
+    steps, one frame at a time (:func:`shared_negatives_info_nce`).
 
     predictions (B, K, T, D) with T <= L, z (B, L, D), neg_index (B, K or 1, T, N) frames of
     the row's own sequence, or with ``batch_keys`` rows of the whole batch's B·L frames ->
@@ -253,6 +372,10 @@ def cpc_info_nce_rows_reference(
     """
     B, K, T, D = predictions.shape
     L = z.shape[1]
+    N = neg_index.shape[3]
+    key_rows = B * L if batch_keys else L
+    if neg_index.shape[1] == 1 and K > 1 and key_rows > _SHARED_MIN_RATIO * (K + N):
+        return _shared_rows(predictions, z, neg_index, temperature, batch_keys, correct_on_tie)
     dtype = compute_dtype(predictions, z)
     neg_index = neg_index.expand(B, K, T, neg_index.shape[3])
     with torch.autocast(predictions.device.type, enabled=False):
@@ -315,3 +438,38 @@ def _cpc_step(
         losses.append(loss)
         correct.append(ok)
     return torch.cat(losses, 1), torch.cat(correct, 1)
+
+
+def _shared_rows(
+    predictions: Tensor,
+    z: Tensor,
+    neg_index: Tensor,
+    temperature: float,
+    batch_keys: bool,
+    correct_on_tie: bool,
+) -> tuple[Tensor, Tensor]:
+    """:func:`cpc_info_nce_rows_reference` for negatives shared by the K steps (neg_index
+    (B, 1, T, N)): the rows of frame (b, t) go to :func:`shared_negatives_info_nce` together."""
+    B, K, T, D = predictions.shape
+    L = z.shape[1]
+    N = neg_index.shape[3]
+    device = predictions.device
+    keys = z.reshape(B * L, D)
+    first = torch.arange(B, device=device).view(B, 1, 1) * L  # (B, 1, 1) first key row
+    neg = neg_index.reshape(B, T, N).long()
+    if not batch_keys:
+        neg = neg + first  # frames of the row's own sequence -> rows of the batch
+    frame = torch.arange(T, device=device).view(1, T, 1) + torch.arange(
+        1, K + 1, device=device
+    ).view(1, 1, K)  # (1, T, K) the positive's frame t + k + 1
+    pos = torch.where(frame < L, first + frame, IGNORE_INDEX)  # (B, T, K)
+    queries = predictions.permute(0, 2, 1, 3).reshape(B * T, K, D)  # free in the model's layout
+    loss, correct = shared_negatives_info_nce(
+        queries,
+        keys,
+        pos.reshape(B * T, K),
+        neg.reshape(B * T, N),
+        1.0 / temperature,
+        correct_on_tie,
+    )
+    return loss.view(B, T, K).permute(0, 2, 1), correct.view(B, T, K).permute(0, 2, 1)
