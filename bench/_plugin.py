@@ -37,6 +37,7 @@ SUITE_ORDER = (
     "bench_joint_step",
     "bench_encoder",
     "bench_batching",
+    "bench_ssl",
     "bench_protocol",
 )
 DEFAULT_STORAGE = "file://./.benchmarks"  # pytest-benchmark's own default

@@ -18,7 +18,12 @@ from cpc_fast.emotion.visualize import visualize as draw
 from cpc_fast.errors import UserInputError, naming
 from cpc_fast.io.atomic import json_text
 
-FLAGS["predict"] = {"cpc_path": "--cpc", "folder": "--model", "skip_bad": "--skip-bad"}
+FLAGS["predict"] = {
+    "cpc_path": "--cpc",
+    "upstream_path": "--upstream",
+    "folder": "--model",
+    "skip_bad": "--skip-bad",
+}
 FLAGS["visualize"] = {
     "root": "--root",
     "dataset": "--dataset",
@@ -64,6 +69,10 @@ def predict(
     cpc: Annotated[
         Path | None, typer.Option(help="Where the frozen CPC of a mini/pre model is now, if moved.")
     ] = None,
+    upstream: Annotated[
+        Path | None,
+        typer.Option(help="Where the Hugging Face model of an ssl model is now, if moved."),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
     skip_bad: Annotated[
         bool, typer.Option("--skip-bad", help="Skip (and count) files that fail when read.")
@@ -73,7 +82,7 @@ def predict(
 
     A file that fails stops the command with its name; with --skip-bad it is warned about
     and, in the JSON, listed with null values and its "error"."""
-    emotion_model = load_model(model, cpc_path=cpc)
+    emotion_model = load_model(model, cpc_path=cpc, upstream_path=upstream)
     conversions = Conversions(SAMPLE_RATE)
     rows = []
     for path in files:

@@ -9,12 +9,17 @@ how to turn audio into the recognizer's input and how to map outputs back to lab
      "features": {"kind": "lfbe", "lfbe": {...}}                      (sup)
                | {"kind": "cpc", "cpc": {"path": ..., "digest": ...}}  (mini, pre: frozen CPC
                                                                        stored elsewhere)
-               | {"kind": "joint", "cpc_config": {...}},               (weights inside)
+               | {"kind": "joint", "cpc_config": {...}}                (weights inside)
+               | {"kind": "ssl", "ssl": {"source": ..., "digest": ...,  (ssl-<name>: a frozen
+                  "layers": ..., "chunk_samples": ..., ...}},           Hugging Face model
+                                                                       stored elsewhere)
      "recognizer": RecognizerConfig, "label_scaler": {"mean": [3], "std": [3]},
      "label_range": [lo, hi] | null, "dataset": ..., "fold": ..., "run": ...}
 
-The frozen CPC of ``mini``/``pre`` is referenced by path and weight digest: loading fails
-with a clear message if it moved (pass ``cpc_path``) or changed.
+The frozen CPC of ``mini``/``pre`` and the upstream of ``ssl`` are referenced by path and
+weight digest: loading fails with a clear message if it moved (pass ``cpc_path`` or
+``upstream_path``) or changed. A model trained on the learned weighted sum of an upstream's
+hidden states holds the sum's weights and statistics under ``layer_sum.``.
 """
 
 from __future__ import annotations
@@ -31,11 +36,14 @@ from cpc_fast.data.labelled import LabelScaler
 from cpc_fast.errors import UserInputError
 from cpc_fast.features.cache import module_digest
 from cpc_fast.features.lfbe import LFBE, LFBEConfig
+from cpc_fast.features.ssl import SSLFrontEnd
+from cpc_fast.features.upstream import load_upstream
 from cpc_fast.io.atomic import write_json
 from cpc_fast.io.checkpoint import WEIGHTS_NAME, load_weights, save_weights
 from cpc_fast.models.cpc import CPCConfig, CPCModel
 from cpc_fast.models.loading import load_cpc
 from cpc_fast.models.recognizer import EmotionRecognizer, RecognizerConfig
+from cpc_fast.models.ssl_layers import LayerChoice, LayerSumRecognizer, WeightedLayerSum
 
 KIND = "emotion-recognizer"
 
@@ -57,9 +65,9 @@ def load_cpc_checked(path: str | os.PathLike, digest: str | None = None) -> torc
 class EmotionModel:
     """A recognizer with the feature front end it was trained on."""
 
-    recognizer: EmotionRecognizer
+    recognizer: EmotionRecognizer | LayerSumRecognizer
     config: dict[str, Any]
-    front_end: torch.nn.Module | None  # LFBE or CPC model; None only while being built
+    front_end: torch.nn.Module | None  # LFBE, CPC or SSL model; None only while being built
     folder: Path | None = None
 
     @property
@@ -78,12 +86,13 @@ class EmotionModel:
 
     @torch.inference_mode()
     def features(self, wave: np.ndarray) -> torch.Tensor:
-        """(n,) 16 kHz waveform -> (1, floor(n / 160), D) recognizer input."""
+        """(n,) 16 kHz waveform -> (1, L, D) recognizer input: L = floor(n / 160) frames of
+        LFBE or CPC contexts, or the SSL upstream's frames (50 a second)."""
         device = next(self.recognizer.parameters()).device
         x = torch.from_numpy(np.asarray(wave, np.float32)).to(device).unsqueeze(0)  # (1, T)
         if x.shape[1] < 160:
             raise UserInputError(f"audio of {x.shape[1]} samples is shorter than one 10 ms frame")
-        if self.feature_kind == "lfbe":
+        if self.feature_kind in ("lfbe", "ssl"):
             return self.front_end(x)
         return self.front_end.context(x)
 
@@ -110,22 +119,30 @@ def save_model(
     recognizer: EmotionRecognizer,
     config: dict[str, Any],
     cpc: torch.nn.Module | None = None,
+    layer_sum: WeightedLayerSum | None = None,
 ) -> None:
-    """Writes ``model.safetensors`` (+ ``config.json``); ``cpc`` only for the joint setup."""
+    """Writes ``model.safetensors`` (+ ``config.json``); ``cpc`` only for the joint setup,
+    ``layer_sum`` for SSL features combined by learned layer weights."""
     folder = Path(folder)
     state = {f"recognizer.{k}": v for k, v in recognizer.state_dict().items()}
     if cpc is not None:
         state.update({f"cpc.{k}": v for k, v in cpc.state_dict().items()})
+    if layer_sum is not None:
+        state.update({f"layer_sum.{k}": v for k, v in layer_sum.state_dict().items()})
     save_weights(folder / WEIGHTS_NAME, state, config, KIND)
     write_json(folder / "config.json", config)
 
 
 def load_model(
-    folder: str | os.PathLike, *, cpc_path: str | os.PathLike | None = None
+    folder: str | os.PathLike,
+    *,
+    cpc_path: str | os.PathLike | None = None,
+    upstream_path: str | os.PathLike | None = None,
 ) -> EmotionModel:
     """Loads a model folder written by an experiment (or its model.safetensors).
 
-    ``cpc_path`` points a ``mini``/``pre`` model at its frozen CPC if it moved.
+    ``cpc_path`` points a ``mini``/``pre`` model at its frozen CPC if it moved;
+    ``upstream_path`` an ``ssl`` model at its Hugging Face model folder.
     """
     folder = Path(folder)
     weights = folder / WEIGHTS_NAME if folder.is_dir() else folder
@@ -149,11 +166,37 @@ def load_model(
     elif features["kind"] == "joint":
         front_end = CPCModel(CPCConfig.from_dict(features["cpc_config"]))
         front_end.load_state_dict(_strip(state, "cpc."))
+    elif features["kind"] == "ssl":
+        front_end = _ssl_front_end(weights, features["ssl"], upstream_path)
+        layer_sum = _strip(state, "layer_sum.")
+        if layer_sum:
+            stacked = layer_sum["weights"].shape[0]
+            summed = WeightedLayerSum(stacked, recognizer.config.input_dim)
+            summed.load_state_dict(layer_sum)
+            recognizer = LayerSumRecognizer(summed, recognizer)
     else:
         raise UserInputError(f"{weights}: unknown feature kind {features['kind']!r}")
     front_end.eval()
     recognizer.eval()
     return EmotionModel(recognizer, config, front_end, weights.parent)
+
+
+def _ssl_front_end(
+    weights: Path, reference: dict[str, Any], upstream_path: str | os.PathLike | None
+) -> SSLFrontEnd:
+    """The Hugging Face model an ``ssl`` model was trained on, checked by its digest."""
+    source = str(upstream_path) if upstream_path is not None else reference["source"]
+    if upstream_path is None and reference["source"].startswith("/") and not Path(source).exists():
+        raise UserInputError(
+            f"{weights}: the upstream it was trained on, {source}, is gone; pass its new "
+            "location with `upstream_path=PATH`"
+        )
+    upstream = load_upstream(source)
+    if upstream.info.digest != reference["digest"]:
+        raise UserInputError(
+            f"upstream {source} is not the one {weights} was trained on (weights changed)"
+        )
+    return SSLFrontEnd(upstream, LayerChoice.parse(reference["layers"]), reference["chunk_samples"])
 
 
 def _strip(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
