@@ -42,6 +42,9 @@ NEW_EXPERIMENT_FLAGS = {"--cpu-processes", "--restart", "--threads", "--ddp", "-
 NEW_PRETRAIN_FLAGS |= {"--encoder-dim", "--context-dim", "--prediction-steps", "--encoder-norm"}
 NEW_PRETRAIN_FLAGS |= {"--num-negatives", "--temperature", "--exclude-positive"}
 NEW_EXPERIMENT_FLAGS |= {"--progress", "--no-progress"}
+# Issue 28: the ssl setup's Hugging Face upstreams.
+NEW_EXPERIMENT_FLAGS |= {"--upstream", "--ssl-layers", "--ssl-chunk-seconds", "--ssl-precision"}
+NEW_EXPERIMENT_FLAGS |= {"--ssl-batch-seconds"}
 
 
 def _flags(command: str) -> set[str]:

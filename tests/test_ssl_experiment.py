@@ -48,6 +48,10 @@ def _predictions(unit: Path) -> dict[str, list[float]]:
         }
 
 
+def _model_type(entry) -> str:
+    return json.loads((entry.path / "meta.json").read_text())["parts"]["model_type"]
+
+
 def _predict(unit: Path, files: list[Path], capsys) -> list[dict]:
     code, out, err = run_main(["predict", "--model", str(unit), *map(str, files), "--json"], capsys)
     assert code == 0, err
@@ -57,7 +61,8 @@ def _predict(unit: Path, files: list[Path], capsys) -> list[dict]:
 def _check_predict_matches(unit: Path, files: dict[str, Path], capsys) -> None:
     """`predict` on a test utterance's file gives the unit's own test prediction for it."""
     expected = _predictions(unit)
-    for (utt, path), row in zip(files.items(), _predict(unit, list(files.values()), capsys)):
+    rows = _predict(unit, list(files.values()), capsys)
+    for utt, row in zip(files, rows, strict=True):
         got = [row["activation"], row["valence"], row["dominance"]]
         np.testing.assert_allclose(got, expected[utt], atol=1e-4)
 
@@ -83,6 +88,8 @@ def test_upstreams_beside_sup_on_the_demo_corpus(
         "1",
         "--epochs",
         "3",
+        "--ssl-batch-seconds",
+        "3",  # padded batches, as on a GPU
         "--out",
         str(out),
         "--quiet",
@@ -137,13 +144,19 @@ def test_upstreams_beside_sup_on_the_demo_corpus(
     (row,) = _predict(unit, [new], capsys)
     assert all(np.isfinite(row[d]) for d in ("activation", "valence", "dominance"))
 
-    # A re-run resumes (nothing retrained); an upstream whose weights changed is refused.
-    done = {p: p.stat().st_mtime_ns for p in out.glob("ssl-*/*/run*/done")}
-    assert run_main(args, capsys)[0] == 0
-    assert {p: p.stat().st_mtime_ns for p in out.glob("ssl-*/*/run*/done")} == done
+    # One more upstream: its row is added, nothing else retrained; an upstream whose
+    # weights changed is refused.
+    done = {p: p.stat().st_mtime_ns for p in out.glob("*/*/run*/done")}
+    more = [*args]
+    more[more.index("--upstream") + 1] += f",{models['data2vec']}"
+    assert run_main(more, capsys)[0] == 0
+    after = {p: p.stat().st_mtime_ns for p in out.glob("*/*/run*/done")}
+    assert {p: after[p] for p in done} == done and len(after) == len(done) + 1
+    results = json.loads((out / "results.json").read_text())
+    assert list(results["setups"]) == ["sup", "ssl-w2v", "ssl-wavlm", "ssl-data2vec"]
     config = family_configs(transformers)["wav2vec2"]
     save_tiny_upstream(transformers, config, models["wav2vec2"], normalize=False, seed=1)
-    line = one_error_line(*run_main(args, capsys)[::2])
+    line = one_error_line(*run_main(more, capsys)[::2])
     assert "the weights of upstream w2v differ" in line
 
 

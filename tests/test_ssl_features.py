@@ -112,8 +112,8 @@ def test_long_files_run_in_overlapping_chunks(transformers, upstreams, tmp_path)
     info = upstream.info
     samples, chunk = 52_000, 16_000  # 3.25 s in chunks of 1 s
     plan = chunk_plan(samples, chunk, info)
-    assert [p[2] for p in plan][0] == 0 and plan[-1][3] == info.frames(samples)
-    for (start, end, first, last), (next_start, _, next_first, _) in zip(plan, plan[1:]):
+    assert plan[0][2] == 0 and plan[-1][3] == info.frames(samples)
+    for (start, end, _, last), (next_start, _, next_first, _) in zip(plan, plan[1:], strict=False):
         assert last == next_first and next_start < end  # tiled, and the chunks overlap
         assert start % info.hop == 0 and end - start == chunk
         assert last - next_start // info.hop >= 5  # a cut is away from each chunk's edge

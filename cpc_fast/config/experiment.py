@@ -300,7 +300,7 @@ class ExperimentConfig(Config):
         "weighted",
         flag=True,
         check=_layers,
-        help="Hidden states for 'ssl': K (one; 0 = the CNN features), mean, weighted "
+        help="Hidden states for 'ssl': K (one; 0 = the transformer's input), mean, weighted "
         "(SUPERB's learned softmax-weighted sum), or over states A-B: mean:A-B, weighted:A-B.",
     )
     ssl_chunk_seconds: float = setting(

@@ -258,7 +258,7 @@ class Runner:
         """The feature cache entry of unit setup ``ssl-<name>`` (planned: its parts)."""
         if setup not in self._ssl_caches:
             if self._samples is None:  # every utterance's length, read once per worker
-                self._samples = [len(self.corpus.wave(i)) for i in range(len(self.corpus))]
+                self._samples = [self.corpus.num_samples(i) for i in range(len(self.corpus))]
             cfg = self.config
             cuda = self.env.device.type == "cuda"
             self._ssl_caches[setup] = SSLFeatureCache(
@@ -455,6 +455,7 @@ class Runner:
         if task.kind == "prep":
             self.prepare(task.setup, task.fold, build=True, part=task.part)
             return
+        self._upstream = None  # units need no SSL model: its memory back
         key = (task.setup, task.fold.name)
         if prepared.get("for") != key:
             prepared.clear()

@@ -92,7 +92,9 @@ class SSLFeatureCache:
         self.chunk = max(int(chunk_seconds * SAMPLE_RATE) // info.hop * info.hop, info.hop)
         if self.chunk < 2 * info.receptive_field:
             raise UserInputError(f"`ssl_chunk_seconds` {chunk_seconds} is too short")
-        self.samples = samples if samples is not None else [len(w) for w in _waves(corpus)]
+        if samples is None:
+            samples = [corpus.num_samples(i) for i in range(len(corpus))]
+        self.samples = samples
         for i, n in enumerate(self.samples):
             if n < info.receptive_field:
                 record = corpus.records[i]
@@ -266,10 +268,6 @@ class SSLFrontEnd(nn.Module):
         )
         stored = torch.from_numpy(x.astype(STORAGE).astype(np.float32))
         return stored.to(wave.device).unsqueeze(0)
-
-
-def _waves(corpus: EmotionCorpus) -> Iterator[np.ndarray]:
-    return (corpus.wave(i) for i in range(len(corpus)))
 
 
 def _length_batches(pieces: list[tuple], budget: int) -> Iterator[list[tuple]]:

@@ -161,6 +161,7 @@ class _ValidFrameGroupNorm(nn.GroupNorm):
         samples = self.padding.samples
         if samples is None:
             return super().forward(x)
+        x = x.float()  # as autocast runs group_norm: statistics in float32
         frames = (samples - self.kernel) // self.stride + 1  # (B,)
         valid = torch.arange(x.shape[2], device=x.device) < frames[:, None]  # (B, T)
         valid = valid[:, None, :].to(x.dtype)
