@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from emotion_fixtures import write_manifest, write_wav
+from emotion_fixtures import write_manifest, write_samples, write_wav
 from optional_deps import need
 from ssl_fixtures import family_configs, plain_hidden_states, save_tiny_upstream
 
@@ -129,6 +129,16 @@ def test_long_files_run_in_overlapping_chunks(transformers, upstreams, tmp_path)
         expected[first:last] = states[first - start // info.hop : last - start // info.hop]
     actual = utterance_features(upstream, wave, LayerChoice.parse("2"), chunk)
     _close(actual, expected, 1e-4)
+    # The cache's own stitching, the long file's chunks in padded batches with others.
+    write_samples(tmp_path / "audio" / "long.wav", wave)
+    write_wav(tmp_path / "audio" / "short.wav", 0.8)
+    rows = [(f"{n}.wav", 1, 1, 1, "train", "s", "") for n in ("short", "long")]
+    corpus = load_manifest(write_manifest(tmp_path / "audio", rows))
+    cache = SSLFeatureCache(
+        corpus, info, LayerChoice.parse("2"), tmp_path / "cache", chunk_seconds=1.0
+    )
+    assert cache.chunk == chunk
+    _close(cache.build(upstream, batch_seconds=2.5)[1].astype(np.float32), expected, FP16)
 
 
 def test_layer_choices() -> None:

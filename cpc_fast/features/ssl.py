@@ -48,7 +48,7 @@ from cpc_fast.features.upstream import (
 from cpc_fast.models.ssl_layers import LayerChoice
 
 KIND = "ssl"
-STORAGE = "float16"  # on disk: half of float32, and within the features' own precision
+STORAGE = "float16"  # on disk: half the bytes of float32 (11 significant bits)
 PART_SECONDS = 1800.0  # audio per part: a worker's claim, and what a kill can cost
 DEFAULT_BATCH_SECONDS = {"cpu": 0.0, "cuda": 300.0}  # 0: one utterance (or chunk) a batch
 
@@ -184,9 +184,19 @@ class SSLFeatureCache:
         left = {i: len(plan) for i, plan in plans.items()}
         held: dict[int, np.ndarray] = {}  # the chunked utterances being assembled
         total = sum(self.samples[i] for i in indices) / SAMPLE_RATE
+        current: tuple[int, np.ndarray] = (-1, np.empty(0, np.float32))
+
+        def normalized(i: int) -> np.ndarray:
+            """Utterance ``i`` as the model takes it (a long file's chunks, of one length,
+            come one after another: normalised once for all of them)."""
+            nonlocal current
+            if current[0] != i:
+                current = (i, upstream.normalized(self.corpus.wave(i)))
+            return current[1]
+
         with _AudioBar(total, name, progress) as bar:
             for batch in _length_batches(pieces, budget):
-                waves = [upstream.normalized(self.corpus.wave(i))[a:b] for i, a, b, _, _ in batch]
+                waves = [normalized(i)[a:b] for i, a, b, _, _ in batch]
                 outputs = upstream.features(waves, self.choice, autocast)
                 for (i, start, _, first, last), x in zip(batch, outputs, strict=True):
                     skip = start // self.info.hop  # the chunk's first frame in the utterance
