@@ -1,8 +1,11 @@
 """Repository-wide pytest set-up: ``pytest --benchmark`` runs the benchmark suites in bench/.
 
 ``pytest`` alone runs tests/ (``testpaths``). The suites (bench/bench_*.py) are collected
-only when asked for: ``pytest --benchmark`` (every suite, the run saved under
-bench/results/<device>/), ``pytest bench`` or ``pytest bench/bench_info_nce.py``.
+only when asked for: ``pytest --benchmark`` (every suite but the long ones, the run saved
+under bench/results/<device>/; minutes on a CPU), ``pytest bench`` or
+``pytest bench/bench_info_nce.py``. The long suites (marker ``long``: the experiment
+protocol, whole launches of minutes each) run with ``--benchmark-long``, or when named
+(``pytest --benchmark bench/bench_protocol.py``), or selected with ``-m long``.
 pytest-benchmark's options work as usual, e.g. ``pytest --benchmark -k "philox and bf16"
 --benchmark-compare`` or ``pytest --benchmark --benchmark-json=out.json``. A session that
 collects bench/ loads bench/_plugin.py (device-folder storage, records, the tables).
@@ -25,6 +28,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         action="store_true",
         help="run the benchmark suites in bench/ (instead of tests/ when no path is given) "
         "and save the run under bench/results/<device>/",
+    )
+    parser.addoption(
+        "--benchmark-long",
+        action="store_true",
+        help="also run the long benchmark suites (marker `long`: whole experiment launches, "
+        "minutes per case), which a plain `pytest --benchmark` leaves out",
     )
 
 

@@ -9,6 +9,9 @@ a session collects bench/ (``pytest --benchmark``, ``pytest bench``, ``pytest be
 - Rounds: on a CPU, ``--benchmark-min-rounds`` defaults to 3 instead of 5 (a naive InfoNCE
   call takes seconds there); pytest-benchmark's other defaults stay.
 - Order: the suites run training step first (what a short GPU lease must not miss).
+- Length: the long suites (marker ``long``: whole experiment launches, minutes each) are left
+  out unless asked for (``--benchmark-long``, ``-m long``, or the suite's file named), so
+  that ``pytest --benchmark`` takes minutes; the session's wall time is printed last.
 - Summary: at the end of the session, one table per group (bench/readme_tables.py) after
   pytest-benchmark's own (whose columns default to median, IQR and rounds here).
 """
@@ -18,6 +21,7 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import shlex
+import time
 from pathlib import Path
 
 import _harness
@@ -43,6 +47,8 @@ SUITE_ORDER = (
 DEFAULT_STORAGE = "file://./.benchmarks"  # pytest-benchmark's own default
 CPU_MIN_ROUNDS = 3  # the CPU's slowest calls take seconds; the whole suite must fit 10 min
 BENCH = Path(__file__).resolve().parent
+LEFT_OUT: set[str] = set()  # the long suites this session left out (file names)
+_STARTED = time.monotonic()
 
 
 def configure(config: pytest.Config, benchmark_flag: bool) -> None:
@@ -122,7 +128,7 @@ def pytest_runtest_teardown(item: pytest.Item) -> None:
         _harness.log_partial(benchmark=fixture.stats.as_dict(include_data=False))
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     def rank(item: pytest.Item) -> int:
         path = Path(str(item.path)).resolve()
         if BENCH not in path.parents:
@@ -130,6 +136,23 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         return SUITE_ORDER.index(path.stem) if path.stem in SUITE_ORDER else len(SUITE_ORDER)
 
     items.sort(key=rank)
+    left_out = [item for item in items if _left_out(config, item)]
+    if left_out:
+        config.hook.pytest_deselected(items=left_out)
+        items[:] = [item for item in items if item not in left_out]
+        LEFT_OUT.update(Path(str(item.path)).name for item in left_out)
+
+
+def _left_out(config: pytest.Config, item: pytest.Item) -> bool:
+    """A case of a long suite (marker ``long``) that the user did not ask for: not with
+    ``--benchmark-long``, not selected by a ``-m`` expression, not named by its file."""
+    if item.get_closest_marker("long") is None:
+        return False
+    if config.getoption("benchmark_long") or config.option.markexpr:
+        return False
+    path = Path(str(item.path)).resolve()
+    named = (config.invocation_params.dir / a.split("::")[0] for a in config.args)
+    return path not in {p.resolve() for p in named}
 
 
 @pytest.hookimpl(trylast=True)
@@ -153,3 +176,17 @@ def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
     )
     terminalreporter.write_line("")
     terminalreporter.write(report.render_text(found))
+    _write_wall_time(terminalreporter)
+
+
+def _write_wall_time(terminalreporter) -> None:
+    """The session's wall time, and the long suites it left out (how to run them)."""
+    minutes, seconds = divmod(round(time.monotonic() - _STARTED), 60)
+    line = f"benchmark run: {minutes} min {seconds:02d} s wall time"
+    if LEFT_OUT:
+        line += (
+            f"; long suites left out: {', '.join(sorted(LEFT_OUT))} "
+            "(pytest --benchmark --benchmark-long runs them too)"
+        )
+    terminalreporter.write_line("")
+    terminalreporter.write_line(line)

@@ -5,7 +5,7 @@ cache) of the demo's experiment with one run: 4 setups x 5 folds = 20 units plus
 preparations (the LFBE and preCPC caches, the 5 miniCPC pre-trainings), tiny preset. On the
 CPU (group "experiment protocol"):
 
-  one process      one worker, one thread per unit (the baseline)
+  one process      ``--cpu-processes 1``: one worker, one thread per unit (the baseline)
   2 workers        ``--cpu-processes 2``: two workers, whole units each, one thread each
   ddp 2            ``--cpu-processes 2 --ddp``: every unit trained by both processes (DDP
                    over gloo), as ``--cpu-processes 2`` did before units were scheduled
@@ -22,7 +22,10 @@ machine the CPU cases run too, except under the GPU check's deadline (``BENCH_DE
 where they are not measured: each takes minutes, the GPU's time is for the GPU cases. One
 round each: a round takes minutes.
 
-    pytest --benchmark -k protocol
+    pytest --benchmark --benchmark-long -k protocol
+    pytest --benchmark bench/bench_protocol.py         # the same: a named long suite runs
+
+A long suite (marker ``long``): a plain ``pytest --benchmark`` leaves it out.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ import torch
 from _harness import DEADLINE_ENV, ON_GPU, Case, cpu_cores, show
 
 PROVIDERS = {
-    "one process": [],
+    "one process": ["--cpu-processes", "1"],
     "2 workers": ["--cpu-processes", "2"],
     "ddp 2": ["--cpu-processes", "2", "--ddp"],
 }
@@ -48,6 +51,8 @@ GPU_PROVIDERS = {
     f"gpu, {SHARING} sharing": ["--gpus", "1", "--workers-per-gpu", str(SHARING)],
 }
 GPU_FOLDS = ["--folds", "1,2"]
+pytestmark = pytest.mark.long  # minutes per case: opt-in (--benchmark-long)
+
 UNITS = {"cpu": 4 * 5, "cuda": 4 * 2}  # setups x folds, one run
 GPU_ROUND_S = 55.0  # a GPU round's time need (a guess for an H100: never measured yet)
 

@@ -29,7 +29,7 @@ what it finished; no benchmark case starts within its own time need of the end):
   5. the experiment protocol on the GPU (bench/bench_protocol.py's GPU cases: the demo's
      units one at a time versus four workers sharing the GPU, units per minute), in its
      own share of the budget (``--protocol-budget``, 0 skips it), kept as protocol.json (not
-     saved as a run of the folder: the README shows a device's newest run, step 4's);
+     saved as a run of the folder: the benchmarks page shows a device's newest run, step 4's);
   6. summary.md: device, versions, commands, steps, test counts and failures, the tables.
 
 OUT_DIR gets summary.md, benchmarks.json and protocol.json (when they finished) and gpu-check.tar.gz
@@ -257,6 +257,7 @@ class Check:
             self.notes.append("protocol: skipped (--protocol-budget 0)")
             return
         cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", PROTOCOL, "-k", "gpu"]
+        cmd += ["--benchmark-long"]
         cmd += [f"--benchmark-json={self.work / 'protocol.json'}"]
         seconds = min(seconds, self.left() - RESERVE_S)
         deadline = time.time() + seconds - 20

@@ -18,7 +18,8 @@ units per minute of each way (training only: no validation, checkpoints or start
 
     flock /tmp/cpu.lock python bench/study_stacked_units.py --units 5 --epochs 10
 
-Not a benchmark suite (no ``bench_`` prefix): a study whose answer is in the README's notes.
+Not a benchmark suite (no ``bench_`` prefix): a study whose answer is in docs/benchmarks.md
+("Stacked weights, rejected").
 On the 2-core AMD EPYC VM (torch 2.13, 5 units x 110 steps): not bit-identical (3.5e-5 with
 dropout off) and slower, 6.6 against 11.8 units/min (no vmap rule for CPU attention, so it
 runs unit by unit inside vmap); the first pass's times include the warm-up.

@@ -13,3 +13,19 @@ from cpc_fast.losses.info_nce import (  # noqa: E402, F401  (public API)
 )
 from cpc_fast.models import CPCConfig, CPCModel, load_cpc  # noqa: E402, F401  (public API)
 from cpc_fast.models.recognizer import EmotionRecognizer  # noqa: E402, F401  (public API)
+
+# The public API: the names the documentation's API reference must render (tests/test_docs.py).
+__all__ = [
+    "CPCConfig",
+    "CPCInfoNCELoss",
+    "CPCInfoNCEOutput",
+    "CPCModel",
+    "EmotionRecognizer",
+    "InfoNCELoss",
+    "LossConfig",
+    "ccc",
+    "ccc_loss",
+    "cpc_info_nce",
+    "info_nce",
+    "load_cpc",
+]

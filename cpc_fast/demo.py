@@ -21,7 +21,6 @@ paper's results. ``REAL_COMMANDS`` are the commands for the real thing.
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -37,6 +36,7 @@ from cpc_fast.emotion.report import render_markdown
 from cpc_fast.emotion.visualize import cpc_representations, require_viz, visualize
 from cpc_fast.errors import UserInputError
 from cpc_fast.io.atomic import atomic_write_bytes, check_writable_folder, write_json
+from cpc_fast.io.cpus import intra_op_threads
 from cpc_fast.io.metrics import read_metrics
 from cpc_fast.models.loading import load_cpc
 from cpc_fast.training.data import open_pretrain_data
@@ -81,18 +81,12 @@ class DemoSettings:
         }
 
 
-def demo_workers() -> int:
-    """The experiment's workers: one per usable core (at most 8), one thread each, the
-    fastest schedule on a CPU (units are small: one thread each beats threads per unit)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(1, min(cores or 1, 8))
-
-
 def demo_settings(out: str | Path, quick: bool = False) -> DemoSettings:
-    """The full demo (5-13 min on 2 CPU cores, by CPU) or ``quick`` (1.5-4 min: shorter training).
+    """The full demo (5-13 min on 2 CPU cores, by CPU) or ``quick`` (2-4 min: shorter training).
 
     Both run all four setups, 2 runs each, over the 5 leave-one-session-out folds of the
-    tiny synthetic emotion corpus, with one worker process per core (:func:`demo_workers`);
+    tiny synthetic emotion corpus, with the experiment's CPU default: one worker process per
+    core, one thread each (the fastest schedule on a CPU: units are small);
     ``quick`` trains the CPC and the recognizers for fewer steps, so its numbers are lower
     and noisier.
     """
@@ -105,7 +99,6 @@ def demo_settings(out: str | Path, quick: bool = False) -> DemoSettings:
         setups=SETUPS,
         runs=2,
         gpus=0,
-        cpu_processes=demo_workers() if demo_workers() > 1 else 0,
     )
     if not quick:
         return DemoSettings(pretrain=pretrain, experiment=experiment, label="full")
@@ -142,7 +135,8 @@ def pretrain_stage(settings: DemoSettings, out: Path, progress: bool) -> Path:
         config.data, seed=config.seed, sample_rate=config.model.sample_rate
     )
     config = replace(config, data=resolved)
-    return pretrain(config, train, valid, out / "cpc", progress=progress)
+    with intra_op_threads(config.cpu_plan(1).threads):  # every core this process may use
+        return pretrain(config, train, valid, out / "cpc", progress=progress)
 
 
 def experiment_stage(settings: DemoSettings, progress: bool) -> dict[str, Any]:

@@ -47,6 +47,7 @@ def collect_info() -> dict[str, Any]:
         "soundfile": _version("soundfile"),
         "transformers": _distribution_version("transformers"),
         "tensorboard": _distribution_version("tensorboard"),
+        "submitit": _distribution_version("submitit"),
         "cuda_available": torch.cuda.is_available(),
         "cuda_devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
         "native_extension_built": batching.extension_available(),

@@ -33,7 +33,7 @@ import math
 import types
 import typing
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from cpc_fast.errors import UserInputError
 
@@ -56,7 +56,8 @@ def setting(
     """A config field.
 
     Args:
-        default, default_factory: as for ``dataclasses.field``.
+        default: as for ``dataclasses.field``.
+        default_factory: as for ``dataclasses.field``.
         help: one line for documentation and ``--help``.
         check: the field's own check (:func:`at_least`, :func:`one_of`, ...).
         flag: whether the command line offers the field: True for the flag its name gives
@@ -114,6 +115,10 @@ def optional(check: Check) -> Check:
 
 class Config:
     """Base of the run configurations (a mixin for ``@dataclass`` classes)."""
+
+    # What ``--help`` says for a default of None where it depends on the run (a field
+    # declared once for several runs, see config.common), by field name.
+    default_texts: ClassVar[Mapping[str, str]] = {}
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):

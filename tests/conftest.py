@@ -45,6 +45,18 @@ def one_torch_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture(scope="session")
+def two_process_runs(tmp_path_factory):
+    """One pair of gloo processes runs the two-process preemption points and the reference
+    of the runs in subprocesses (tests/preemption_harness.py): (its folder, the records)."""
+    from preemption_harness import STEPS, random_points, two_process_runs
+
+    folder = tmp_path_factory.mktemp("two-processes")
+    # The ranks stop one step after the signal (StopVote): the last point is a step earlier.
+    points = random_points(seed=31, count=12, last=STEPS - 2, ranks=2)
+    return folder, two_process_runs(folder, points), points
+
+
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     if report.when == "call" and report.passed and "huggingface" in report.keywords:
         _huggingface_passed.append(report.nodeid)

@@ -43,6 +43,32 @@ def test_the_bench_folder_collects_the_suites_training_step_first():
     assert collected[0].startswith("bench/bench_train_step.py")  # the GPU check needs it first
 
 
+def _collected_suites(*args: str) -> set[str]:
+    done = _pytest(*args, "--co", "-q")
+    assert done.returncode == 0, done.stdout + done.stderr
+    return {line.split("::")[0] for line in done.stdout.splitlines() if "::" in line}
+
+
+def test_the_default_benchmark_run_leaves_the_long_suites_out():
+    """`pytest --benchmark` stays minutes long: the suites marked `long` (whole experiment
+    launches) run only when asked for."""
+    default = _collected_suites("--benchmark")
+    assert "bench/bench_protocol.py" not in default
+    assert {"bench/bench_train_step.py", "bench/bench_info_nce.py"} <= default
+    long = {"bench/bench_protocol.py"}
+    assert _collected_suites("--benchmark", "--benchmark-long") == default | long
+    assert _collected_suites("--benchmark", "-m", "long") == long
+    assert _collected_suites("--benchmark", "bench/bench_protocol.py") == long
+
+
+def test_every_suite_that_launches_an_experiment_is_marked_long():
+    """A suite that starts whole `cpc-fast experiment` launches takes minutes per case."""
+    for path in sorted(BENCH.glob("bench_*.py")):
+        text = path.read_text()
+        if '"experiment"' in text and "subprocess" in text:
+            assert "pytestmark = pytest.mark.long" in text, path.name
+
+
 @pytest.mark.parametrize(("args", "root"), [([], "tests"), (["--benchmark"], "bench")])
 def test_plain_pytest_runs_tests_and_the_benchmark_option_runs_bench(tmp_path, args, root):
     # A plugin that prints what the session would collect, then stops before collecting.
@@ -109,18 +135,41 @@ def test_report_renders_one_table_per_group_with_ratios_memory_and_gaps(bench_mo
     assert "| fast | 1.00 ms | 4.00x | 12.2 MB | - |" in markdown
 
 
-def test_readme_block_is_generated_between_the_markers(bench_module, tmp_path):
+def test_the_tables_are_generated_between_the_markers(bench_module, tmp_path):
     report = bench_module("readme_tables")
-    assert (ROOT / "README.md").read_text().count(report.START) == 1
+    assert report.PAGE.read_text().count(report.START) == 1
     run = tmp_path / "run.json"
     run.write_text(json.dumps({"benchmarks": [_record("base", 3.0)], "machine_info": {}}))
-    readme = tmp_path / "README.md"
-    readme.write_text(f"head\n{report.START}\nold\n{report.END}\ntail\n")
-    report.update_readme(report.readme_block([run]), readme)
-    text = readme.read_text()
+    page = tmp_path / "benchmarks.md"
+    page.write_text(f"head\n{report.START}\nold\n{report.END}\ntail\n")
+    report.update_between(page, report.tables_block([run]))
+    text = page.read_text()
     assert text.startswith("head\n") and text.endswith("tail\n") and "old" not in text
     assert "| base | 3.00 ms |" in text
     assert "GPU: not measured" in text  # no GPU run among the inputs
+
+
+def test_the_readme_s_headline_rows_are_generated_between_their_markers(bench_module, tmp_path):
+    report = bench_module("readme_tables")
+    assert (ROOT / "README.md").read_text().count(report.HEADLINE_START) == 1
+    group, provider = report.HEADLINES[2]
+    records = [
+        _record("base", 3.0, peak=200.0, group=group),
+        _record(provider, 1.5, peak=50.0, group=group),
+        _record("other", 1.0, group="not a headline"),
+    ]
+    run = tmp_path / "run.json"
+    run.write_text(json.dumps({"benchmarks": records, "machine_info": {"device": "dev"}}))
+    readme = tmp_path / "README.md"
+    readme.write_text(f"head\n{report.HEADLINE_START}\nold\n{report.HEADLINE_END}\ntail\n")
+    block = report.headline_block([run])
+    report.update_between(readme, block, report.HEADLINE_START, report.HEADLINE_END)
+    text = readme.read_text()
+    assert text.startswith("head\n") and text.endswith("tail\n") and "old" not in text
+    assert f"| base: 3.00 ms | {provider}: 1.50 ms | **2.00x** | 200 MB → 50.0 MB | dev," in text
+    assert "not a headline" not in text and "GPU: not measured" in text
+    with pytest.raises(SystemExit, match="must hold one"):
+        report.update_between(readme, block)  # the tables' markers are not in the README
 
 
 def test_fused_cases_are_not_timed_in_the_interpreter(bench_module, monkeypatch):

@@ -36,6 +36,7 @@ EXPERIMENT_FLAGS = {
     "--seed", "--data-seed", "--cache-dir", "--gpus", "--quiet", "-q",
 }  # fmt: skip
 NEW_PRETRAIN_FLAGS = {"--cpu-processes", "--skip-nonfinite", "--quiet", "-q", "--compile"}
+NEW_PRETRAIN_FLAGS |= {"--threads"}  # issue 27: declared once with the experiment's
 NEW_PRETRAIN_FLAGS |= {"--cache", "--no-cache", "--cache-dir"}  # issue 19: the prepared corpus
 NEW_EXPERIMENT_FLAGS = {"--cpu-processes", "--restart", "--threads", "--ddp", "--workers-per-gpu"}
 # Issue 21: the model and the loss are config nodes, with flags; the output flags shared.
@@ -45,6 +46,11 @@ NEW_EXPERIMENT_FLAGS |= {"--progress", "--no-progress"}
 # Issue 28: the ssl setup's Hugging Face upstreams.
 NEW_EXPERIMENT_FLAGS |= {"--upstream", "--ssl-layers", "--ssl-chunk-seconds", "--ssl-precision"}
 NEW_EXPERIMENT_FLAGS |= {"--ssl-batch-seconds"}
+# Issue 30: the SLURM options of both commands (cli/slurm.py).
+SLURM_FLAGS = {"--launcher", "--nodes", "--partition", "--account", "--qos", "--time"}
+SLURM_FLAGS |= {"--cpus-per-task", "--sbatch", "--signal-delay", "--max-timeouts", "--slurm-dir"}
+NEW_PRETRAIN_FLAGS |= SLURM_FLAGS
+NEW_EXPERIMENT_FLAGS |= SLURM_FLAGS
 
 
 def _flags(command: str) -> set[str]:
@@ -111,6 +117,7 @@ def test_one_diff_rule_skips_resumable_fields_for_every_config() -> None:
     assert resumable_fields(PretrainConfig) == {
         "epochs", "max_steps", "save_every", "valid_every", "log_every", "workers", "strict",
         "bf16", "skip_nonfinite", "cache", "cache_dir", "compile",
+        "gpus", "cpu_processes", "threads",
     }  # fmt: skip
     saved = pretrain.tiny().to_dict()
     longer = pretrain.tiny(epochs=90, workers=2).to_dict()

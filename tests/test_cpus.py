@@ -61,3 +61,25 @@ def test_cgroup_v1_quota(fake_cgroups, monkeypatch, tmp_path):
     assert cpus.available_cpus() == 4
     (v1 / "cpu.cfs_quota_us").write_text("-1\n")  # v1's "no limit"
     assert cpus.available_cpus() == 8
+
+
+def test_share_of_cores_respects_omp_num_threads(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert cpus.share_of_cores(1, cores=8) == 8
+    assert cpus.share_of_cores(3, cores=8) == 2
+    assert cpus.share_of_cores(16, cores=8) == 1
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert cpus.share_of_cores(1, cores=8) == 3
+    monkeypatch.setenv("OMP_NUM_THREADS", "junk")
+    assert cpus.share_of_cores(2, cores=8) == 4
+
+
+def test_intra_op_threads_sets_and_restores():
+    import torch
+
+    before = torch.get_num_threads()
+    with cpus.intra_op_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    with cpus.intra_op_threads(0):  # 0: left as it is
+        assert torch.get_num_threads() == before

@@ -348,11 +348,12 @@ def _wait_until(ready, proc: subprocess.Popen, seconds: float = 120) -> None:
 
 
 def _terminate(proc: subprocess.Popen) -> str:
-    """Sends SIGTERM; the exit status is then 143 and the return value its stderr."""
+    """Sends SIGTERM; the exit status is then 75 (preempted, resume me) and the return value
+    its stderr."""
     proc.send_signal(signal.SIGTERM)
     err = proc.communicate(timeout=60)[1]
-    assert proc.returncode == 143, err
-    assert "error: terminated (SIGTERM); run the same command again to resume" in err
+    assert proc.returncode == 75, err
+    assert "preempted (SIGTERM)" in err and "run the same command again to resume" in err
     assert "Traceback" not in err
     return err
 

@@ -204,6 +204,21 @@ def test_visualize(experiment: Path, tmp_path: Path, source: str) -> None:
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_visualize_says_first_how_many_cores_it_uses(experiment: Path, tmp_path: Path) -> None:
+    from cpc_fast.io.cpus import available_cpus
+
+    need("sklearn")
+    args = ["visualize", "--pretrained", str(experiment / "cpc"), "--dataset", "synthetic"]
+    args += ["--synthetic-size", "tiny", "--max-utterances", "20", "--out", str(tmp_path / "f.png")]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    cores = available_cpus()
+    threads = f"{cores} thread{'s' if cores > 1 else ''}"
+    assert result.output.splitlines()[0] == (
+        f"visualize: 1 CPU process x {threads} ({cores} core{'s' if cores > 1 else ''} here)"
+    )
+
+
 def test_visualize_needs_exactly_one_source(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
     with pytest.raises(SystemExit):
         main(["visualize", "--dataset", "synthetic", "--out", str(tmp_path / "f.png")])

@@ -346,3 +346,55 @@ def test_cli_user_mistakes_are_one_line(tmp_path, capsys, extra, message) -> Non
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "\n" not in err and message in err
+
+
+@pytest.mark.parametrize(
+    ("env_threads", "flags", "expected"),
+    [
+        (None, [], "share"),
+        ("1", [], 1),
+        ("1", ["--threads", "2"], 2),
+        (None, ["--threads", "0"], 0),
+    ],
+)
+def test_pretrain_on_a_cpu_takes_its_share_of_the_cores_and_says_so_first(
+    tmp_path, capsys, monkeypatch, env_threads, flags, expected
+) -> None:
+    """One CPU process: every core it may use (not torch's count of the machine's), unless
+    OMP_NUM_THREADS or --threads says otherwise (0: torch's default); its first line says it."""
+    from cpc_fast.cli import pretrain as command
+    from cpc_fast.io.cpus import available_cpus
+
+    if env_threads is None:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    else:
+        monkeypatch.setenv("OMP_NUM_THREADS", env_threads)
+    seen: list[int] = []
+    monkeypatch.setattr(
+        command, "run_pretrain", lambda *a, **k: seen.append(torch.get_num_threads())
+    )
+    before = torch.get_num_threads()
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            main(
+                [
+                    "pretrain",
+                    "--out",
+                    str(tmp_path / "x"),
+                    "--preset",
+                    "tiny",
+                    "--gpus",
+                    "0",
+                    *flags,
+                ]
+            )
+    finally:
+        torch.set_num_threads(before)
+    assert exit_info.value.code == 0
+    cores = available_cpus()
+    threads = {"share": cores, 0: before}.get(expected, expected)
+    assert seen == [threads]
+    first = capsys.readouterr().err.splitlines()[0]
+    words = "torch's default threads" if expected == 0 else f"{threads} thread"
+    assert first.startswith("pretrain: 1 CPU process x ") and words in first, first
+    assert first.endswith(f"({cores} core{'s' if cores > 1 else ''} here)"), first

@@ -159,11 +159,12 @@ TASKS = ["prep.lfbe", "prep.mini.fold1", "prep.mini.fold2"] + [u.replace("/", ".
 
 
 @contextlib.contextmanager
-def _launched(out: Path, *extra: str) -> Iterator[subprocess.Popen]:
+def _launched(out: Path, *extra: str, quiet: bool = True) -> Iterator[subprocess.Popen]:
     """``cpc-fast experiment FLAGS --out OUT EXTRA``, killed on the way out (its workers die
-    with it)."""
+    with it); ``quiet=False`` drops FLAGS' ``--quiet``."""
+    flags = FLAGS if quiet else [f for f in FLAGS if f != "--quiet"]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "cpc_fast", *FLAGS, "--out", str(out), *extra],
+        [sys.executable, "-m", "cpc_fast", *flags, "--out", str(out), *extra],
         env={**os.environ, "OMP_NUM_THREADS": "1"},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -216,7 +217,7 @@ def _assert_same_units(a: Path, b: Path) -> None:
 def one_process(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The experiment run by one worker: the reference."""
     out = tmp_path_factory.mktemp("one") / "exp"
-    with _launched(out) as launch:
+    with _launched(out, "--cpu-processes", "1") as launch:
         _finish(launch)
     assert sorted(e for e in _events(out) if e[0] == "done") == sorted(("done", t) for t in TASKS)
     return out
@@ -229,7 +230,10 @@ def test_two_concurrent_launches_share_the_work_and_match_one_process(
     """A launch of two workers and a launch of one, on one folder at the same time: every
     task runs exactly once, both launches print the table, the bits are one process's."""
     out = tmp_path / "exp"
-    with _launched(out, "--cpu-processes", "2") as two, _launched(out) as one:
+    with (
+        _launched(out, "--cpu-processes", "2") as two,
+        _launched(out, "--cpu-processes", "1") as one,
+    ):
         printed = [_finish(two)[0], _finish(one)[0]]
     events = _events(out)
     for task in TASKS:
@@ -242,6 +246,26 @@ def test_two_concurrent_launches_share_the_work_and_match_one_process(
         json.loads((out / "results.json").read_text())["setups"]
         == json.loads((one_process / "results.json").read_text())["setups"]
     )
+
+
+@pytest.mark.slow
+def test_a_bare_launch_fills_the_cpu_and_matches_one_process(
+    one_process: Path, tmp_path: Path
+) -> None:
+    """No --cpu-processes on a machine without a GPU: one worker per core here (at most the
+    units), which says so first; the bits are one process's."""
+    from cpc_fast.io.cpus import available_cpus
+
+    out = tmp_path / "exp"
+    with _launched(out, quiet=False) as launch:
+        _, err = _finish(launch)
+    workers = min(available_cpus(), len(UNITS))
+    first = err.lstrip().splitlines()[0]
+    assert first.startswith(f"experiment: {workers} CPU worker"), err[:500]
+    assert "1 thread" in first and "the default without a GPU" in first
+    pids = {line.split()[4] for line in (out / ".claims/events.log").read_text().splitlines()}
+    assert len(pids) == workers
+    _assert_same_units(one_process, out)
 
 
 @pytest.mark.slow
@@ -330,7 +354,7 @@ def test_gpus_n_with_k_workers_per_gpu_launches_n_times_k_workers_k_per_gpu(
     monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
     launched: list[tuple] = []
 
-    def run_workers(target, args):
+    def run_workers(target, args, **_):
         launched.extend(args)
         return [0] * len(args)
 
@@ -350,6 +374,75 @@ def test_gpus_n_with_k_workers_per_gpu_launches_n_times_k_workers_k_per_gpu(
     devices = [experiment._device_env(config, slot).device for slot in range(6)]
     assert [str(d) for d in devices] == ["cuda:0"] * 3 + ["cuda:1"] * 3
     assert chosen == devices
+
+
+@pytest.mark.parametrize(
+    "cores, cpu_processes, units_done, expected",
+    [
+        (2, None, 0, 2),  # one worker per core
+        (8, None, 0, 4),  # at most the units (4)
+        (8, None, 3, 1),  # at most the units left: one, in this process
+        (1, None, 0, 1),
+        (8, 1, 0, 1),  # --cpu-processes 1 still runs one
+        (8, 3, 0, 3),
+    ],
+)
+def test_without_a_gpu_the_default_is_a_worker_per_core_at_most_the_units_left(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    cores: int,
+    cpu_processes: int | None,
+    units_done: int,
+    expected: int,
+) -> None:
+    from cpc_fast.config import experiment as presets
+    from cpc_fast.emotion import launch as experiment
+    from cpc_fast.emotion.experiment import Runner
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(experiment, "available_cpus", lambda: cores)
+    launched: list[tuple] = []
+    in_process: list[int] = []
+
+    def run_workers(target, args, **_):
+        launched.extend(args)
+        return [0] * len(args)
+
+    def run(runner, launch):
+        in_process.append(torch.get_num_threads())
+
+    monkeypatch.setattr(experiment, "run_workers", run_workers)
+    monkeypatch.setattr(Runner, "run", run)
+    monkeypatch.setattr(Runner, "units_done", lambda runner: (units_done, 4))
+    config = presets.tiny(
+        dataset="synthetic",
+        setups=("sup", "pre"),
+        folds=(1, 2),
+        runs=1,
+        gpus=1,  # the default: without CUDA, the CPU
+        cpu_processes=cpu_processes,
+        pretrained=str(tmp_path / "cpc"),
+        out=str(tmp_path / "exp"),
+    )
+    monkeypatch.setattr(experiment, "Runner", _counting_runner(Runner))
+    experiment.run_experiment(config, progress=False)
+    if expected == 1:
+        assert launched == [] and in_process == [1]  # one thread per unit, in this process
+    else:
+        assert [a[1] for a in launched] == list(range(expected))
+
+
+def _counting_runner(runner: type) -> type:
+    """``Runner`` without its corpus (the launch's decisions need only the unit counts)."""
+
+    class Bare(runner):
+        def __init__(self, config, env, progress):
+            self.config = config
+
+        def check_folder(self) -> None:
+            pass
+
+    return Bare
 
 
 @pytest.mark.parametrize(

@@ -1,5 +1,5 @@
 """A tiny random ``transformers.Wav2Vec2ForPreTraining`` and Hugging Face's own inputs for it
-(``test_wav2vec2.py``, ``test_readme_recipes.py``). Needs the ``compat`` extra; without it the
+(``test_wav2vec2.py``, ``test_docs_examples.py``). Needs the ``compat`` extra; without it the
 tests that use these helpers are skipped."""
 
 from __future__ import annotations

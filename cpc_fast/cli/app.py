@@ -4,8 +4,14 @@ Commands live in sibling modules (``info``, ``pretrain``, ...) and register them
 ``app``; ``main`` turns user mistakes and errors of the system (a full disk, a folder it may
 not write, too many open files) into one line on stderr and exit status 2, worded for the
 command line: the library names its arguments in backticks (```batch_size```), which
-become the command's flags (``--batch-size``). SIGTERM raises where the program is, as
-Ctrl-C does, so its clean-ups (temporary files, the run folder's lock) run.
+become the command's flags (``--batch-size``). The preemption signals (SIGTERM, SIGUSR1,
+SIGUSR2 by default: :mod:`cpc_fast.training.preemption`) stop a training run after its step
+in flight, saved, and anything else where it is, as Ctrl-C does, so that its clean-ups
+(temporary files, the run folder's lock, claims) run.
+
+Exit statuses: 0 done; 1 a bug (with its traceback) or a worker that failed so; 2 a mistake
+of the user or an error of the system (one ``error:`` line); 75 preempted, the work saved:
+run the same command again to resume; 130 Ctrl-C; a launched worker's own status otherwise.
 """
 
 from __future__ import annotations
@@ -13,7 +19,6 @@ from __future__ import annotations
 import errno
 import os
 import re
-import signal
 import sys
 from collections.abc import Mapping
 
@@ -21,8 +26,9 @@ import typer
 
 from cpc_fast.cli.options import FLAGS
 from cpc_fast.errors import UserInputError
-from cpc_fast.training import distributed
+from cpc_fast.training import distributed, preemption
 from cpc_fast.training.distributed import WorkerFailed
+from cpc_fast.training.preemption import PREEMPTED_EXIT_STATUS, Preempted
 
 app = typer.Typer(
     name="cpc-fast",
@@ -83,17 +89,9 @@ def os_error_line(exc: OSError) -> str:
     return f"{where}{exc.strerror}" + (f" ({hint})" if hint else "")
 
 
-class _Terminated(BaseException):
-    """SIGTERM, raised where the program is, so that ``finally`` blocks run (a
-    BaseException: neither click nor an ``except Exception`` swallows it)."""
-
-
-def _terminated(signum: int, frame: object) -> None:
-    raise _Terminated
-
-
-def _exit_launched_worker() -> None:
-    """Ends a torchrun worker whose command succeeded without the interpreter's teardown.
+def _exit_launched_worker(status: int = 0) -> None:
+    """Ends a torchrun worker whose command succeeded (or was preempted, its work saved)
+    without the interpreter's teardown.
 
     Its files are written (atomically) and closed, and its process group destroyed; what is
     left to tear down are gloo's and the store's native threads, and that teardown sometimes
@@ -102,7 +100,7 @@ def _exit_launched_worker() -> None:
     """
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(0)
+    os._exit(status)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -110,17 +108,16 @@ def main(argv: list[str] | None = None) -> None:
 
     Click reports its own usage errors (exit 2); a :class:`UserInputError` or an
     ``OSError`` becomes one ``error:`` line and exit status 2; a worker of a multi-process
-    launch that failed, one line and its exit status; SIGTERM, one line and 143 (Ctrl-C is
-    click's: "Aborted!" and 130); anything else is a bug and keeps its traceback.
+    launch that failed, one line and its exit status; a preemption, one line (from rank 0)
+    and 75 (Ctrl-C is click's: "Aborted!" and 130); anything else is a bug and keeps its
+    traceback.
     """
     global _argv
     _argv = list(sys.argv[1:] if argv is None else argv)
     flags = FLAGS.get(_argv[0], {}) if _argv else {}
+    restore = lambda: None  # noqa: E731 (until the handlers are installed)
     try:
-        on_term = signal.signal(signal.SIGTERM, _terminated)
-    except ValueError:  # not the main thread: signals stay as they are
-        on_term = None
-    try:
+        restore = preemption.install()
         app(args=_argv, prog_name="cpc-fast")
     except SystemExit as exc:
         if exc.code in (0, None) and distributed.under_launcher():
@@ -135,9 +132,11 @@ def main(argv: list[str] | None = None) -> None:
     except WorkerFailed as exc:
         typer.echo(f"error: {exc}", err=True)
         raise SystemExit(exc.exit_code) from None
-    except _Terminated:
-        typer.echo("error: terminated (SIGTERM); run the same command again to resume", err=True)
-        raise SystemExit(128 + signal.SIGTERM) from None
+    except Preempted as exc:
+        if os.environ.get("RANK", "0") == "0":  # one line for a launch, not one per rank
+            typer.echo(exc.describe(), err=True)
+        if distributed.under_launcher():
+            _exit_launched_worker(PREEMPTED_EXIT_STATUS)
+        raise SystemExit(PREEMPTED_EXIT_STATUS) from None
     finally:
-        if on_term is not None:
-            signal.signal(signal.SIGTERM, on_term)
+        restore()

@@ -23,7 +23,7 @@ def demo(
         ),
     ] = None,
     quick: Annotated[
-        bool, typer.Option("--quick", help="Shorter training: a few minutes on 2 CPU cores.")
+        bool, typer.Option("--quick", help="Shorter training: about 2 minutes on 2 CPU cores.")
     ] = False,
     restart: Annotated[
         bool, typer.Option("--restart", help="Delete OUT's earlier demo outputs and start over.")
@@ -32,7 +32,7 @@ def demo(
     quiet: Quiet = False,
 ) -> None:
     """Pre-train a tiny CPC, train Sup/jointCPC/miniCPC/preCPC under cross-validation and draw
-    the figures, all on synthetic data on this machine's CPU (7-13 minutes on 2 cores)."""
+    the figures, all on synthetic data on this machine's CPU (5-13 minutes on 2 cores)."""
     out = out or Path("cpc_fast_demo_quick" if quick else "cpc_fast_demo")
     if restart:
         _clear(out)

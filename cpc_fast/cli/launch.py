@@ -8,32 +8,41 @@ for every command).
   visible here: without CUDA, ``--gpus 2`` and more are refused at once.
 * ``--gpus 0``, or ``--gpus 1`` without CUDA, runs one process on the CPU.
 * ``--cpu-processes N`` runs N CPU processes (gloo) on purpose, whatever GPUs there are: for
-  tests, and for CPU machines. N may not exceed the CPU cores this process may use.
+  tests, and for CPU machines. N may not exceed the CPU cores this process may use
+  (:func:`~cpc_fast.io.cpus.available_cpus`: its affinity and cgroup quota).
+* ``--launcher slurm`` (:mod:`cpc_fast.cli.slurm`): the counts are per node of the job,
+  checked there, not against this machine.
+
+``cpu_processes`` None or 0 means none was asked for.
 """
 
 from __future__ import annotations
-
-import os
 
 import torch
 
 from cpc_fast.cli.app import invoked_argv
 from cpc_fast.errors import UserInputError
+from cpc_fast.io.cpus import available_cpus
 from cpc_fast.training import distributed
 
 
-def _cpu_cores() -> int:
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
-
-
-def device_gpus(gpus: int, cpu_processes: int = 0) -> int:
+def device_gpus(gpus: int, cpu_processes: int | None = None) -> int:
     """What :func:`cpc_fast.training.distributed.init` gets: 0 (the CPU) for CPU processes."""
     return 0 if cpu_processes else gpus
 
 
-def needs_launch(gpus: int, cpu_processes: int = 0) -> bool:
+def check_counts(gpus: int, cpu_processes: int | None = None) -> None:
+    """Refuses a negative count, or both kinds of process at once (wherever they run)."""
+    cpu_processes = cpu_processes or 0
+    if gpus < 0:
+        raise UserInputError(f"--gpus must be 0 or more, got {gpus}")
+    if cpu_processes < 0:
+        raise UserInputError(f"--cpu-processes must be 0 or more, got {cpu_processes}")
+    if cpu_processes and gpus > 1:
+        raise UserInputError("give --gpus N or --cpu-processes N, not both")
+
+
+def needs_launch(gpus: int, cpu_processes: int | None = None) -> bool:
     """True when this call must spawn workers instead of training in-process.
 
     Refuses, before any work, a ``--gpus`` that is negative or larger than the GPUs visible
@@ -41,16 +50,11 @@ def needs_launch(gpus: int, cpu_processes: int = 0) -> bool:
     crowd of gloo workers), and more ``--cpu-processes`` than CPU cores. Under a launcher the
     launcher decides.
     """
-    if gpus < 0:
-        raise UserInputError(f"--gpus must be 0 or more, got {gpus}")
-    if cpu_processes < 0:
-        raise UserInputError(f"--cpu-processes must be 0 or more, got {cpu_processes}")
-    if cpu_processes and gpus > 1:
-        raise UserInputError("give --gpus N or --cpu-processes N, not both")
+    check_counts(gpus, cpu_processes)
     if distributed.under_launcher():
         return False
     if cpu_processes:
-        cores = _cpu_cores()
+        cores = available_cpus()
         if cpu_processes > cores:
             raise UserInputError(
                 f"--cpu-processes {cpu_processes} asks for more processes than the {cores} "
@@ -70,7 +74,7 @@ def needs_launch(gpus: int, cpu_processes: int = 0) -> bool:
     return gpus > 1
 
 
-def relaunched(gpus: int, cpu_processes: int = 0) -> bool:
+def relaunched(gpus: int, cpu_processes: int | None = None) -> bool:
     """Outside a launcher, with N > 1 processes asked for, re-runs this command as N
     processes (blocking) and returns True; otherwise returns False and this process does
     the work."""
@@ -83,4 +87,4 @@ def relaunched(gpus: int, cpu_processes: int = 0) -> bool:
     return True
 
 
-__all__ = ["device_gpus", "needs_launch", "relaunched"]
+__all__ = ["check_counts", "device_gpus", "needs_launch", "relaunched"]

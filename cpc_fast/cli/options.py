@@ -134,7 +134,10 @@ def _defaults(dotted: str, f: Any, presets: Mapping[str, Config], is_switch: boo
     """ "(default: X)", or "(default: paper X, tiny Y)" where the presets differ."""
     if f.metadata.get("required_flag") or is_switch:
         return ""  # a required option or an on-switch has no default to speak of
-    values = {name: _show(_get(config, dotted), f) for name, config in presets.items()}
+    values = {
+        name: _show(_get(config, dotted), f, type(config).default_texts.get(dotted))
+        for name, config in presets.items()
+    }
     if len(set(values.values())) == 1:
         return f"(default: {f.metadata.get('default_text') or next(iter(values.values()))})"
     return "(default: " + ", ".join(f"{name} {value}" for name, value in values.items()) + ")"
@@ -146,9 +149,11 @@ def _get(config: Config, dotted: str) -> Any:
     return config
 
 
-def _show(value: Any, f: Any) -> str:
+def _show(value: Any, f: Any, text: str | None = None) -> str:
+    """A default as ``--help`` says it; None as ``text`` (the run's own words, from
+    :attr:`~cpc_fast.settings.Config.default_texts`), else the field's ``default_text``."""
     if value is None:
-        return f.metadata.get("default_text") or "none"
+        return text or f.metadata.get("default_text") or "none"
     if isinstance(value, tuple):
         return ",".join(map(str, value))
     return str(value)

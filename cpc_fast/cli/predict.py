@@ -10,6 +10,7 @@ import typer
 
 from cpc_fast.cli.app import app
 from cpc_fast.cli.options import FLAGS, Quiet, ShowProgress, shows_progress
+from cpc_fast.config.common import CPUPlan
 from cpc_fast.data.audio import Conversions, audio_info, read_audio
 from cpc_fast.data.corpora import open_emotion_corpus
 from cpc_fast.emotion.model_io import EmotionModel, load_cpc_checked, load_model
@@ -17,6 +18,7 @@ from cpc_fast.emotion.visualize import check_figure_path, cpc_representations
 from cpc_fast.emotion.visualize import visualize as draw
 from cpc_fast.errors import UserInputError, naming
 from cpc_fast.io.atomic import json_text
+from cpc_fast.io.cpus import available_cpus, intra_op_threads
 
 FLAGS["predict"] = {
     "cpc_path": "--cpc",
@@ -147,6 +149,10 @@ def visualize(
     if max_utterances < 5:
         raise UserInputError("--max-utterances must be at least 5")
     check_figure_path(out)  # before anything is computed
+    cores = available_cpus()  # the representations and the t-SNE use every core here
+    if shows_progress(progress, quiet):
+        plan = CPUPlan(processes=1, threads=cores, cores=cores)
+        typer.echo(f"visualize: {plan.describe('process')}", err=True)
     corpus = open_emotion_corpus(
         dataset, root, subset=subset, synthetic_size=synthetic_size, skip_bad=skip_bad
     )
@@ -159,15 +165,16 @@ def visualize(
     else:
         represent = cpc_representations(load_cpc_checked(pretrained))
         title = f"{corpus.name}: mean CPC context ({pretrained.name})"
-    path, points, _ = draw(
-        corpus,
-        represent,
-        out,
-        title=title,
-        max_utterances=max_utterances,
-        seed=seed,
-        progress=shows_progress(progress, quiet),
-        skip_bad=skip_bad,
-        warn=_warn,
-    )
+    with intra_op_threads(cores):
+        path, points, _ = draw(
+            corpus,
+            represent,
+            out,
+            title=title,
+            max_utterances=max_utterances,
+            seed=seed,
+            progress=shows_progress(progress, quiet),
+            skip_bad=skip_bad,
+            warn=_warn,
+        )
     typer.echo(f"t-SNE of {points.shape[0]} utterances: {path}")

@@ -26,10 +26,12 @@ to estimate means and variances.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from cpc_fast.config import pretrain
+from cpc_fast.config.common import Execution, cache_dir_setting, seed_setting
 from cpc_fast.config.pretrain import PretrainConfig
 from cpc_fast.data.corpora import EMOTION_DATASETS
 from cpc_fast.data.corpora.synthetic_emotion import SYNTHETIC_SIZES
@@ -37,7 +39,6 @@ from cpc_fast.data.labelled import VALIDATION_MODES
 from cpc_fast.errors import UserInputError
 from cpc_fast.models.ssl_layers import LayerChoice
 from cpc_fast.settings import (
-    Config,
     at_least,
     non_negative,
     one_of,
@@ -103,12 +104,21 @@ def _layers(value: str) -> str | None:
 
 
 @dataclass
-class ExperimentConfig(Config):
+class ExperimentConfig(Execution):
     """Everything ``cpc-fast experiment`` needs; ``to_dict`` is written to experiment.json.
 
     The resumable fields may differ between an interrupted experiment and its re-run
-    without changing what any finished run means.
+    without changing what any finished run means. Where it runs (``gpus``,
+    ``cpu_processes``, ``threads``) is :class:`~cpc_fast.config.common.Execution`'s; each
+    unit runs with one thread unless ``threads`` says otherwise.
     """
+
+    default_threads: ClassVar[int | str] = 1
+    default_texts: ClassVar[Mapping[str, str]] = {
+        "cpu_processes": "without a GPU, one worker per core here, at most the units left; "
+        "each runs whole units",
+        "threads": "1 per unit, so that a unit's results do not depend on how many run at once",
+    }
 
     dataset: str = setting(
         "synthetic",
@@ -191,11 +201,7 @@ class ExperimentConfig(Config):
         help="Skip (and count) bad label rows and audio files that fail when read, instead "
         "of stopping.",
     )
-    seed: int = setting(
-        0,
-        flag=True,
-        help="Base seed; run r of fold k (0-based) uses seed + 100 (r - 1) + k.",
-    )
+    seed: int = seed_setting("run r of fold k (0-based) uses seed + 100 (r - 1) + k")
     data_seed: int = setting(0, flag=True, help="Seed of the synthetic corpus.")
     split_seed: int = setting(0, help="Seed of the random validation hold-outs.")
     synthetic_size: str = setting(
@@ -213,18 +219,8 @@ class ExperimentConfig(Config):
         help="Epochs of the mini setup's CPC pre-training.",
         default_text="its preset's",
     )
-    cache_dir: str | None = setting(
-        None,
-        flag=True,
-        resumable=True,
-        help="Feature cache folder.",
-        default_text="OUT/cache",
-    )
-    gpus: int = setting(
-        1,
-        flag=True,
-        resumable=True,
-        help="GPUs (at most those visible), one unit at a time on each: N workers; 0 = CPU.",
+    cache_dir: str | None = cache_dir_setting(
+        "Feature cache folder (and the decoded corpus, in its prepared/).", "OUT/cache"
     )
     workers_per_gpu: int = setting(
         1,
@@ -233,21 +229,6 @@ class ExperimentConfig(Config):
         resumable=True,
         help="Workers sharing each GPU: --gpus N runs N x K units at a time (a small unit "
         "leaves its GPU mostly idle).",
-    )
-    cpu_processes: int = setting(
-        0,
-        flag=True,
-        check=at_least(0),
-        resumable=True,
-        help="Run N CPU worker processes instead, one unit at a time each.",
-    )
-    threads: int = setting(
-        1,
-        flag=True,
-        check=at_least(0),
-        help="CPU threads of each unit (intra-op), fixed so that a unit's results do not "
-        "depend on how many run at once; 0 = torch's default (all cores: results then "
-        "depend on the machine and on the schedule).",
     )
     ddp: bool = setting(
         False,

@@ -8,9 +8,11 @@ The resolved configuration is written to ``config.json`` in the run folder.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
+from cpc_fast.config.common import Execution, cache_dir_setting, seed_setting
 from cpc_fast.data.corpora import PRETRAIN_FORMATS
 from cpc_fast.data.windows import CROPS
 from cpc_fast.errors import UserInputError
@@ -108,15 +110,21 @@ class DataConfig(Config):
 
 
 @dataclass
-class PretrainConfig(Config):
+class PretrainConfig(Execution):
     """Everything that defines a CPC pre-training run; defaults are the paper's.
 
     ``model`` holds the network's sizes (:class:`CPCConfig`), ``loss`` the InfoNCE's settings
     (:class:`LossConfig`), ``data`` where the audio comes from (:class:`DataConfig`); every
-    other field is documented by its help.
+    other field is documented by its help; where it runs (``gpus``, ``cpu_processes``,
+    ``threads``) is :class:`~cpc_fast.config.common.Execution`'s.
     The fields marked resumable may change when a run resumes (how long to train, how often
     to report, how to execute); any other change is a different run.
     """
+
+    default_texts: ClassVar[Mapping[str, str]] = {
+        "cpu_processes": "none: one process (N > 1: one gloo group of N)",
+        "threads": "$OMP_NUM_THREADS, else the cores here shared by the processes",
+    }
 
     model: CPCConfig = field(default_factory=CPCConfig)
     loss: LossConfig = field(default_factory=LossConfig)
@@ -158,11 +166,7 @@ class PretrainConfig(Config):
         help="Stop after this many optimizer steps.",
         default_text="no limit",
     )
-    seed: int = setting(
-        0,
-        flag=True,
-        help="Random seed: initialisation, shuffling, crops and negatives derive from it.",
-    )
+    seed: int = seed_setting("initialisation, shuffling, crops and negatives derive from it")
     bf16: bool | None = setting(
         None,
         flag="--bf16/--no-bf16",
@@ -215,13 +219,9 @@ class PretrainConfig(Config):
         help="Decode the corpus once into a prepared cache (16 kHz mono, memory-mapped shards) "
         "and train from it; --no-cache decodes every file in every epoch.",
     )
-    cache_dir: str | None = setting(
-        None,
-        flag=True,
-        resumable=True,
-        metavar="PATH",
-        help="Where prepared corpora are kept, one folder per corpus (keyed by its fingerprint).",
-        default_text="$CPC_FAST_CACHE or ~/.cache/cpc-fast/prepared",
+    cache_dir: str | None = cache_dir_setting(
+        "Where prepared corpora are kept, one folder per corpus (keyed by its fingerprint).",
+        "$CPC_FAST_CACHE or ~/.cache/cpc-fast/prepared",
     )
     skip_nonfinite: int = setting(
         0,

@@ -45,8 +45,10 @@ on the same ``out`` (other terminals, nodes, a SLURM array, torchrun) share the 
 dead worker's claim is taken over, its unit resumed from its last epoch. Whoever finishes
 the last task writes the tables. ``ddp`` trains each unit with DDP over the launched
 processes instead (the group is then one worker; rank 0 alone writes files).
-``<out>/.claims/events.log`` says who ran what: one line per start, takeover, failure and
-end.
+``<out>/.claims/events.log`` says who ran what: one line per start, takeover, failure,
+preemption and end. A preempted worker (:mod:`cpc_fast.training.preemption`) stops before its
+next batch, keeps the unit's last epoch's checkpoint and releases its claim at once, so any
+worker may resume the unit; between tasks it starts none.
 """
 
 from __future__ import annotations
@@ -83,6 +85,7 @@ from cpc_fast.features.ssl import STORAGE, SSLFeatureCache
 from cpc_fast.features.upstream import Upstream, UpstreamInfo, load_upstream
 from cpc_fast.io.atomic import atomic_write_bytes
 from cpc_fast.io.claims import Claim, ClaimBoard
+from cpc_fast.io.cpus import available_cpus
 from cpc_fast.io.lock import FolderLock
 from cpc_fast.models.loading import load_cpc
 from cpc_fast.models.ssl_layers import LayerChoice
@@ -92,6 +95,7 @@ from cpc_fast.training.distributed import (
     broadcast_object,
     on_main_then_broadcast,
 )
+from cpc_fast.training.preemption import Preempted, deferred, requested, stop_agreed
 from cpc_fast.training.pretrain import pretrain
 
 POLL_SECONDS = 1.0  # how often an idle worker looks for a task it may start
@@ -144,7 +148,7 @@ def _selected_folds(corpus: EmotionCorpus, config: ExperimentConfig) -> list[Fol
 
 # Worker processes that decode a labelled corpus into its prepared cache (fewer on fewer
 # cores): decoding is a few ms a file, so more would wait on the disk.
-_PREPARE_WORKERS = min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
+_PREPARE_WORKERS = min(8, available_cpus())
 
 
 class Runner:
@@ -260,7 +264,9 @@ class Runner:
             if self._samples is None:  # every utterance's length, read once per worker
                 self._samples = [self.corpus.num_samples(i) for i in range(len(self.corpus))]
             cfg = self.config
-            cuda = self.env.device.type == "cuda"
+            # The workers' device, not this process's: a launcher on the CPU plans the
+            # entry its GPU workers fill.
+            cuda = cfg.device_gpus > 0 and torch.cuda.is_available()
             self._ssl_caches[setup] = SSLFeatureCache(
                 self.corpus,
                 self.upstream_info(setup[len(SSL_PREFIX) :]),
@@ -331,6 +337,8 @@ class Runner:
             env=self.env,
             progress=self.progress,
         )
+        if stop_agreed(self.env):  # signalled in its last step: its contexts can wait
+            raise Preempted(requested(), f"the miniCPC of {fold.name} is done in {run_dir}")
         model = load_cpc(path)
         return model, module_digest(model), Path(path).resolve()
 
@@ -401,6 +409,16 @@ class Runner:
             lambda: briefly_locked(self.out, lambda: check_experiment_folder(self.out, manifest)),
         )
 
+    def tasks(self) -> list[Task]:
+        """Every task of this experiment, in start order (:func:`~.schedule.plan`)."""
+        parts = {s: self.ssl_cache(s).num_parts for s in self.setups if is_ssl(s)}
+        return plan(self.setups, self.folds, self.config.runs, parts)
+
+    def units_done(self) -> tuple[int, int]:
+        """(units whose folder holds ``done``, all units), read from the folder."""
+        units = [t for t in self.tasks() if t.kind == "unit"]
+        return sum(self._done(t) for t in units), len(units)
+
     def _done(self, task: Task) -> bool:
         if task.kind == "unit":
             return (task.unit_dir(self.out) / "done").is_file()
@@ -430,18 +448,17 @@ class Runner:
             for task in pending:
                 if names.intersection(task.needs):
                     continue  # its features or miniCPC are not ready
-                claim = board.try_claim(task.name)
-                if claim is None:
-                    continue
-                if self._done(task):  # finished between our look and the claim
-                    claim.release()
-                    continue
-                self._claim = claim
-                if claim.took_over is not None:
-                    dead = claim.took_over
-                    self._event(f"takeover-from:{dead.host}:{dead.pid}", task.name)
-                self._event("start", task.name)
-                return task.name
+                # A signal while claiming waits: no claim is left half-written, or held by
+                # a worker that is gone; one that came meanwhile hands the task back.
+                with deferred():
+                    claimed = self._take(board, task)
+                if requested() is not None:
+                    if claimed:
+                        self._claim.release()
+                        self._event("preempted", task.name)
+                    raise Preempted(requested())
+                if claimed:
+                    return task.name
             failed = set()
             for task in pending:
                 owner = board.owner(task.name)
@@ -450,6 +467,21 @@ class Runner:
             if all(t.name in failed or failed.intersection(t.needs) for t in pending):
                 return None
             time.sleep(POLL_SECONDS)
+
+    def _take(self, board: ClaimBoard, task: Task) -> bool:
+        """Claims ``task`` unless another worker holds it or it is done."""
+        claim = board.try_claim(task.name)
+        if claim is None:
+            return False
+        if self._done(task):  # finished between our look and the claim
+            claim.release()
+            return False
+        self._claim = claim
+        if claim.took_over is not None:
+            dead = claim.took_over
+            self._event(f"takeover-from:{dead.host}:{dead.pid}", task.name)
+        self._event("start", task.name)
+        return True
 
     def _run_task(self, task: Task, prepared: dict) -> None:
         if task.kind == "prep":
@@ -466,9 +498,7 @@ class Runner:
         """Runs tasks until none is left to start; returns the results when every task is
         done (None when what is left failed)."""
         self.check_folder()
-        cfg = self.config
-        parts = {s: self.ssl_cache(s).num_parts for s in self.setups if is_ssl(s)}
-        tasks = plan(self.setups, self.folds, cfg.runs, parts)
+        tasks = self.tasks()
         by_name = {t.name: t for t in tasks}
         board = ClaimBoard(self.out / CLAIMS, launch)
         units = [t for t in tasks if t.kind == "unit"]
@@ -483,6 +513,8 @@ class Runner:
         prepared: dict = {}
         try:
             while True:
+                if stop_agreed(self.env):  # preempted during the last task: start no other
+                    raise Preempted(requested())
                 name = on_main_then_broadcast(self.env, lambda: self._next(board, tasks))
                 if name is None:
                     break
@@ -495,6 +527,8 @@ class Runner:
                         self._claim.__exit__(type(exc), exc, exc.__traceback__)
                         if isinstance(exc, Exception):
                             self._event("failed", name)
+                        elif isinstance(exc, Preempted):
+                            self._event("preempted", name)
                     raise
                 if self.env.is_main:
                     if task.kind == "prep":

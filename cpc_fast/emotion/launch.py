@@ -6,7 +6,8 @@ they are gone (the worker loop itself is :class:`cpc_fast.emotion.experiment.Run
     results = run_experiment(experiment.tiny(setups=("sup", "joint"), out="exp"))
 
 One process is one worker; ``--cpu-processes N`` starts N CPU workers here, ``--gpus N``
-one per GPU and ``--workers-per-gpu K`` K on each (:func:`local_workers`); under torchrun
+one per GPU and ``--workers-per-gpu K`` K on each, and a launch that uses no GPU one per
+core, at most the units left (:func:`local_workers`); under torchrun
 each process is a worker on its local GPU; ``ddp`` makes a DDP group one worker. Workers
 share the folder's tasks through its claims, so any number of launches can run at once.
 """
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
 from cpc_fast.config.experiment import ExperimentConfig
 from cpc_fast.emotion.experiment import Runner, briefly_locked
@@ -28,6 +30,7 @@ from cpc_fast.emotion.schedule import unit_setups
 from cpc_fast.errors import UserInputError
 from cpc_fast.io.atomic import check_writable_folder, read_json
 from cpc_fast.io.claims import ClaimBoard, new_launch_id
+from cpc_fast.io.cpus import available_cpus, intra_op_threads
 from cpc_fast.training.distributed import (
     DistEnv,
     WorkerFailed,
@@ -36,6 +39,7 @@ from cpc_fast.training.distributed import (
     on_main_then_broadcast,
     under_launcher,
 )
+from cpc_fast.training.preemption import PREEMPTED_EXIT_STATUS, Preempted
 from cpc_fast.training.workers import gpu_of_worker, run_workers
 
 
@@ -52,13 +56,13 @@ def run_experiment(
 
     Workers (module docstring): ``env`` (a DDP group) or ``config.ddp`` makes the processes
     of the group one worker; under torchrun each process is a worker on its local GPU;
-    otherwise ``gpus`` (> 1) or ``cpu_processes`` (> 1) workers are started here, or this
-    process is the one worker. A folder that holds another experiment is refused
+    otherwise ``gpus`` (> 1) or ``cpu_processes`` (> 1) workers are started here, or,
+    where no GPU is used and ``cpu_processes`` is not given, one per core (at most the units
+    left), or this process is the one worker. A folder that holds another experiment is refused
     (:mod:`.experiment_folder`); ``restart`` deletes that experiment's files first, refused
     while a worker runs a task there. The folder is checked to be writable before any work.
     """
     config.validate()
-    workers = local_workers(config)
     out = Path(config.out)
     if env is not None or config.ddp:
         env = env or init(config.device_gpus)
@@ -70,21 +74,36 @@ def run_experiment(
         launch = f"{run_id}-{os.environ.get('GROUP_RANK', '')}" if run_id else new_launch_id()
         slot = int(os.environ["LOCAL_RANK"])
         return _worker(config, slot, launch, progress and slot == 0, restart)
+    workers = local_workers(config)
     if workers == 1:
+        _announce(config, 1, progress)
         return _worker(config, 0, new_launch_id(), progress, restart)
     _start(out, restart)
-    # The settings and data are checked once here, so a mistake is one line, not N.
+    # The settings and data are checked once here, so a mistake is one line, not N; the
+    # corpus is decoded here too, with its progress shown.
     here = DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))  # no CUDA
-    Runner(config, here, progress=False).check_folder()
+    runner = Runner(config, here, progress=progress)
+    runner.check_folder()
+    if _fills_cpu(config):  # no more workers than units left to train
+        done, units = runner.units_done()
+        workers = max(1, min(workers, units - done))
+    _announce(config, workers, progress)
     launch = new_launch_id()
-    codes = run_workers(_worker, [(config, i, launch, False, False) for i in range(workers)])
+    if workers == 1:
+        return _work(config, here, progress, launch, runner)
+    with _UnitsBar(runner, progress) as bar:
+        args = [(config, i, launch, False, False) for i in range(workers)]
+        codes = run_workers(_worker, args, on_wait=bar.refresh)
     return _collect(config, codes)
 
 
 def local_workers(config: ExperimentConfig) -> int:
     """How many workers a launch of ``config`` starts here (without torchrun or ``ddp``):
-    ``cpu_processes``, or ``workers_per_gpu`` on each of ``gpus`` GPUs, or one. Refuses
-    ``workers_per_gpu`` > 1 without GPUs to share or with ``ddp``."""
+    ``cpu_processes``; or ``workers_per_gpu`` on each of ``gpus`` GPUs; or, where no GPU is
+    used (``gpus=0``, or no CUDA device), one per core this process may use
+    (:func:`~cpc_fast.io.cpus.available_cpus`; :func:`run_experiment` then starts no more
+    than there are units left). Refuses ``workers_per_gpu`` > 1 without GPUs to share or
+    with ``ddp``."""
     share = config.workers_per_gpu
     if share > 1:
         if config.cpu_processes or config.gpus == 0:
@@ -103,7 +122,59 @@ def local_workers(config: ExperimentConfig) -> int:
             )
     if config.cpu_processes:
         return config.cpu_processes
-    return config.gpus * share if config.gpus > 0 else 1
+    if _fills_cpu(config):
+        return available_cpus()
+    return config.gpus * share
+
+
+def _fills_cpu(config: ExperimentConfig) -> bool:
+    """Whether the launch picks its own CPU workers: no ``cpu_processes`` and no GPU."""
+    return config.cpu_processes is None and not config.uses_cuda(_cuda_devices())
+
+
+def _cuda_devices() -> int:
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def _announce(config: ExperimentConfig, workers: int, progress: bool) -> None:
+    """The launch's first line: how many workers, on what (stderr; not with ``progress``
+    off)."""
+    if not progress:
+        return
+    if config.uses_cuda(_cuda_devices()):
+        per_gpu = config.workers_per_gpu
+        line = f"{workers} worker(s) on GPU: {per_gpu} per GPU, one unit at a time each"
+    else:
+        line = config.cpu_plan(workers).describe("worker") + ", one unit at a time each"
+        if config.cpu_processes is None:
+            line += " (the default without a GPU)"
+    print(f"experiment: {line}", file=sys.stderr, flush=True)
+
+
+class _UnitsBar:
+    """The parent's view of its workers: a bar of the units done, read from the folder."""
+
+    def __init__(self, runner: Runner, progress: bool) -> None:
+        self.runner = runner
+        done, units = runner.units_done()
+        self.bar = tqdm(
+            total=units,
+            initial=done,
+            desc="experiment",
+            unit="run",
+            disable=not progress,
+            dynamic_ncols=True,
+        )
+
+    def refresh(self) -> None:
+        done, _ = self.runner.units_done()
+        self.bar.update(done - self.bar.n)
+
+    def __enter__(self) -> _UnitsBar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.close()
 
 
 def _start(out: Path, restart: bool) -> None:
@@ -143,22 +214,26 @@ def _worker(
 
 
 def _work(
-    config: ExperimentConfig, env: DistEnv, progress: bool, launch: str
+    config: ExperimentConfig,
+    env: DistEnv,
+    progress: bool,
+    launch: str,
+    runner: Runner | None = None,
 ) -> dict[str, Any] | None:
-    threads = torch.get_num_threads()
-    if config.threads:
-        # Fixed per unit: the intra-op thread count changes how sums are split, so bits.
-        torch.set_num_threads(config.threads)
-    try:
-        return Runner(config, env, progress).run(launch)
-    finally:
-        torch.set_num_threads(threads)
+    # Fixed per unit: the intra-op thread count changes how sums are split, so bits.
+    with intra_op_threads(config.cpu_plan(1).threads):
+        return (runner or Runner(config, env, progress)).run(launch)
 
 
 def _collect(config: ExperimentConfig, codes: list[int]) -> dict[str, Any] | None:
-    """The results once the workers are gone, or :class:`WorkerFailed`."""
+    """The results once the workers are gone, or :class:`WorkerFailed` (:class:`Preempted`
+    when every worker that stopped early was preempted: each released its task)."""
     failed = [(i + 1, c) for i, c in enumerate(codes) if c != 0]
     results = completed_results(config)
+    if failed and results is None and all(c == PREEMPTED_EXIT_STATUS for _, c in failed):
+        raise Preempted(
+            saved=f"finished units and the last epoch of the others are kept in {config.out}"
+        )
     if failed:
         which = ", ".join(f"{i} (exit status {c})" for i, c in failed)
         what = f"worker(s) {which} of {len(codes)}"

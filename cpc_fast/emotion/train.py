@@ -39,6 +39,7 @@ from cpc_fast.models.loading import unwrap
 from cpc_fast.training.checkpointer import Checkpointer
 from cpc_fast.training.distributed import DistEnv, wrap_ddp
 from cpc_fast.training.guard import NonFiniteGuard
+from cpc_fast.training.preemption import Preempted, StopVote, deferred, requested
 
 Batch = tuple[tuple[torch.Tensor, ...], torch.Tensor]
 _UPLOAD_SHARE = 0.25  # of a GPU's free memory that cached frames may take (FeatureBatches)
@@ -261,20 +262,26 @@ def fit(
     With a ``checkpoint``, every epoch ends with a checkpoint and a run that finds one
     resumes after its epoch, exactly (the joint setup's negatives included). A NaN or
     infinite loss or gradient raises :class:`~cpc_fast.errors.TrainingDiverged` at the end
-    of its epoch, naming the batch, before that epoch is validated or checkpointed.
+    of its epoch, naming the batch, before that epoch is validated or checkpointed. A
+    preemption signal (:mod:`cpc_fast.training.preemption`) raises
+    :class:`~cpc_fast.training.preemption.Preempted` before the next batch, the ranks agreed:
+    the epoch in flight is dropped, the last epoch's checkpoint is what a resumed run starts
+    from (a signal during an epoch's validation or checkpoint lets them finish first).
     """
     start = time.perf_counter()
     fitting = _Fitting(model, data, train, validation, settings, env, joint, checkpoint)
-    for epoch in range(fitting.progress.epoch + 1, settings.epochs + 1):
-        train_metrics = fitting.train_epoch(epoch)
-        scores = fitting.validate()
-        if log is not None:
-            log(epoch, "train", train_metrics)
-            log(epoch, "validation", scores)
-        fitting.record(epoch, train_metrics, scores)
-        fitting.save(epoch, start)
-        if on_epoch is not None:
-            on_epoch(epoch, scores)
+    with deferred():
+        for epoch in range(fitting.progress.epoch + 1, settings.epochs + 1):
+            train_metrics = fitting.train_epoch(epoch)
+            scores = fitting.validate()
+            if log is not None:
+                log(epoch, "train", train_metrics)
+                log(epoch, "validation", scores)
+            fitting.record(epoch, train_metrics, scores)
+            fitting.save(epoch, start)
+            if on_epoch is not None:
+                on_epoch(epoch, scores)
+        fitting.vote.close()
     return fitting.finish(start)
 
 
@@ -308,6 +315,7 @@ class _Fitting:
             if "generator" in rank_state:  # absent when the number of processes changed
                 self.generator.set_state(rank_state["generator"])
         self.earlier_seconds = self.progress.seconds
+        self.vote = StopVote(env)  # every rank, here: a collective under DDP
         self.validation_targets = data.targets[list(validation)]
         self.names = ("loss", "ccc_loss", "info_nce") if joint else ("loss", "ccc_loss")
 
@@ -332,6 +340,8 @@ class _Fitting:
             chunk = order[begin : begin + batch_size]
             if len(chunk) < 2:
                 continue  # a CCC needs two samples; same on every rank (equal shard sizes)
+            if self.vote.poll():
+                raise Preempted(requested(), self._kept_on_preemption())
             totals += self._step(chunk, guard)
             steps += 1
         means = {k: v / max(steps, 1) for k, v in zip(self.names, totals.tolist(), strict=True)}
@@ -398,6 +408,12 @@ class _Fitting:
                 self.progress,
                 rank_state={"generator": self.generator.get_state()},
             )
+
+    def _kept_on_preemption(self) -> str | None:
+        epoch = self.progress.epoch
+        if self.checkpoint is None or epoch == 0:
+            return None
+        return f"epoch {epoch} is saved in {self.checkpoint.folder}"
 
     def finish(self, start: float) -> tuple[nn.Module, FitResult]:
         """The model with the best epoch's weights, and what the training did."""

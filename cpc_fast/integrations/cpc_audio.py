@@ -195,5 +195,6 @@ class CPCUnsupervisedCriterion(nn.Module):
         return out.loss_per_step.view(1, K), out.accuracy_per_step.view(1, K)
 
 
-# CPC_audio's spelling of the class name, so that swapping the import is the whole change.
 CPCUnsupersivedCriterion = CPCUnsupervisedCriterion
+"""CPC_audio's spelling of :class:`CPCUnsupervisedCriterion`, so that swapping the import is
+the whole change."""

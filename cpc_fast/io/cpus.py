@@ -7,14 +7,18 @@ pinned to some of them (``taskset``, SLURM's ``--cpus-per-task``, ``os.sched_set
 or in a container with a CPU quota (Docker's ``--cpus``, Kubernetes' limits: the cgroup's
 ``cpu.max``, or ``cpu.cfs_quota_us`` under cgroup v1) gets less. Starting a worker per
 counted core there would oversubscribe the few it has, so every default that fills the CPU
-starts from this count.
+starts from this count. :func:`intra_op_threads` sets torch's threads for a block.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+from collections.abc import Iterator
 from pathlib import Path
+
+import torch
 
 _CGROUP_ROOT = Path("/sys/fs/cgroup")
 _PROC_CGROUP = Path("/proc/self/cgroup")
@@ -80,4 +84,28 @@ def available_cpus() -> int:
     return max(1, cpus)
 
 
-__all__ = ["available_cpus"]
+def share_of_cores(processes: int, cores: int | None = None) -> int:
+    """Intra-op threads for each of ``processes`` on this host: ``OMP_NUM_THREADS`` when it
+    is set to a positive number (the user's word, or a launcher's), else the ``cores``
+    (default: those this process may use) shared among them, at least 1."""
+    given = os.environ.get("OMP_NUM_THREADS", "")
+    if given.isdigit() and int(given) > 0:
+        return int(given)
+    cores = available_cpus() if cores is None else cores
+    return max(1, cores // processes)
+
+
+@contextlib.contextmanager
+def intra_op_threads(threads: int) -> Iterator[None]:
+    """torch's intra-op threads set to ``threads`` inside the block (0: left as they are),
+    restored after it."""
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+__all__ = ["available_cpus", "intra_op_threads", "share_of_cores"]

@@ -82,7 +82,7 @@ def info_nce(
     queries (M, D), keys (Nk, D) (may be the same tensor), pos_index (M,) and neg_index (M, N)
     int32/int64 rows of ``keys``; a row whose ``pos_index`` is ``IGNORE_INDEX`` (-100,
     PyTorch's ``ignore_index``) drops out: loss 0, not correct, no gradient, and not counted
-    by "mean". ``similarity``: "dot" (<q, c>) or "cosine" (as
+    by "mean". ``similarity``: "dot" (``<q, c>``) or "cosine" (as
     ``torch.nn.functional.cosine_similarity`` with eps 1e-8, differentiated through the
     normalisation). ``mask_duplicates``: a negative equal to its row's positive by "index"
     or by "value" (all D components) gets the logit -inf (wav2vec 2.0's masking), or "none";

@@ -35,9 +35,17 @@ def stacked_weight(weight: torch.Tensor) -> torch.Tensor:
     return halves.transpose(0, 1).reshape(2 * out, stride * channels)
 
 
+def _unstacked(grad2: torch.Tensor, out: int, channels: int, stride: int) -> torch.Tensor:
+    """The inverse of :func:`stacked_weight` for a gradient: (2 out, s C) -> (out, C, 2 s),
+    contiguous (DDP's gradient buckets expect the parameter's own strides)."""
+    halves = grad2.view(2, out, stride, channels)  # [h, o, j, c] = W[o, c, h s + j]
+    return halves.permute(1, 3, 0, 2).reshape(out, channels, 2 * stride).contiguous()
+
+
 class _TwoBlockConv(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, h, weight2, bias, stride: int, left: int):  # type: ignore[override]
+    def forward(ctx, h, weight, bias, stride: int, left: int):  # type: ignore[override]
+        weight2 = stacked_weight(weight)
         batch, length, channels = h.shape
         out = bias.shape[0]
         n = length // stride
@@ -77,7 +85,7 @@ class _TwoBlockConv(torch.autograd.Function):
             grad_h[:, :used] = grad_padded[:, left : left + used]
             grad_h[:, used:] = 0
         if ctx.needs_input_grad[1]:
-            grad_weight = grad_both.t() @ blocks
+            grad_weight = _unstacked(grad_both.t() @ blocks, out, channels, stride)
         if ctx.needs_input_grad[2]:
             grad_bias = grad.sum((0, 1))
         return grad_h, grad_weight, grad_bias, None, None
@@ -92,7 +100,7 @@ def two_block_conv(
     if weight.shape[2] != 2 * stride:
         raise ValueError(f"kernel {weight.shape[2]} is not twice the stride {stride}")
     left, _ = conv_pads(weight.shape[2], stride)
-    return _TwoBlockConv.apply(h, stacked_weight(weight), bias, stride, left)
+    return _TwoBlockConv.apply(h, weight, bias, stride, left)
 
 
 __all__ = ["conv_pads", "stacked_weight", "two_block_conv"]

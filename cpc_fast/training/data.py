@@ -24,6 +24,7 @@ from cpc_fast.data.windows import WindowCollate, WindowDataset
 from cpc_fast.errors import UserInputError
 from cpc_fast.training.console import Console
 from cpc_fast.training.distributed import DistEnv
+from cpc_fast.training.preemption import ignore_in_helpers
 
 
 def open_pretrain_data(data: DataConfig, **indexing: Any) -> tuple[Dataset, Dataset, DataConfig]:
@@ -73,7 +74,8 @@ def window_loader(
     windows: WindowDataset, sampler: Sampler[int], config: PretrainConfig, env: DistEnv
 ) -> DataLoader:
     """Batches of ``config.batch_size`` windows in ``sampler``'s order, repeat-padded by the
-    C++ batching in ``config.workers`` worker processes (pinned on CUDA)."""
+    C++ batching in ``config.workers`` worker processes (pinned on CUDA), which ignore the
+    preemption signals: the training process decides when to stop."""
     workers = config.workers
     return DataLoader(
         windows,
@@ -83,6 +85,7 @@ def window_loader(
         collate_fn=WindowCollate(config.window_samples, normalize=config.normalize),
         pin_memory=env.device.type == "cuda",
         prefetch_factor=4 if workers > 0 else None,
+        worker_init_fn=ignore_in_helpers if workers > 0 else None,
     )
 
 

@@ -5,7 +5,10 @@
   ``torchrun --nnodes 2 --nproc-per-node 8 -m cpc_fast pretrain ...`` works across nodes.
 * :func:`launch` re-runs a command line as N local processes through torchrun's launcher,
   in this process, with a standalone rendezvous on a free port (``--gpus N``, see
-  :mod:`cpc_fast.cli.launch`).
+  :mod:`cpc_fast.cli.launch`), or as this node's share of a multi-node group through a c10d
+  rendezvous (a SLURM job, :mod:`cpc_fast.cli.slurm_jobs`). The launcher forwards the
+  preemption signals to its workers and waits for them to save
+  (:mod:`cpc_fast.training.preemption`).
 * ``gpus=0``, or no CUDA device, runs on the CPU; several CPU processes use gloo
   (``--cpu-processes N`` asks for them).
 """
@@ -14,16 +17,20 @@ from __future__ import annotations
 
 import datetime
 import os
-from collections.abc import Callable
+import signal
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import TypeVar
 
 import torch
 import torch.distributed as dist
+from torch.distributed.elastic.multiprocessing.api import SignalException
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 from torch.distributed.run import get_args_parser, run
 
 from cpc_fast.errors import UserInputError
+from cpc_fast.io.cpus import share_of_cores
+from cpc_fast.training.preemption import PREEMPTED_EXIT_STATUS, Preempted, preemption_signals
 
 T = TypeVar("T")
 
@@ -60,33 +67,80 @@ class WorkerFailed(RuntimeError):
         self.exit_code = exit_code
 
 
-def launch(num_processes: int, argv: list[str]) -> None:
-    """Runs ``python -m cpc_fast <argv>`` as ``num_processes`` local workers (torchrun).
+# How long the launcher waits for its workers to finish their step and save after it
+# forwarded them a signal, before it kills them (torch >= 2.12; before, torch's 30 s).
+SHUTDOWN_TIMEOUT_S = 120
+# The signals torch's launcher forwards to its workers by default, kept.
+_FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)
 
-    Blocks until every worker exits; raises :class:`WorkerFailed` naming the failed ranks.
+
+def launch(
+    num_processes: int,
+    argv: list[str],
+    *,
+    nodes: int = 1,
+    endpoint: str | None = None,
+    run_id: str = "none",
+    keep_signals: Collection[int] = (),
+) -> None:
+    """Runs ``python -m cpc_fast <argv>`` as ``num_processes`` workers here (torchrun).
+
+    Alone (no ``endpoint``): a standalone rendezvous on a free port. With
+    ``endpoint`` (``host:port`` of the first node): this node's share of ``nodes`` nodes
+    joining the c10d rendezvous ``run_id`` there, as ``torchrun --rdzv-backend c10d``.
+
+    The launcher forwards the preemption signals (and torchrun's usual ones) to the workers,
+    except ``keep_signals``, whose handlers in this process stay as they are. Blocks until
+    every worker exits; raises :class:`WorkerFailed` naming the failed ranks, or
+    :class:`~cpc_fast.training.preemption.Preempted` when a preemption signal stopped them
+    (the launcher's, or every failed worker exited with the preempted status).
     """
-    if num_processes < 2:
-        raise ValueError("launch() is for two or more processes")
-    args = get_args_parser().parse_args(
-        [
-            "--standalone",
-            f"--nproc-per-node={num_processes}",
-            "--module",
-            "cpc_fast",
-            *argv,
+    if num_processes < 1:
+        raise ValueError(f"launch() needs at least one process, got {num_processes}")
+    preempting = preemption_signals()
+    if endpoint is None:
+        where = ["--standalone"]
+    else:
+        where = [
+            f"--nnodes={nodes}",
+            "--rdzv-backend=c10d",
+            f"--rdzv-endpoint={endpoint}",
+            f"--rdzv-id={run_id}",
+            "--max-restarts=0",
         ]
+    forwarded = [s for s in dict.fromkeys((*_FORWARDED, *preempting)) if s not in keep_signals]
+    parser = get_args_parser()
+    known = vars(parser.parse_args(["--standalone", "-"]))  # what this torch's torchrun offers
+    if "signals_to_handle" in known:  # torch >= 2.9
+        where.append(f"--signals-to-handle={','.join(signal.Signals(s).name for s in forwarded)}")
+    if "shutdown_timeout" in known and "TORCH_ELASTIC_SHUTDOWN_TIMEOUT" not in os.environ:
+        where.append(f"--shutdown-timeout={SHUTDOWN_TIMEOUT_S}")
+    args = parser.parse_args(
+        [*where, f"--nproc-per-node={num_processes}", "--module", "cpc_fast", *argv]
     )
+    # Each process's share of the cores, not torchrun's default of one thread (which leaves
+    # all but N cores idle); a value the user set is kept.
+    os.environ.setdefault("OMP_NUM_THREADS", str(share_of_cores(num_processes)))
     try:
         run(args)
     except ChildFailedError as exc:  # its message is a long per-rank report: summarise it
         ranks = sorted(exc.failures)
-        code = exc.failures[ranks[0]].exitcode
+        codes = [exc.failures[r].exitcode for r in ranks]
+        if all(c == PREEMPTED_EXIT_STATUS for c in codes):
+            raise Preempted() from None  # each worker has said what it saved
+        code = codes[0]
         raise WorkerFailed(
             f"worker process(es) {', '.join(map(str, ranks))} of {num_processes} failed "
             f"(exit status {code}); their messages are above",
             code if isinstance(code, int) and code > 0 else 1,
         ) from None
-    except Exception as exc:  # the rendezvous, or a signal to the launcher
+    except SignalException as exc:  # forwarded to the workers, which have stopped
+        if exc.sigval in preempting:
+            raise Preempted(exc.sigval) from None
+        if exc.sigval == signal.SIGINT:
+            raise KeyboardInterrupt from None
+        raise WorkerFailed(f"launching {num_processes} processes stopped: {exc}") from None
+    except Exception as exc:  # the rendezvous
         first = str(exc).strip().splitlines()[:1] or [type(exc).__name__]
         raise WorkerFailed(f"launching {num_processes} processes failed: {first[0]}") from exc
 

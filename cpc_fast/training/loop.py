@@ -3,6 +3,12 @@ method of :class:`_Phases`, the "when due" decisions :class:`~cpc_fast.training.
 
 :mod:`cpc_fast.training.pretrain` sets a run up (its folder, model, checkpoint, resume) and
 hands it here as a :class:`Run`; where it is travels as :class:`Progress`.
+
+A preemption signal (:mod:`cpc_fast.training.preemption`) lets the step in flight finish:
+after it the ranks agree on the step to stop after (:class:`StopVote`, one step later under
+several processes), log the steps since the last train row, save that step's checkpoint
+and raise :class:`Preempted`. A resumed run continues from that step, so nothing is trained
+twice and the run ends as an uninterrupted one would.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from cpc_fast.training.data import BatchReader, train_windows, window_loader
 from cpc_fast.training.due import StepSchedule
 from cpc_fast.training.guard import NonFiniteGuard
 from cpc_fast.training.meter import TrainMeter
+from cpc_fast.training.preemption import Preempted, StopVote, deferred, requested
 from cpc_fast.training.seeds import derive_seed
 from cpc_fast.training.step import compile_forward_loss, train_step
 from cpc_fast.training.validate import CPCValidator
@@ -73,31 +80,37 @@ def train_loop(run: Run, state: Progress, total: int, last_saved: int) -> None:
     )
     bar = run.console.progress_bar(total, state.step)
     loop.meter.restart()
-    try:
-        while state.step < total and state.epoch < config.epochs:
-            for batch in loop.epoch_batches():
-                loop.train(batch)
-                epoch_done = loop.advance()
-                bar.update(1)
-                last = state.step >= total
-                due = schedule.after(state.step, epoch_done, last)
-                # Each after the divergence check (rank-independent, so the ranks agree):
-                # they wait for the device anyway.
-                if due.anything:
-                    loop.guard.check()
-                if due.log:
-                    bar.set_postfix(loop.log_train())
-                if due.validate:
-                    loop.validate(announce=True)
-                if due.save:
-                    loop.save()
-                loop.meter.restart()  # the time of logs, validations and saves is not counted
-                if last:
-                    break
-    finally:
-        bar.close()
-        run.console.bar = None
-    loop.finish()
+    vote = StopVote(run.env)  # every rank, here: a collective under DDP
+    # A preemption signal waits for the end of the step in flight, or of the run.
+    with deferred():
+        try:
+            while state.step < total and state.epoch < config.epochs:
+                for batch in loop.epoch_batches():
+                    loop.train(batch)
+                    epoch_done = loop.advance()
+                    bar.update(1)
+                    last = state.step >= total
+                    due = schedule.after(state.step, epoch_done, last)
+                    # Each after the divergence check (rank-independent, so the ranks agree):
+                    # they wait for the device anyway.
+                    if due.anything:
+                        loop.guard.check()
+                    if due.log:
+                        bar.set_postfix(loop.log_train())
+                    if due.validate:
+                        loop.validate(announce=True)
+                    if due.save:
+                        loop.save()
+                    loop.meter.restart()  # logs, validations and saves are not counted
+                    if last:
+                        break
+                    if vote.poll():
+                        raise loop.preempted()
+            vote.close()
+        finally:
+            bar.close()
+            run.console.bar = None
+        loop.finish()
 
 
 class _Phases:
@@ -116,6 +129,7 @@ class _Phases:
         self.meter = TrainMeter(config.model.prediction_steps, env)
         self.window_seconds = config.window_samples / config.model.sample_rate
         self.last_validated = -1
+        self.last_logged = state.step
         self.fresh_start, self.windows_read = state.step == 0, 0
         self.compiled = compile_forward_loss(env.device, env.world_size) if config.compile else None
         # NaN/Inf losses and gradients, flagged on the device and checked where the loop syncs.
@@ -178,6 +192,7 @@ class _Phases:
         row = self.meter.row()
         row["epoch"] = state.epoch + state.consumed / len(self.run.train_set)
         self.run.log(state.step, "train", row)
+        self.last_logged = state.step
         return {
             "loss": f"{row['loss']:.3f}",
             "acc": f"{row['accuracy']:.3f}",
@@ -202,6 +217,19 @@ class _Phases:
         state.nonfinite_skipped = self.guard.skipped
         self.run.checkpoint.save(self.run.model, self.run.optimizer, state)
         self.last_saved = state.step
+
+    def preempted(self) -> Preempted:
+        """After the step the ranks agreed to stop at: its train row (the steps since the
+        last one, so that each step's metrics are in one row), its checkpoint unless the
+        schedule just wrote it, and every rank waits for rank 0's write before leaving."""
+        state = self.state
+        self.guard.check()  # never save a diverged model
+        if self.last_logged != state.step:
+            self.log_train()
+        if self.last_saved != state.step:
+            self.save()
+        distributed.barrier()
+        return Preempted(requested(), f"step {state.step} is saved in {self.run.run_dir}")
 
     def finish(self) -> None:
         """After the last step: the divergence check; the last step validated and saved if

@@ -7,8 +7,11 @@ copied from the parent) calling ``target(*args)``; the workers share no process 
 none of them holds a collective or a rendezvous thread when it exits. A worker's
 :class:`~cpc_fast.errors.UserInputError` or ``OSError`` is printed as one ``error:`` line
 naming the worker and ends it with status 2; anything else keeps its traceback (status 1).
-If the parent is interrupted (Ctrl-C, SIGTERM) it stops its workers before it returns; if it
-is killed (SIGKILL), Linux kills them too (``PR_SET_PDEATHSIG``), so no orphan keeps a claim.
+A worker handles the preemption signals as the command does
+(:mod:`cpc_fast.training.preemption`: its clean-ups run, its claim is released) and ends with
+status 75. If the parent is interrupted (Ctrl-C, a preemption signal) it passes the stop on
+to its workers (SIGTERM) before it returns; if it is killed (SIGKILL), Linux kills them too
+(``PR_SET_PDEATHSIG``), so no orphan keeps a claim.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from cpc_fast.errors import UserInputError
+from cpc_fast.training import preemption
 
 _PR_SET_PDEATHSIG = 1
 
@@ -46,10 +50,13 @@ def _worker_main(
 ) -> None:
     _die_with_parent(parent)
     try:
+        preemption.install()
         target(*args)
     except (UserInputError, OSError) as exc:
         print(f"error: worker {index + 1} of {count}: {exc}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
+    except preemption.Preempted:
+        raise SystemExit(preemption.PREEMPTED_EXIT_STATUS) from None
 
 
 def gpu_of_worker(slot: int, workers_per_gpu: int, visible: int) -> int:
@@ -64,9 +71,16 @@ def gpu_of_worker(slot: int, workers_per_gpu: int, visible: int) -> int:
     return slot // workers_per_gpu % visible
 
 
-def run_workers(target: Callable[..., Any], args: Sequence[tuple]) -> list[int]:
+def run_workers(
+    target: Callable[..., Any],
+    args: Sequence[tuple],
+    *,
+    on_wait: Callable[[], None] | None = None,
+    every: float = 1.0,
+) -> list[int]:
     """Runs ``target(*args[i])`` in ``len(args)`` processes at once; returns their exit
-    statuses in order (a negative status: killed by that signal)."""
+    statuses in order (a negative status: killed by that signal). ``on_wait`` is called
+    every ``every`` seconds while they run (a progress display), and once at the end."""
     context = multiprocessing.get_context("spawn")
     processes = [
         context.Process(
@@ -83,11 +97,14 @@ def run_workers(target: Callable[..., Any], args: Sequence[tuple]) -> list[int]:
         while running:
             # Reaped as each one ends, in any order: an exited worker left unreaped is a
             # zombie, whose pid still answers signals.
-            ended = multiprocessing.connection.wait([p.sentinel for p in running])
+            timeout = every if on_wait is not None else None
+            ended = multiprocessing.connection.wait([p.sentinel for p in running], timeout)
             for process in [p for p in running if p.sentinel in ended]:
                 process.join()
                 running.remove(process)
-    except BaseException:  # Ctrl-C or SIGTERM in the parent: no orphan keeps training
+            if on_wait is not None:
+                on_wait()
+    except BaseException:  # Ctrl-C or preempted in the parent: no orphan keeps training
         for process in processes:
             if process.is_alive():
                 process.terminate()
