@@ -42,6 +42,7 @@ SUITE_ORDER = (
     "bench_encoder",
     "bench_batching",
     "bench_predict",
+    "bench_ssl",
     "bench_protocol",
 )
 DEFAULT_STORAGE = "file://./.benchmarks"  # pytest-benchmark's own default

@@ -43,6 +43,9 @@ NEW_EXPERIMENT_FLAGS = {"--cpu-processes", "--restart", "--threads", "--ddp", "-
 NEW_PRETRAIN_FLAGS |= {"--encoder-dim", "--context-dim", "--prediction-steps", "--encoder-norm"}
 NEW_PRETRAIN_FLAGS |= {"--num-negatives", "--temperature", "--exclude-positive"}
 NEW_EXPERIMENT_FLAGS |= {"--progress", "--no-progress"}
+# Issue 28: the ssl setup's Hugging Face upstreams.
+NEW_EXPERIMENT_FLAGS |= {"--upstream", "--ssl-layers", "--ssl-chunk-seconds", "--ssl-precision"}
+NEW_EXPERIMENT_FLAGS |= {"--ssl-batch-seconds"}
 # Issue 30: the SLURM options of both commands (cli/slurm.py).
 SLURM_FLAGS = {"--launcher", "--nodes", "--partition", "--account", "--qos", "--time"}
 SLURM_FLAGS |= {"--cpus-per-task", "--sbatch", "--signal-delay", "--max-timeouts", "--slurm-dir"}

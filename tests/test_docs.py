@@ -45,6 +45,7 @@ OTHER_TOOLS_FLAGS = {
     "--launches", "--nnodes", "--nodes", "--nproc-per-node", "--ntasks-per-node",
     "--rdzv-backend", "--rdzv-endpoint", "--rdzv-id", "--readme", "--wrap",
     "--requeue", "--signal", "--signals-to-handle", "--rnnMode",
+    "--local-dir",  # huggingface-cli download (docs/ssl.md)
 }  # fmt: skip
 
 

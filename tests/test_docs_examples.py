@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from optional_deps import need
 from wav2vec2_fixtures import hf_inputs, tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -109,7 +110,6 @@ def _exported_models(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict:
     """models/pre-fold1 (a tiny `pre` model, its ONNX graph) and models/cpc-ls100 as
     `cpc-fast export --onnx` writes them, two clips, and a Hub that takes uploads offline."""
     import soundfile
-    from optional_deps import need
 
     from cpc_fast import CPCConfig, CPCModel
     from cpc_fast.emotion.export import export_models
@@ -162,11 +162,23 @@ def _exported_models(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict:
     }
 
 
+def _upstream_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict:
+    """A tiny random WavLM where the page has its local copy of WavLM BASE+."""
+    from ssl_fixtures import family_configs, save_tiny_upstream
+
+    transformers = need("transformers")
+    monkeypatch.chdir(tmp_path)
+    config = family_configs(transformers)["wavlm"]
+    save_tiny_upstream(transformers, config, tmp_path / "models" / "wavlm-base-plus")
+    return {}
+
+
 _GIVEN: dict[str, Callable[[Path, pytest.MonkeyPatch], dict]] = {
     "export.md": _exported_models,
     "batching.md": _audio_files,
     "pretraining.md": _run_folder,
     "experiments.md": _recognizer_inputs,
+    "ssl.md": _upstream_folder,
 }
 
 
@@ -204,6 +216,14 @@ def test_the_export_page_loads_predicts_and_runs_its_graph(tmp_path, monkeypatch
     alone = [loaded["model"].predict(graph[name]) for name in ("a", "b")]
     got = np.stack([graph["activation"], graph["valence"], graph["dominance"]], axis=1)
     np.testing.assert_allclose(got, np.stack(alone), atol=1e-4)
+
+
+@pytest.mark.huggingface
+def test_the_ssl_page_s_example_fills_the_cache(tmp_path, monkeypatch):
+    (scope,) = _run("ssl.md", _upstream_folder(tmp_path, monkeypatch))
+    info = scope["upstream"].info
+    assert scope["width"] == info.num_states * info.hidden_size and scope["frames"] > 0
+    assert len(scope["features"]) == len(scope["corpus"]) and scope["cache"].complete()
 
 
 # ---- the drop-in loss ---------------------------------------------------------------------

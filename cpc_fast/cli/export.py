@@ -30,6 +30,8 @@ def _line(item: Exported) -> str:
         line += f"; onnxruntime within {item.onnx_difference:.1e} of PyTorch"
     if item.shares_cpc_with is not None:
         line += f"; cpc.safetensors linked to {item.shares_cpc_with}'s"
+    if item.note is not None:
+        line += f"; {item.note}"
     return line
 
 

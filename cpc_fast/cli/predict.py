@@ -37,6 +37,7 @@ from cpc_fast.models.hub import model_folder
 
 FLAGS["predict"] = {
     "cpc_path": "--cpc",
+    "upstream_path": "--upstream",
     "folder": "--model",
     "skip_bad": "--skip-bad",
     "threads": "--threads",
@@ -126,6 +127,10 @@ def predict(
     cpc: Annotated[
         Path | None, typer.Option(help="Where the frozen CPC of a mini/pre model is now, if moved.")
     ] = None,
+    upstream: Annotated[
+        Path | None,
+        typer.Option(help="Where the Hugging Face model of an ssl model is now, if moved."),
+    ] = None,
     output_format: Annotated[
         str | None,
         typer.Option(
@@ -181,6 +186,7 @@ def predict(
             inputs,
             model,
             cpc,
+            upstream,
             output_format,
             output,
             skip_bad,
@@ -198,6 +204,7 @@ def _predict(
     inputs: list[Path],
     model: str,
     cpc: Path | None,
+    upstream: Path | None,
     output_format: str,
     output: Path | None,
     skip_bad: bool,
@@ -211,8 +218,9 @@ def _predict(
         check_writable_folder(output.parent, "`output`")
     folder = model_folder(model)
     if runtime == "onnxruntime":
-        if cpc is not None:
-            raise UserInputError("`cpc_path` is for the torch runtime: the graph holds its CPC")
+        if cpc is not None or upstream is not None:
+            flag = "`cpc_path`" if cpc is not None else "`upstream_path`"
+            raise UserInputError(f"{flag} is for the torch runtime: the graph holds its CPC")
         if not (folder / ONNX_NAME).is_file():
             raise UserInputError(
                 f"{folder}: no {ONNX_NAME}; write one with cpc-fast export {folder} --out "
@@ -223,16 +231,17 @@ def _predict(
         # padded length; bench/bench_predict.py), and runs in parallel beat one run's
         # threads.
         runner = OnnxEmotionRunner(folder / ONNX_NAME, threads=1)
-        predict_batch, sample_rate, hop = runner.predict_batch, runner.sample_rate, runner.hop
+        predict_batch, sample_rate = runner.predict_batch, runner.sample_rate
+        min_samples = runner.hop
         workers, use_threads = threads, None
         batch_size = batch_size or 1
         what = f"onnxruntime: {threads} run(s) at a time"
     else:
-        emotion_model = load_model(folder, cpc_path=cpc)
-        predict_batch, sample_rate, hop = (
+        emotion_model = load_model(folder, cpc_path=cpc, upstream_path=upstream)
+        predict_batch, sample_rate, min_samples = (
             emotion_model.predict_batch,
             emotion_model.sample_rate,
-            emotion_model.hop,
+            emotion_model.min_samples,
         )
         workers, use_threads = threads, torch.set_num_threads
         batch_size = batch_size or MAX_ITEMS
@@ -261,7 +270,7 @@ def _predict(
             predict_batch,
             clips,
             sample_rate=sample_rate,
-            min_samples=hop,
+            min_samples=min_samples,
             max_items=batch_size,
             workers=workers,
             use_threads=use_threads,

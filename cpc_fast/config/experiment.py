@@ -25,6 +25,7 @@ to estimate means and variances.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -36,6 +37,7 @@ from cpc_fast.data.corpora import EMOTION_DATASETS
 from cpc_fast.data.corpora.synthetic_emotion import SYNTHETIC_SIZES
 from cpc_fast.data.labelled import VALIDATION_MODES
 from cpc_fast.errors import UserInputError
+from cpc_fast.models.ssl_layers import LayerChoice
 from cpc_fast.settings import (
     at_least,
     non_negative,
@@ -48,13 +50,16 @@ from cpc_fast.settings import (
 
 SETUPS = ("sup", "joint", "mini", "pre")
 SETUP_NAMES = {"sup": "Sup", "joint": "jointCPC", "mini": "miniCPC", "pre": "preCPC"}
+# Frozen features of Hugging Face speech SSL models (`upstream`): one row per model.
+SSL_SETUP = "ssl"
 DATASETS = EMOTION_DATASETS
 PRESETS = ("paper", "tiny")
+SSL_PRECISIONS = ("bf16", "fp16", "fp32")
 
 
 def _setups(value: tuple[str, ...]) -> str | None:
-    if not value or any(s not in SETUPS for s in value):
-        return f"must be a comma list of {', '.join(SETUPS)}, got {','.join(value)!r}"
+    if not value or any(s not in (*SETUPS, SSL_SETUP) for s in value):
+        return f"must be a comma list of {', '.join((*SETUPS, SSL_SETUP))}, got {','.join(value)!r}"
     if len(set(value)) != len(value):
         return f"lists a setup twice: {','.join(value)}"
     return None
@@ -68,6 +73,34 @@ def _folds(value: tuple[int, ...] | None) -> str | None:
     if value is None or (value and min(value) >= 1):
         return None
     return "takes 1-based fold numbers, e.g. 1,2"
+
+
+def upstream_name(item: str) -> tuple[str, str]:
+    """``(name, source)`` of one `upstream` item, ``NAME=SOURCE`` or ``SOURCE``: the name
+    is the folder's (or hub id's) last part, made safe for a folder name."""
+    name, _, source = item.partition("=") if "=" in item else ("", "", item)
+    name = name or source.rstrip("/").rpartition("/")[2]
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.") or "upstream", source
+
+
+def _upstreams(value: tuple[str, ...] | None) -> str | None:
+    if value is None:
+        return None
+    if not value or any(not upstream_name(item)[1] for item in value):
+        return "takes a comma list of model folders (or hub ids), each as FOLDER or NAME=FOLDER"
+    names = [upstream_name(item)[0] for item in value]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        return f"names {', '.join(twice)} twice: give each NAME=FOLDER"
+    return None
+
+
+def _layers(value: str) -> str | None:
+    try:
+        LayerChoice.parse(value)
+    except ValueError as exc:
+        return str(exc)
+    return None
 
 
 @dataclass
@@ -114,7 +147,7 @@ class ExperimentConfig(Execution):
         flag=True,
         check=_setups,
         resumable=True,
-        help="Comma list of sup, joint, mini, pre.",
+        help="Comma list of sup, joint, mini, pre, ssl (ssl: one row per --upstream).",
     )
     pretrained: str | None = setting(
         None, flag=True, help="CPC run folder (or model.safetensors) for 'pre'."
@@ -211,6 +244,12 @@ class ExperimentConfig(Execution):
                 "the 'pre' setup needs `pretrained=RUN_DIR` (a CPC run folder from "
                 "`cpc-fast pretrain`, or its model.safetensors)"
             )
+        if (SSL_SETUP in self.setups) != bool(self.upstream):
+            raise UserInputError(
+                "the 'ssl' setup needs `upstream=FOLDER` (a Hugging Face speech model)"
+                if self.upstream is None
+                else "`upstream` is for the 'ssl' setup: add ssl to `setups`"
+            )
         if self.dataset != "synthetic" and not self.root:
             raise UserInputError(f"`dataset` {self.dataset} needs `root`")
 
@@ -226,6 +265,57 @@ class ExperimentConfig(Execution):
         if self.mini_epochs is not None:
             config = config.replace(epochs=self.mini_epochs)
         return config
+
+    upstream: tuple[str, ...] | None = setting(
+        None,
+        flag=True,
+        check=_upstreams,
+        resumable=True,  # another upstream adds rows; a changed one is refused by its digest
+        metavar="[NAME=]FOLDER,...",
+        help="Hugging Face speech SSL models for 'ssl' (wav2vec 2.0, HuBERT, WavLM, "
+        "data2vec-audio): local folders or hub ids, comma list; one row each, named NAME or "
+        "after the folder.",
+        default_text="none",
+    )
+    ssl_layers: str = setting(
+        "weighted",
+        flag=True,
+        check=_layers,
+        help="Hidden states for 'ssl': K (one; 0 = the transformer's input), mean, weighted "
+        "(SUPERB's learned softmax-weighted sum), or over states A-B: mean:A-B, weighted:A-B.",
+    )
+    ssl_chunk_seconds: float = setting(
+        40.0,
+        flag=True,
+        check=at_least(1.0),
+        help="'ssl': longer files run in chunks of this length, overlapping by a quarter.",
+    )
+    ssl_precision: str = setting(
+        "bf16",
+        flag=True,
+        check=one_of(SSL_PRECISIONS),
+        help="'ssl': autocast of the extraction on a GPU (the CPU computes in fp32).",
+    )
+    ssl_batch_seconds: float | None = setting(
+        None,
+        flag=True,
+        check=optional(non_negative),
+        resumable=True,  # which utterances share a batch: float rounding only
+        help="'ssl': padded audio per extraction batch (0: one file at a time).",
+        default_text="0 on a CPU, 300 on a GPU",
+    )
+
+    @classmethod
+    def upgrade(cls, record: dict[str, Any]) -> dict[str, Any]:
+        """An experiment from before the ssl setup had none of its settings: the defaults."""
+        defaults = cls()
+        for name in ("ssl_layers", "ssl_chunk_seconds", "ssl_precision"):
+            record.setdefault(name, getattr(defaults, name))
+        return record
+
+    def upstreams(self) -> list[tuple[str, str]]:
+        """``(name, source)`` of each upstream, in the order given."""
+        return [upstream_name(item) for item in self.upstream or ()]
 
 
 def paper(**overrides: Any) -> ExperimentConfig:
@@ -259,6 +349,8 @@ __all__ = [
     "PRESETS",
     "SETUPS",
     "SETUP_NAMES",
+    "SSL_PRECISIONS",
+    "SSL_SETUP",
     "ExperimentConfig",
     "paper",
     "preset",

@@ -179,6 +179,15 @@ class EmotionCorpus:
             return np.array(wave)  # a writable copy of the memory-mapped samples
         return read_audio(path, sample_rate=SAMPLE_RATE)
 
+    def num_samples(self, index: int) -> int:
+        """The length of :meth:`wave` ``(index)``, read from the prepared cache without
+        converting it when the corpus is prepared."""
+        path = self.records[index].path
+        if self._prepared is not None and path is not None and str(path) in self._prepared[1]:
+            prepared, positions = self._prepared
+            return int(prepared[positions[str(path)]].shape[0])
+        return int(self.wave(index).shape[0])
+
     def labels(self, indices: Iterable[int] | None = None) -> np.ndarray:
         """(N, 3) float64 labels (activation, valence, dominance), original scale."""
         idx = range(len(self.records)) if indices is None else indices

@@ -228,6 +228,14 @@ def predict_clips(
             pool.shutdown(wait=True, cancel_futures=True)
 
 
+def too_short(samples: int, min_samples: int) -> str:
+    """What is wrong with audio of fewer than ``min_samples`` samples (one frame's worth:
+    160 for the LFBE and CPC front ends, the receptive field of an SSL upstream's first)."""
+    if min_samples <= 160:
+        return f"audio of {samples} samples is shorter than one 10 ms frame"
+    return f"audio of {samples} samples is shorter than the model's first frame ({min_samples})"
+
+
 def _read(clip: Clip, sample_rate: int, min_samples: int) -> np.ndarray | UserInputError:
     """The clip's waveform, or the error that names it (returned: the decoding thread
     hands it to the loop, which reports it in order)."""
@@ -240,9 +248,7 @@ def _read(clip: Clip, sample_rate: int, min_samples: int) -> np.ndarray | UserIn
             raise
         return UserInputError(naming(str(clip.path), str(exc)))
     if wave.shape[0] < min_samples:
-        return UserInputError(
-            f"{clip.path}: audio of {wave.shape[0]} samples is shorter than one 10 ms frame"
-        )
+        return UserInputError(f"{clip.path}: {too_short(wave.shape[0], min_samples)}")
     return wave
 
 
@@ -259,5 +265,6 @@ __all__ = [
     "index_files",
     "plan_batches",
     "predict_clips",
+    "too_short",
     "total_seconds",
 ]

@@ -21,10 +21,14 @@ and std (fixed buffers saved with the model, see :mod:`cpc_fast.models.recognize
   recognizer on CCC loss + λ · InfoNCE (:mod:`cpc_fast.emotion.joint`);
 * ``mini``: per fold, a CPC pre-trained (:mod:`cpc_fast.training.pretrain`) on that fold's
   training audio only, in ``<out>/mini/<fold>/cpc``, shared by the fold's runs; frozen;
-* ``pre``: the CPC of ``--pretrained``, frozen.
+* ``pre``: the CPC of ``--pretrained``, frozen;
+* ``ssl``: for each Hugging Face model of ``--upstream``, the hidden states ``--ssl-layers``
+  chooses (:mod:`cpc_fast.features.ssl`), frozen; units in ``<out>/ssl-<name>/``, and for the
+  learned weighted sum the layer weights trained with the recognizer.
 
-Frozen CPC contexts and LFBE are extracted once into the feature cache (``<out>/cache`` by
-default), keyed by the weights' digest and the corpus's fingerprint. Before anything else
+Frozen CPC contexts, SSL hidden states and LFBE are extracted once into the feature cache
+(``<out>/cache`` by default), keyed by the weights' digest and the corpus's fingerprint; an
+upstream's extraction is split into parts that the workers share. Before anything else
 every audio file is decoded once into the prepared corpus (``<cache>/prepared``, which
 later reads come from and a re-run reuses): a file that fails is listed, or skipped and
 counted with ``skip_bad``. A re-run resumes only on the same
@@ -71,17 +75,20 @@ from cpc_fast.emotion.experiment_folder import (
 )
 from cpc_fast.emotion.model_io import load_cpc_checked
 from cpc_fast.emotion.report import write_report
-from cpc_fast.emotion.schedule import Task, plan
+from cpc_fast.emotion.schedule import SSL_PREFIX, Task, is_ssl, plan, unit_setups
 from cpc_fast.emotion.unit import UnitPlace, run_unit
 from cpc_fast.errors import UserInputError
 from cpc_fast.features.cache import FeatureSet, cache_key, module_digest
 from cpc_fast.features.extract import cpc_context_features, lfbe_features
 from cpc_fast.features.lfbe import LFBEConfig
+from cpc_fast.features.ssl import STORAGE, SSLFeatureCache
+from cpc_fast.features.upstream import Upstream, UpstreamInfo, load_upstream
 from cpc_fast.io.atomic import atomic_write_bytes
 from cpc_fast.io.claims import Claim, ClaimBoard
 from cpc_fast.io.cpus import available_cpus
 from cpc_fast.io.lock import FolderLock
 from cpc_fast.models.loading import load_cpc
+from cpc_fast.models.ssl_layers import LayerChoice
 from cpc_fast.training.distributed import (
     DistEnv,
     barrier,
@@ -166,9 +173,17 @@ class Runner:
         self.folds = [(numbers[f.name], f) for f in _selected_folds(self.corpus, config)]
         self._pretrained: tuple[torch.nn.Module, str] | None = None
         self._claim: Claim | None = None  # the task this worker holds (rank 0)
-        self._features: dict[str, FeatureSet] = {}  # by "lfbe" or "cpc-<weights digest>"
+        self._features: dict[str, FeatureSet] = {}  # by "lfbe", "cpc-<digest>", "ssl-<name>"
         self.board_host = socket.gethostname()
         self.place = UnitPlace(config, self.corpus, env, self.out, self.progress, self.board_host)
+        # The ssl setup: one unit setup per upstream; their weights' identities (loaded once
+        # per worker), the one model held for extracting, the cache entries.
+        self.upstreams = dict(config.upstreams())
+        self.setups = unit_setups(config.setups, list(self.upstreams))
+        self._upstream_infos: dict[str, UpstreamInfo] = {}
+        self._upstream: tuple[str, Upstream] | None = None
+        self._ssl_caches: dict[str, SSLFeatureCache] = {}
+        self._samples: list[int] | None = None
 
     # -- inputs --------------------------------------------------------------------------
 
@@ -226,6 +241,81 @@ class Runner:
             ),
         )
 
+    # -- the ssl setup --------------------------------------------------------------------
+
+    def upstream(self, name: str) -> Upstream:
+        """The model of upstream ``name``, loaded (one at a time per worker: the one last
+        asked for is held) onto this worker's device."""
+        if self._upstream is None or self._upstream[0] != name:
+            self._upstream = None  # the previous one's memory first
+            upstream = load_upstream(self.upstreams[name]).to(self.env.device)
+            self._upstream_infos[name] = upstream.info
+            self._upstream = (name, upstream)
+        return self._upstream[1]
+
+    def upstream_info(self, name: str) -> UpstreamInfo:
+        if name not in self._upstream_infos:
+            self.upstream(name)
+        return self._upstream_infos[name]
+
+    def ssl_cache(self, setup: str) -> SSLFeatureCache:
+        """The feature cache entry of unit setup ``ssl-<name>`` (planned: its parts)."""
+        if setup not in self._ssl_caches:
+            if self._samples is None:  # every utterance's length, read once per worker
+                self._samples = [self.corpus.num_samples(i) for i in range(len(self.corpus))]
+            cfg = self.config
+            # The workers' device, not this process's: a launcher on the CPU plans the
+            # entry its GPU workers fill.
+            cuda = cfg.device_gpus > 0 and torch.cuda.is_available()
+            self._ssl_caches[setup] = SSLFeatureCache(
+                self.corpus,
+                self.upstream_info(setup[len(SSL_PREFIX) :]),
+                LayerChoice.parse(cfg.ssl_layers),
+                self.cache_dir,
+                chunk_seconds=cfg.ssl_chunk_seconds,
+                precision=cfg.ssl_precision if cuda else "fp32",
+                samples=self._samples,
+            )
+        return self._ssl_caches[setup]
+
+    def ssl_features(self, setup: str, part: int | None) -> FeatureSet | None:
+        """Builds part ``part`` (1-based) of ``setup``'s extraction, or, with None, writes
+        the entry (building any part still missing) and returns its features."""
+        cache = self.ssl_cache(setup)
+        name = setup[len(SSL_PREFIX) :]
+
+        def build() -> None:
+            settings = {"batch_seconds": self.config.ssl_batch_seconds, "progress": self.progress}
+            if part is not None:
+                cache.build_part(part - 1, self.upstream(name), **settings)
+            elif not all(cache.entry.part_done(k) for k in range(cache.num_parts)):
+                cache.build(self.upstream(name), **settings)
+
+        if self.env.is_main and not cache.complete():
+            build()
+        barrier()
+        if part is not None:
+            return None
+        return self._remembered(setup, cache.finish)
+
+    def _ssl_inputs(self, setup: str, features: FeatureSet) -> dict:
+        cache = self.ssl_cache(setup)
+        info, choice = cache.info, cache.choice
+        stacked = choice.stored_states(info.num_states) if choice.mode == "weighted" else 0
+        reference = {
+            "name": setup[len(SSL_PREFIX) :],
+            **info.to_dict(),
+            "layers": choice.spec,
+            "chunk_samples": cache.chunk,
+            "precision": cache.precision,
+            "storage": STORAGE,
+        }
+        return {
+            "features": features,
+            "reference": {"kind": "ssl", "ssl": reference},
+            "stacked_states": stacked,
+        }
+
     def pretrained(self) -> tuple[torch.nn.Module, str, Path]:
         path = Path(self.config.pretrained).resolve()
         if self._pretrained is None:
@@ -254,8 +344,14 @@ class Runner:
 
     # -- one unit ------------------------------------------------------------------------
 
-    def prepare(self, setup: str, fold: Fold, *, build: bool = False) -> dict:
-        """A unit's inputs (``build``: the prep task that makes them first)."""
+    def prepare(self, setup: str, fold: Fold, *, build: bool = False, part: int = 0) -> dict:
+        """A unit's inputs (``build``: the prep task that makes them first; ``part``: only
+        that part of an SSL extraction)."""
+        if is_ssl(setup):
+            features = self.ssl_features(setup, part or None) if build else None
+            if part:
+                return {}
+            return self._ssl_inputs(setup, features or self.ssl_features(setup, None))
         if setup == "sup":
             return {
                 "features": self.lfbe(),
@@ -289,6 +385,20 @@ class Runner:
         }
         if "pre" in cfg.setups:  # loaded now: a model that diverged is refused before any work
             manifest["pretrained_digest"] = self.pretrained()[1]
+        if self.upstreams:  # loaded now: a folder that is no model is refused before any work
+            manifest["upstreams"] = {
+                name: {
+                    k: v
+                    for k, v in self.upstream_info(name).to_dict().items()
+                    if k in ("source", "digest", "model_type", "num_states", "hidden_size")
+                }
+                for name in self.upstreams
+            }
+            choice = LayerChoice.parse(cfg.ssl_layers)
+            for name in self.upstreams:
+                problem = choice.problem(self.upstream_info(name).num_states)
+                if problem:
+                    raise UserInputError(f"`ssl_layers` {choice.spec} {problem} ({name})")
         return manifest
 
     def check_folder(self) -> None:
@@ -301,7 +411,8 @@ class Runner:
 
     def tasks(self) -> list[Task]:
         """Every task of this experiment, in start order (:func:`~.schedule.plan`)."""
-        return plan(self.config.setups, self.folds, self.config.runs)
+        parts = {s: self.ssl_cache(s).num_parts for s in self.setups if is_ssl(s)}
+        return plan(self.setups, self.folds, self.config.runs, parts)
 
     def units_done(self) -> tuple[int, int]:
         """(units whose folder holds ``done``, all units), read from the folder."""
@@ -374,8 +485,9 @@ class Runner:
 
     def _run_task(self, task: Task, prepared: dict) -> None:
         if task.kind == "prep":
-            self.prepare(task.setup, task.fold, build=True)
+            self.prepare(task.setup, task.fold, build=True, part=task.part)
             return
+        self._upstream = None  # units need no SSL model: its memory back
         key = (task.setup, task.fold.name)
         if prepared.get("for") != key:
             prepared.clear()

@@ -9,8 +9,9 @@
 A re-run resumes only on the same experiment: the same settings (the resumable fields
 excepted, :func:`cpc_fast.settings.differences`), the same data (the corpus's
 :meth:`~cpc_fast.data.labelled.EmotionCorpus.identity`: utterances, labels, audio sizes,
-whatever its path) and, for ``pre``, the same pre-trained weights. Anything else is refused
-with one line saying what differs; ``restart`` deletes the experiment's own files first.
+whatever its path) and, for ``pre`` and each upstream of ``ssl``, the same weights.
+Anything else is refused with one line saying what differs; ``restart`` deletes the
+experiment's own files first.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from cpc_fast.config.experiment import SETUPS, ExperimentConfig
+from cpc_fast.config.experiment import SETUPS, SSL_SETUP, ExperimentConfig
 from cpc_fast.errors import UserInputError
 from cpc_fast.io.atomic import read_json, write_json
 from cpc_fast.settings import differences
@@ -37,7 +38,7 @@ _DATA_PARTS = {
 def clear_experiment(out: Path) -> None:
     """Deletes what an experiment writes in ``out`` (its units, claims, manifest and tables),
     and nothing else: the feature cache is keyed by content and stays."""
-    for setup in SETUPS:
+    for setup in [*SETUPS, *(p.name for p in out.glob(f"{SSL_SETUP}-*"))]:
         shutil.rmtree(out / setup, ignore_errors=True)
     shutil.rmtree(out / CLAIMS_NAME, ignore_errors=True)
     for name in (MANIFEST_NAME, *RESULT_NAMES):
@@ -77,6 +78,12 @@ def what_differs(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
     old_digest, digest = saved.get("pretrained_digest"), current.get("pretrained_digest")
     if old_digest and digest and old_digest != digest:
         what.append("the `pretrained` model's weights differ")
+    old_upstreams, upstreams = saved.get("upstreams", {}), current.get("upstreams", {})
+    what += [
+        f"the weights of upstream {name} differ"
+        for name in sorted(old_upstreams.keys() & upstreams.keys())
+        if old_upstreams[name].get("digest") != upstreams[name].get("digest")
+    ]
     return what
 
 

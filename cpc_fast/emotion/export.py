@@ -35,7 +35,7 @@ import os
 import shlex
 import shutil
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +45,7 @@ from safetensors import safe_open
 
 from cpc_fast.config import experiment as experiment_presets
 from cpc_fast.config import pretrain as pretrain_presets
-from cpc_fast.config.experiment import SETUPS, ExperimentConfig
+from cpc_fast.config.experiment import SETUPS, SSL_SETUP, ExperimentConfig
 from cpc_fast.config.pretrain import PretrainConfig
 from cpc_fast.emotion.model_io import CPC_FILE, HUB_MODEL_TYPE, KIND, EmotionModel, load_model
 from cpc_fast.emotion.onnx_export import (
@@ -80,6 +80,7 @@ class Exported:
     what: str  # "sup", "joint", "mini", "pre" or "cpc"
     onnx_difference: float | None = None
     shares_cpc_with: Path | None = None  # the folder whose cpc.safetensors this one links
+    note: str | None = None  # what was asked for and not written, and why
 
 
 def export_models(
@@ -135,7 +136,8 @@ def _weights_kind(source: Path) -> str | None:
 
 
 def _finished_units(experiment: Path) -> Iterator[Path]:
-    for setup in SETUPS:
+    ssl = sorted(p.name for p in experiment.glob(f"{SSL_SETUP}-*") if p.is_dir())
+    for setup in (*SETUPS, *ssl):
         yield from sorted(p.parent for p in experiment.glob(f"{setup}/*/run*/done"))
 
 
@@ -145,7 +147,13 @@ def _finished_units(experiment: Path) -> Iterator[Path]:
 def _export_emotion(
     model: EmotionModel, source: Path | None, target: Path, onnx: bool, int8: bool
 ) -> Exported:
-    """One emotion model's folder, its card completed from the unit's records."""
+    """One emotion model's folder, its card completed from the unit's records. An ``ssl``
+    model's folder holds its upstream but no graph: the upstream runs its chunks in Python
+    (:class:`~cpc_fast.features.ssl.SSLFrontEnd`), which one traced graph cannot hold."""
+    note = None
+    if onnx and model.feature_kind == "ssl":
+        note = "no model.onnx: an ssl model has no ONNX export (its upstream runs in chunks)"
+        onnx = int8 = False
     if source is not None:
         model.config = {**model.config, **_unit_records(source)}
     difference = None
@@ -165,7 +173,7 @@ def _export_emotion(
                 quantize_int8(folder / ONNX_NAME, folder / INT8_NAME)
 
     _replace_folder(target, write)
-    return Exported(target, model.config["setup"], difference)
+    return Exported(target, model.config["setup"], difference, note=note)
 
 
 def _unit_records(unit: Path) -> dict[str, Any]:
@@ -215,9 +223,7 @@ def _share_cpc_files(written: list[Exported]) -> list[Exported]:
             tmp.unlink(missing_ok=True)
             shared.append(item)
             continue
-        shared.append(
-            Exported(item.folder, item.what, item.onnx_difference, shares_cpc_with=original.parent)
-        )
+        shared.append(replace(item, shares_cpc_with=original.parent))
     return shared
 
 

@@ -26,6 +26,7 @@ from cpc_fast.config.experiment import ExperimentConfig
 from cpc_fast.emotion.experiment import Runner, briefly_locked
 from cpc_fast.emotion.experiment_folder import CLAIMS_NAME as CLAIMS
 from cpc_fast.emotion.experiment_folder import clear_experiment
+from cpc_fast.emotion.schedule import unit_setups
 from cpc_fast.errors import UserInputError
 from cpc_fast.io.atomic import check_writable_folder, read_json
 from cpc_fast.io.claims import ClaimBoard, new_launch_id
@@ -278,7 +279,7 @@ def _all_done(config: ExperimentConfig) -> bool:
         return False
     return all(
         (out / s / f / f"run{r}" / "done").is_file()
-        for s in config.setups
+        for s in unit_setups(config.setups, [name for name, _ in config.upstreams()])
         for f in folds
         for r in range(1, config.runs + 1)
     )

@@ -48,11 +48,26 @@ def _front_end(config: dict[str, Any]) -> str:
         return (
             f"CPC (encoder {cpc['encoder_dim']}, GRU {cpc['context_dim']}), in `model.safetensors`"
         )
+    if features["kind"] == "ssl":
+        ssl = features["ssl"]
+        where = (
+            f"`{ssl['folder']}/`" if "folder" in ssl else f"`{ssl['source']}` (not in this folder)"
+        )
+        return (
+            f"frozen {ssl.get('model_type', '?')} upstream ({ssl.get('hidden_size', '?')} wide, "
+            f"hidden states {ssl['layers']}), {where}, weight digest `{ssl['digest'][:16]}…`"
+        )
     cpc = features["cpc"]
     where = (
         f"`{cpc['file']}`" if "file" in cpc else f"`{cpc.get('path', '?')}` (not in this folder)"
     )
     return f"frozen CPC, {where}, weight digest `{cpc['digest'][:16]}…`"
+
+
+def _setup_text(config: dict[str, Any]) -> str:
+    if config["features"]["kind"] == "ssl":
+        return "the recognizer on the frozen hidden states of a speech SSL model"
+    return _SETUPS.get(config["setup"], "-")
 
 
 def emotion_card(config: dict[str, Any]) -> str:
@@ -73,7 +88,7 @@ def emotion_card(config: dict[str, Any]) -> str:
             f"{training['epochs']} (best validation CCC at epoch {training.get('best_epoch', '?')})"
         )
     rows = [
-        ("setup", f"`{setup}` ({SETUP_NAMES.get(setup, setup)}): {_SETUPS.get(setup, '-')}"),
+        ("setup", f"`{setup}` ({SETUP_NAMES.get(setup, setup)}): {_setup_text(config)}"),
         ("data set", f"{config.get('dataset', '-')}: {training.get('data', '-')}"),
         ("protocol", str(training.get("protocol", "-"))),
         ("fold, run", f"{config.get('fold', '-')}, run {config.get('run', '-')}"),

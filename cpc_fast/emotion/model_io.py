@@ -13,12 +13,17 @@ Two folder layouts hold one model (a setup, fold and run), and both load with
      "features": {"kind": "lfbe", "lfbe": {...}}                      (sup)
                | {"kind": "cpc", "cpc": {"path": ..., "digest": ...}}  (mini, pre: frozen CPC
                                                                        stored elsewhere)
-               | {"kind": "joint", "cpc_config": {...}},               (weights inside)
+               | {"kind": "joint", "cpc_config": {...}}                (weights inside)
+               | {"kind": "ssl", "ssl": {"source": ..., "digest": ...,  (ssl-<name>: a frozen
+                  "layers": ..., "chunk_samples": ..., ...}},           Hugging Face model
+                                                                       stored elsewhere)
      "recognizer": RecognizerConfig, "label_scaler": {"mean": [3], "std": [3]},
      "label_range": [lo, hi] | null, "dataset": ..., "fold": ..., "run": ...}
 
-  The frozen CPC of ``mini``/``pre`` is referenced by path and weight digest: loading fails
-  with a clear message if it moved (pass ``cpc_path``) or changed.
+  The frozen CPC of ``mini``/``pre`` and the upstream of ``ssl`` are referenced by path and
+  weight digest: loading fails with a clear message if it moved (pass ``cpc_path`` or
+  ``upstream_path``) or changed. A model trained on the learned weighted sum of an
+  upstream's hidden states holds the sum's weights and statistics under ``layer_sum.``.
 
 * **A self-contained folder in the Hugging Face Hub layout** (``cpc-fast export``,
   :meth:`EmotionModel.save_pretrained`): ``config.json`` (the same config with
@@ -27,12 +32,15 @@ Two folder layouts hold one model (a setup, fold and run), and both load with
   ``mini``/``pre``, the frozen CPC beside them as ``cpc.safetensors`` (the file ``save_cpc``
   writes: byte-identical for identical weights, so several models that share one CPC
   share its bytes): ``"features": {"kind": "cpc", "cpc": {"file": "cpc.safetensors",
-  "digest": ...}}``, checked against the digest when loaded.
+  "digest": ...}}``, checked against the digest when loaded. For ``ssl`` the upstream's
+  Hugging Face folder is copied beside them as ``upstream/`` (``"ssl": {"folder":
+  "upstream", ...}``).
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -42,20 +50,25 @@ import torch
 from torch import nn
 
 from cpc_fast.data.labelled import LabelScaler
+from cpc_fast.emotion.batch_predict import too_short
 from cpc_fast.emotion.model_card import emotion_card
 from cpc_fast.errors import UserInputError
 from cpc_fast.features.cache import module_digest
 from cpc_fast.features.lfbe import LFBE, LFBEConfig
+from cpc_fast.features.ssl import SSLFrontEnd
+from cpc_fast.features.upstream import SAMPLE_RATE, load_upstream
 from cpc_fast.io.atomic import write_json
 from cpc_fast.io.checkpoint import CONFIG_NAME, WEIGHTS_NAME, load_weights, save_weights
 from cpc_fast.models.cpc import CPC_KIND, CPCConfig, CPCModel
 from cpc_fast.models.hub import HubMixin
 from cpc_fast.models.loading import load_cpc
 from cpc_fast.models.recognizer import EmotionRecognizer, RecognizerConfig
+from cpc_fast.models.ssl_layers import LayerChoice, LayerSumRecognizer, WeightedLayerSum
 
 KIND = "emotion-recognizer"
 HUB_MODEL_TYPE = "cpc-fast-emotion"  # config.json's "model_type" in an exported folder
 CPC_FILE = "cpc.safetensors"  # the frozen CPC of mini/pre in an exported folder
+UPSTREAM_FOLDER = "upstream"  # the Hugging Face model of ssl in an exported folder
 DIMENSIONS = ("activation", "valence", "dominance")
 
 
@@ -82,19 +95,21 @@ class EmotionModel(HubMixin, nn.Module):
     the LFBE front end reads zeros past a row's end, the CPC encoder zeroes each layer's
     frames past it (:meth:`cpc_fast.models.cpc.CPCEncoder.forward`), and the recognizer
     attends to and pools over a row's own ``lengths // 160`` frames. A row needs at least
-    one frame (160 samples). This module is what ``cpc-fast export --onnx`` traces.
+    one frame (:attr:`min_samples`: 160 samples). This module is what ``cpc-fast export
+    --onnx`` traces. An ``ssl`` model's upstream runs one waveform at a time, as its feature
+    cache was computed (:class:`~cpc_fast.features.ssl.SSLFrontEnd`; 50 frames a second).
     """
 
     def __init__(
         self,
-        recognizer: EmotionRecognizer,
+        recognizer: EmotionRecognizer | LayerSumRecognizer,
         config: dict[str, Any],
         front_end: nn.Module,
         folder: Path | None = None,
     ) -> None:
         super().__init__()
         self.recognizer = recognizer
-        self.front_end = front_end  # LFBE or CPCModel
+        self.front_end = front_end  # LFBE, CPCModel or SSLFrontEnd
         self.config = config
         self.folder = folder
         scaler = LabelScaler.from_dict(config["label_scaler"])
@@ -111,13 +126,26 @@ class EmotionModel(HubMixin, nn.Module):
 
     @property
     def hop(self) -> int:
-        """Samples per feature frame (160: 10 ms at 16 kHz)."""
+        """Samples per feature frame (160: 10 ms at 16 kHz; an SSL upstream's 320)."""
         if self.feature_kind == "lfbe":
             return self.front_end.config.hop_length
+        if self.feature_kind == "ssl":
+            return self.front_end.upstream.info.hop
         return self.front_end.frame_hop
 
     @property
+    def min_samples(self) -> int:
+        """The fewest samples that give a frame: one hop, or an SSL upstream's receptive
+        field (400 samples for the wav2vec 2.0 family)."""
+        if self.feature_kind != "ssl":
+            return self.hop
+        info = self.front_end.upstream.info
+        return next(n for n in range(1, 1 << 16) if info.frames(n) > 0)
+
+    @property
     def sample_rate(self) -> int:
+        if self.feature_kind == "ssl":
+            return SAMPLE_RATE
         return self.front_end.config.sample_rate
 
     @property
@@ -138,6 +166,10 @@ class EmotionModel(HubMixin, nn.Module):
         )
         if not padded:
             lengths = full
+        if self.feature_kind == "ssl":
+            rows = [self.front_end(wave[b : b + 1, :n])[0] for b, n in enumerate(lengths.tolist())]
+            frames = torch.tensor([r.shape[0] for r in rows], device=wave.device)
+            return nn.utils.rnn.pad_sequence(rows, batch_first=True), frames
         if self.feature_kind == "lfbe":
             if padded:
                 valid = torch.arange(wave.shape[1], device=wave.device) < lengths.unsqueeze(1)
@@ -162,11 +194,11 @@ class EmotionModel(HubMixin, nn.Module):
         recognizer 1.4x the time per row on a 2-core EPYC); the GRU's steps are sequential
         matrix-vector products, which a batch turns into matrix products (3x less time)."""
         out = wave.new_full((wave.shape[0], self.recognizer.config.num_outputs), float("nan"))
-        framed = [(b, n) for b, n in enumerate(lengths.tolist()) if n >= self.hop]
+        framed = [(b, n) for b, n in enumerate(lengths.tolist()) if n >= self.min_samples]
         if not framed:
             return out  # no row holds a frame: NaN, as forward says
         rows = [wave[b : b + 1, :n] for b, n in framed]
-        if self.feature_kind == "lfbe":
+        if self.feature_kind in ("lfbe", "ssl"):
             features = [self.front_end(row) for row in rows]
         else:
             z = [self.front_end.encode(row)[0] for row in rows]  # each (L_b, D)
@@ -183,7 +215,7 @@ class EmotionModel(HubMixin, nn.Module):
         y = self.scaled(wave, lengths) * self.label_std + self.label_mean
         if lengths is None:
             return y
-        framed = (lengths >= self.hop).unsqueeze(1)  # (B, 1)
+        framed = (lengths >= self.min_samples).unsqueeze(1)  # (B, 1)
         return torch.where(framed, y, torch.full_like(y, float("nan")))
 
     @torch.inference_mode()
@@ -191,10 +223,8 @@ class EmotionModel(HubMixin, nn.Module):
         """(N, 3) predictions of N waveforms run as one zero-padded batch, in the labels'
         units (float64, as :meth:`predict`)."""
         lengths = [int(w.shape[0]) for w in waves]
-        if min(lengths) < self.hop:
-            raise UserInputError(
-                f"audio of {min(lengths)} samples is shorter than one 10 ms frame ({self.hop})"
-            )
+        if min(lengths) < self.min_samples:
+            raise UserInputError(too_short(min(lengths), self.min_samples))
         batch = np.zeros((len(waves), max(lengths)), np.float32)
         for row, w in zip(batch, waves, strict=True):
             row[: w.shape[0]] = w
@@ -208,10 +238,11 @@ class EmotionModel(HubMixin, nn.Module):
 
     @torch.inference_mode()
     def features(self, wave: np.ndarray) -> torch.Tensor:
-        """(n,) 16 kHz waveform -> (1, floor(n / 160), D) recognizer input."""
+        """(n,) 16 kHz waveform -> (1, L, D) recognizer input: L = floor(n / 160) frames of
+        LFBE or CPC contexts, or the SSL upstream's frames (50 a second)."""
         x = torch.from_numpy(np.asarray(wave, np.float32)).to(self.device).unsqueeze(0)
-        if x.shape[1] < self.hop:
-            raise UserInputError(f"audio of {x.shape[1]} samples is shorter than one 10 ms frame")
+        if x.shape[1] < self.min_samples:
+            raise UserInputError(too_short(x.shape[1], self.min_samples))
         return self.frames(x)[0]
 
     @torch.inference_mode()
@@ -239,15 +270,20 @@ class EmotionModel(HubMixin, nn.Module):
         folder: Path,
         cpc_path: str | os.PathLike | None = None,
         map_location: str | torch.device = "cpu",
+        upstream_path: str | os.PathLike | None = None,
     ) -> EmotionModel:
-        return load_model(folder, cpc_path=cpc_path).to(map_location)
+        return load_model(folder, cpc_path=cpc_path, upstream_path=upstream_path).to(map_location)
 
     def hub_config(self) -> dict[str, Any]:
-        """The config of this model's exported folder: a frozen CPC is the file beside it."""
+        """The config of this model's exported folder: a frozen CPC is the file beside it, an
+        SSL upstream the folder beside it."""
         config = dict(self.config)
         if self.feature_kind == "cpc":
             digest = module_digest(self.front_end)
             config["features"] = {"kind": "cpc", "cpc": {"file": CPC_FILE, "digest": digest}}
+        elif self.feature_kind == "ssl":
+            ssl = {**config["features"]["ssl"], "folder": UPSTREAM_FOLDER}
+            config["features"] = {"kind": "ssl", "ssl": ssl}
         return config
 
     def _save_folder(self, folder: Path) -> None:
@@ -255,8 +291,13 @@ class EmotionModel(HubMixin, nn.Module):
         if self.feature_kind == "cpc":
             cpc = self.front_end
             save_weights(folder / CPC_FILE, cpc.state_dict(), cpc.config.to_dict(), CPC_KIND)
+        if self.feature_kind == "ssl":
+            _copy_upstream(self.front_end.upstream.info.source, folder / UPSTREAM_FOLDER)
         joint = self.front_end if self.feature_kind == "joint" else None
-        save_model(folder, self.recognizer, config, cpc=joint)
+        recognizer, layer_sum = self.recognizer, None
+        if isinstance(recognizer, LayerSumRecognizer):
+            recognizer, layer_sum = recognizer.recognizer, recognizer.layer_sum
+        save_model(folder, recognizer, config, cpc=joint, layer_sum=layer_sum)
         write_json(folder / CONFIG_NAME, {"model_type": HUB_MODEL_TYPE, **config})
 
     def model_card(self) -> str:
@@ -268,22 +309,30 @@ def save_model(
     recognizer: EmotionRecognizer,
     config: dict[str, Any],
     cpc: torch.nn.Module | None = None,
+    layer_sum: WeightedLayerSum | None = None,
 ) -> None:
-    """Writes ``model.safetensors`` (+ ``config.json``); ``cpc`` only for the joint setup."""
+    """Writes ``model.safetensors`` (+ ``config.json``); ``cpc`` only for the joint setup,
+    ``layer_sum`` for SSL features combined by learned layer weights."""
     folder = Path(folder)
     state = {f"recognizer.{k}": v for k, v in recognizer.state_dict().items()}
     if cpc is not None:
         state.update({f"cpc.{k}": v for k, v in cpc.state_dict().items()})
+    if layer_sum is not None:
+        state.update({f"layer_sum.{k}": v for k, v in layer_sum.state_dict().items()})
     save_weights(folder / WEIGHTS_NAME, state, config, KIND)
     write_json(folder / CONFIG_NAME, config)
 
 
 def load_model(
-    folder: str | os.PathLike, *, cpc_path: str | os.PathLike | None = None
+    folder: str | os.PathLike,
+    *,
+    cpc_path: str | os.PathLike | None = None,
+    upstream_path: str | os.PathLike | None = None,
 ) -> EmotionModel:
     """Loads a model folder of either layout (module docstring), or its model.safetensors.
 
-    ``cpc_path`` points a ``mini``/``pre`` model at its frozen CPC if it moved.
+    ``cpc_path`` points a ``mini``/``pre`` model at its frozen CPC if it moved;
+    ``upstream_path`` an ``ssl`` model at its Hugging Face model folder.
     """
     folder = Path(folder)
     weights = folder / WEIGHTS_NAME if folder.is_dir() else folder
@@ -303,6 +352,14 @@ def load_model(
     elif features["kind"] == "joint":
         front_end = CPCModel(CPCConfig.from_dict(features["cpc_config"]))
         front_end.load_state_dict(_strip(state, "cpc."))
+    elif features["kind"] == "ssl":
+        front_end = _ssl_front_end(weights, features["ssl"], upstream_path)
+        layer_sum = _strip(state, "layer_sum.")
+        if layer_sum:
+            stacked = layer_sum["weights"].shape[0]
+            summed = WeightedLayerSum(stacked, recognizer.config.input_dim)
+            summed.load_state_dict(layer_sum)
+            recognizer = LayerSumRecognizer(summed, recognizer)
     else:
         raise UserInputError(f"{weights}: unknown feature kind {features['kind']!r}")
     return EmotionModel(recognizer, config, front_end, weights.parent).eval()
@@ -327,6 +384,52 @@ def _frozen_cpc(
     return load_cpc_checked(path, reference["digest"])
 
 
+def _ssl_front_end(
+    weights: Path, reference: dict[str, Any], upstream_path: str | os.PathLike | None
+) -> SSLFrontEnd:
+    """The Hugging Face model an ``ssl`` model was trained on (beside it in an exported
+    folder, else where it was when trained; ``upstream_path`` when given), checked by its
+    digest."""
+    if upstream_path is not None:
+        source = str(upstream_path)
+    elif "folder" in reference:
+        source = str(weights.parent / reference["folder"])
+    else:
+        source = reference["source"]
+    local = upstream_path is not None or "folder" in reference or source.startswith("/")
+    if local and not Path(source).exists():
+        raise UserInputError(
+            f"{weights}: the upstream it was trained on, {source}, is gone; pass its new "
+            "location with `upstream_path=PATH`"
+        )
+    upstream = load_upstream(source)
+    if upstream.info.digest != reference["digest"]:
+        raise UserInputError(
+            f"upstream {source} is not the one {weights} was trained on (weights changed)"
+        )
+    return SSLFrontEnd(upstream, LayerChoice.parse(reference["layers"]), reference["chunk_samples"])
+
+
+def _copy_upstream(source: str, folder: Path) -> None:
+    """The files ``from_pretrained`` reads of an upstream (its local folder, or a hub id's
+    snapshot in the local cache), copied into ``folder``."""
+    path = Path(source)
+    if not path.is_dir():
+        try:
+            from huggingface_hub import snapshot_download
+
+            path = Path(snapshot_download(source, local_files_only=True))
+        except Exception as exc:  # noqa: BLE001 - not cached, or no huggingface_hub
+            raise UserInputError(
+                f"upstream {source}: no local copy to put in the exported folder ({exc}); "
+                "download it (huggingface-cli download) and pass its folder with `upstream_path`"
+            ) from None
+    folder.mkdir(parents=True, exist_ok=True)
+    for file in sorted(path.iterdir()):
+        if file.is_file() and file.suffix in (".json", ".safetensors", ".bin", ".txt"):
+            shutil.copyfile(file, folder / file.name)
+
+
 def _strip(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
 
@@ -336,6 +439,7 @@ __all__ = [
     "DIMENSIONS",
     "HUB_MODEL_TYPE",
     "KIND",
+    "UPSTREAM_FOLDER",
     "EmotionModel",
     "load_cpc_checked",
     "load_model",

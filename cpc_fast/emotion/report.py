@@ -17,6 +17,10 @@ Scores:
 * a setup's ``mean ± std`` is over its complete runs (every fold done), ``std`` the sample
   standard deviation (ddof = 1), ``null`` with a single run. Incomplete runs are listed,
   never averaged in.
+
+The ssl setup has a row per upstream (``DIR/ssl-<name>/``), named after it and its layer
+choice; with the learned weighted sum, ``layer_weights`` is the mean over its complete
+runs and folds of each hidden state's softmax weight.
 """
 
 from __future__ import annotations
@@ -28,10 +32,12 @@ from typing import Any
 
 import numpy as np
 
-from cpc_fast.config.experiment import SETUP_NAMES, SETUPS
+from cpc_fast.config.experiment import SETUP_NAMES, SETUPS, upstream_name
+from cpc_fast.emotion.schedule import SSL_PREFIX, is_ssl
 from cpc_fast.emotion.train import ccc_scores
 from cpc_fast.errors import UserInputError
 from cpc_fast.io.atomic import atomic_write, read_json, write_json
+from cpc_fast.models.ssl_layers import LayerChoice
 
 METRICS = ("ccc_avg", "ccc_act", "ccc_val", "ccc_dom")
 SCORE_RULE = (
@@ -109,6 +115,8 @@ def _run_entry(out: Path, setup: str, run: int, fold_names: list[str]) -> dict[s
         result = _read_result(unit / "result.json")
         seed = result.get("seed", seed)
         folds.append({"fold": fold, **result["test"], "best_epoch": result["best_epoch"]})
+        if "layer_weights" in result:
+            folds[-1]["layer_weights"] = result["layer_weights"]
         p, y = read_predictions(unit / "predictions.csv")
         preds.append(p)
         labels.append(y)
@@ -140,7 +148,7 @@ def aggregate(out: str | os.PathLike) -> dict[str, Any]:
         "folds": fold_names,
         "setups": {},
     }
-    setups = [s for s in SETUPS if (out / s).is_dir()]
+    setups = [s for s in (*SETUPS, *_ssl_setups(out, manifest)) if (out / s).is_dir()]
     for setup in setups:
         runs = sorted(
             int(p.name[3:])
@@ -154,15 +162,38 @@ def aggregate(out: str | os.PathLike) -> dict[str, Any]:
             (complete if entry is not None else incomplete).append(entry or run)
         if not complete:
             continue
-        summary: dict[str, Any] = {"name": SETUP_NAMES[setup]}
+        summary: dict[str, Any] = {"name": _setup_name(setup, manifest)}
         for metric in METRICS:
             summary[metric] = _mean_std([r[metric] for r in complete])
+        weights = [f["layer_weights"] for r in complete for f in r["folds"] if "layer_weights" in f]
+        if weights and len({len(w) for w in weights}) == 1:
+            summary["layer_weights"] = [round(float(w), 4) for w in np.mean(weights, axis=0)]
         summary["num_runs"] = len(complete)
         summary["runs"] = complete
         if incomplete:
             summary["incomplete_runs"] = incomplete
         results["setups"][setup] = summary
     return results
+
+
+def _ssl_setups(out: Path, manifest: dict[str, Any]) -> list[str]:
+    """The ``ssl-<name>`` folders: in the order of the upstreams given, then any other."""
+    given = [upstream_name(u)[0] for u in manifest.get("config", {}).get("upstream") or []]
+    found = sorted(p.name for p in out.glob(f"{SSL_PREFIX}*") if p.is_dir())
+    ordered = [f"{SSL_PREFIX}{n}" for n in given]
+    return ordered + [s for s in found if s not in ordered]
+
+
+def _setup_name(setup: str, manifest: dict[str, Any]) -> str:
+    """The row's name: the paper's for its setups, ``<upstream> (<layers>)`` for ssl."""
+    if not is_ssl(setup):
+        return SETUP_NAMES[setup]
+    name = setup[len(SSL_PREFIX) :]
+    layers = manifest.get("config", {}).get("ssl_layers")
+    states = manifest.get("upstreams", {}).get(name, {}).get("num_states")
+    if layers is None:
+        return name
+    return f"{name} ({LayerChoice.parse(layers).describe(states)})"
 
 
 def _fmt(x: float | None) -> str:
@@ -190,10 +221,14 @@ def render_markdown(results: dict[str, Any]) -> str:
     lines += ["", f"Score: {results['score']}."]
     if results.get("skipped_rows"):
         lines.append(f"Skipped label rows (--skip-bad): {results['skipped_rows']}.")
-    for setup, summary in results["setups"].items():
+    for summary in results["setups"].values():
         if summary.get("incomplete_runs"):
             missing = ", ".join(str(r) for r in summary["incomplete_runs"])
-            lines.append(f"{SETUP_NAMES[setup]}: run(s) {missing} unfinished, not included.")
+            lines.append(f"{summary['name']}: run(s) {missing} unfinished, not included.")
+    for summary in results["setups"].values():
+        if summary.get("layer_weights"):
+            weights = " ".join(_fmt(w) for w in summary["layer_weights"])
+            lines.append(f"{summary['name']}: learned layer weights (mean): {weights}.")
     return "\n".join(lines) + "\n"
 
 

@@ -42,6 +42,7 @@ from cpc_fast.training.guard import NonFiniteGuard
 from cpc_fast.training.preemption import Preempted, StopVote, deferred, requested
 
 Batch = tuple[tuple[torch.Tensor, ...], torch.Tensor]
+_UPLOAD_SHARE = 0.25  # of a GPU's free memory that cached frames may take (FeatureBatches)
 
 
 @dataclass(frozen=True)
@@ -64,10 +65,12 @@ class FeatureBatches:
     batch's longest utterance.
 
     On the CPU a batch is copied from the cache (memory-mapped, read as needed). On another
-    device (:meth:`on_device`) every frame and label is uploaded once, with one zero row
-    after the frames; a batch is then gathered there from its frames' row numbers (B, L),
-    padding pointing at the zero row: one small pinned, non-blocking upload per step, and the
-    same values as the CPU's copy.
+    device (:meth:`on_device`) every frame and label is uploaded once, in the cache's dtype,
+    with one zero row after the frames; a batch is then gathered there from its frames' row
+    numbers (B, L), padding pointing at the zero row, and made float32: one small pinned,
+    non-blocking upload per step, and the same values as the CPU's copy. Frames that would
+    take more than a quarter of a GPU's free memory (the hidden states of an SSL model stay
+    on disk: gigabytes an hour) are copied per batch as on the CPU instead.
     """
 
     def __init__(self, features: FeatureSet, targets: np.ndarray) -> None:
@@ -78,14 +81,20 @@ class FeatureBatches:
         self._frames = self._labels = torch.empty(0)  # on the device: (frames + 1, D), (N, 3)
 
     def on_device(self, device: torch.device) -> FeatureBatches:
-        """These batches made on ``device``: the same object for the CPU, else a copy whose
-        frames and labels live there."""
-        return self if device.type == "cpu" else self._gathered_on(device)
+        """These batches made on ``device``: the same object for the CPU (or frames too
+        large to upload), else a copy whose frames and labels live there."""
+        if device.type == "cpu":
+            return self
+        if device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(device)
+            if self.features.nbytes > _UPLOAD_SHARE * free:
+                return self
+        return self._gathered_on(device)
 
     def _gathered_on(self, device: torch.device) -> FeatureBatches:
         moved = FeatureBatches(self.features, self.targets)
-        zero = np.zeros((1, self.features.dim), np.float32)
-        frames = torch.from_numpy(np.concatenate([self.features.data, zero]))
+        zero = np.zeros((1, self.features.dim), self.features.dtype)
+        frames = torch.from_numpy(np.concatenate([*self.features.blocks, zero]))
         moved._device = device
         moved._frames = frames.to(device)  # (frames + 1, D): the last row pads
         moved._labels = torch.from_numpy(self.targets).to(device)  # (N, 3)
@@ -115,7 +124,7 @@ class FeatureBatches:
             host = host.pin_memory()  # the copy below then leaves the host free
         numbers = host.to(self._device, non_blocking=True)
         b, length = len(indices), len(steps)
-        x = self._frames[numbers[: b * length]].view(b, length, -1)  # (B, L, D)
+        x = self._frames[numbers[: b * length]].view(b, length, -1).float()  # (B, L, D)
         frames, which = numbers[b * length : b * length + b], numbers[b * length + b :]
         return (x, frames), self._labels[which]
 

@@ -37,6 +37,7 @@ from cpc_fast.io.atomic import atomic_write_bytes, write_json
 from cpc_fast.io.metrics import MetricsLogger, truncate_metrics
 from cpc_fast.models.cpc import CPCModel
 from cpc_fast.models.recognizer import EmotionRecognizer, RecognizerConfig
+from cpc_fast.models.ssl_layers import LayerSumRecognizer, WeightedLayerSum
 from cpc_fast.training.checkpointer import Checkpointer
 from cpc_fast.training.distributed import DistEnv, barrier
 
@@ -80,6 +81,7 @@ def run_unit(
     targets = scaler.transform(place.corpus.labels())
     joint = setup == "joint"
     cpc = None
+    stacked = 0  # SSL hidden states that a learned weighted sum combines (0: none)
     if joint:
         cpc = CPCModel(cpc_config.model)
         data = WaveBatches(place.corpus, targets, hop=cpc.frame_hop)
@@ -89,11 +91,20 @@ def run_unit(
     else:
         features: FeatureSet = prepared["features"]
         data = FeatureBatches(features, targets)
-        recognizer = EmotionRecognizer(RecognizerConfig(input_dim=features.dim))
+        stacked = prepared.get("stacked_states", 0)
+        recognizer = EmotionRecognizer(RecognizerConfig(input_dim=features.dim // (stacked or 1)))
         stats = features.mean_std(fold.train)
         model = recognizer
     mean, std = (torch.as_tensor(a, dtype=torch.float32) for a in stats)
-    recognizer.set_input_normalization(mean, torch.where(std > 1e-6, std, torch.ones_like(std)))
+    std = torch.where(std > 1e-6, std, torch.ones_like(std))
+    layer_sum = None
+    if stacked:
+        # Each state standardised before the sum; the sum enters the recognizer as it is.
+        layer_sum = WeightedLayerSum(stacked, recognizer.config.input_dim)
+        layer_sum.set_normalization(mean, std)
+        model = LayerSumRecognizer(layer_sum, recognizer)
+    else:
+        recognizer.set_input_normalization(mean, std)
     settings = TrainSettings(
         epochs=cfg.epochs,
         batch_size=cfg.batch_size,
@@ -165,6 +176,8 @@ def run_unit(
         "num_validation": len(fold.validation),
         "num_test": len(fold.test),
     }
+    if layer_sum is not None:  # which hidden states the recognizer learned to weigh
+        summary["layer_weights"] = [round(w, 6) for w in layer_sum.softmax_weights().tolist()]
     if place.env.is_main:
         model_config = {
             "setup": setup,
@@ -176,7 +189,7 @@ def run_unit(
             "label_scaler": scaler.to_dict(),
             "label_range": list(place.corpus.label_range) if place.corpus.label_range else None,
         }
-        save_model(unit, recognizer, model_config, cpc=cpc if joint else None)
+        save_model(unit, recognizer, model_config, cpc=cpc if joint else None, layer_sum=layer_sum)
         ids = [place.corpus.records[i].utt_id for i in fold.test]
         write_predictions(unit / "predictions.csv", ids, pred, labels)
         write_json(unit / "result.json", summary)
