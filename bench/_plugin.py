@@ -22,6 +22,7 @@ import importlib.metadata
 import os
 import shlex
 import time
+from collections import Counter
 from pathlib import Path
 
 import _harness
@@ -48,7 +49,7 @@ SUITE_ORDER = (
 DEFAULT_STORAGE = "file://./.benchmarks"  # pytest-benchmark's own default
 CPU_MIN_ROUNDS = 3  # the CPU's slowest calls take seconds; the whole suite must fit 10 min
 BENCH = Path(__file__).resolve().parent
-LEFT_OUT: set[str] = set()  # the long suites this session left out (file names)
+LEFT_OUT: Counter[str] = Counter()  # the long cases this session left out, by file name
 _STARTED = time.monotonic()
 
 
@@ -141,7 +142,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if left_out:
         config.hook.pytest_deselected(items=left_out)
         items[:] = [item for item in items if item not in left_out]
-        LEFT_OUT.update(Path(str(item.path)).name for item in left_out)
+        LEFT_OUT.update(Path(str(item.path)).name for item in left_out)  # counts the cases
 
 
 def _left_out(config: pytest.Config, item: pytest.Item) -> bool:
@@ -186,7 +187,9 @@ def _write_wall_time(terminalreporter) -> None:
     line = f"benchmark run: {minutes} min {seconds:02d} s wall time"
     if LEFT_OUT:
         line += (
-            f"; long suites left out: {', '.join(sorted(LEFT_OUT))} "
+            "; long cases left out: "
+            + ", ".join(f"{name} ({count})" for name, count in sorted(LEFT_OUT.items()))
+            + " "
             "(pytest --benchmark --benchmark-long runs them too)"
         )
     terminalreporter.write_line("")
