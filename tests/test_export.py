@@ -30,6 +30,7 @@ from cpc_fast.emotion.onnx_export import (
     OnnxRunner,
     check_graph,
 )
+from cpc_fast.errors import UserInputError
 from cpc_fast.features.cache import module_digest
 from cpc_fast.features.lfbe import LFBE, LFBEConfig
 from cpc_fast.io.atomic import write_json
@@ -338,6 +339,19 @@ def test_int8_graph_is_written_and_runs(exported: Path, tmp_path: Path) -> None:
     export_models(exported / "sup/fold1/run1", out, onnx=True, int8=True)
     runner = OnnxEmotionRunner(out / INT8_NAME)
     assert np.isfinite(runner.predict_batch([_noise(1.0, 8)])).all()
+
+
+@pytest.mark.parametrize("far", [1.0, float("nan")])
+def test_a_graph_that_strays_from_pytorch_is_not_kept(
+    exported: Path, tmp_path: Path, monkeypatch, far: float
+) -> None:
+    from cpc_fast.emotion import export as export_module
+
+    monkeypatch.setattr(export_module, "compare_with_torch", lambda model, runner: far)
+    out = tmp_path / "strays"
+    with pytest.raises(UserInputError, match="onnxruntime's outputs differ from PyTorch's by"):
+        export_models(exported / "sup/fold1/run1", out, onnx=True)
+    assert not out.exists()  # nothing half-written is left
 
 
 def test_lfbe_dft_as_a_convolution_matches_the_stft() -> None:

@@ -164,16 +164,22 @@ def _export_emotion(
         if onnx:
             export_emotion_onnx(model, folder / ONNX_NAME)
             difference = compare_with_torch(model, OnnxEmotionRunner(folder / ONNX_NAME))
-            if not difference <= CHECK_ATOL:
-                raise UserInputError(
-                    f"{target}: onnxruntime's outputs differ from PyTorch's by {difference:.3g} "
-                    f"(more than {CHECK_ATOL}); the graph is not kept"
-                )
+            _check_graph(target, difference, "outputs")
             if int8:
                 quantize_int8(folder / ONNX_NAME, folder / INT8_NAME)
 
     _replace_folder(target, write)
     return Exported(target, model.config["setup"], difference, note=note)
+
+
+def _check_graph(target: Path, difference: float, what: str) -> None:
+    """Refuses a graph whose onnxruntime ``what`` are further than CHECK_ATOL from PyTorch's
+    (a NaN difference too); the folder being written is then not kept."""
+    if not difference <= CHECK_ATOL:
+        raise UserInputError(
+            f"{target}: onnxruntime's {what} differ from PyTorch's by {difference:.3g} "
+            f"(more than {CHECK_ATOL}); the graph is not kept"
+        )
 
 
 def _unit_records(unit: Path) -> dict[str, Any]:
@@ -245,11 +251,7 @@ def _export_cpc(source: Path, target: Path, onnx: bool) -> Exported:
         if onnx:
             export_cpc_onnx(model, folder / ONNX_NAME)
             difference = _cpc_difference(model, OnnxRunner(folder / ONNX_NAME))
-            if not difference <= CHECK_ATOL:
-                raise UserInputError(
-                    f"{target}: onnxruntime's contexts differ from PyTorch's by "
-                    f"{difference:.3g} (more than {CHECK_ATOL}); the graph is not kept"
-                )
+            _check_graph(target, difference, "contexts")
 
     _replace_folder(target, write)
     return Exported(target, "cpc", difference)
