@@ -60,7 +60,7 @@ from cpc_fast.features.upstream import SAMPLE_RATE, load_upstream
 from cpc_fast.io.atomic import write_json
 from cpc_fast.io.checkpoint import CONFIG_NAME, WEIGHTS_NAME, load_weights, save_weights
 from cpc_fast.models.cpc import CPC_KIND, CPCConfig, CPCModel
-from cpc_fast.models.hub import HubMixin
+from cpc_fast.models.hub import HubMixin, model_folder
 from cpc_fast.models.loading import load_cpc
 from cpc_fast.models.recognizer import EmotionRecognizer, RecognizerConfig
 from cpc_fast.models.ssl_layers import LayerChoice, LayerSumRecognizer, WeightedLayerSum
@@ -413,17 +413,7 @@ def _ssl_front_end(
 def _copy_upstream(source: str, folder: Path) -> None:
     """The files ``from_pretrained`` reads of an upstream (its local folder, or a hub id's
     snapshot in the local cache), copied into ``folder``."""
-    path = Path(source)
-    if not path.is_dir():
-        try:
-            from huggingface_hub import snapshot_download
-
-            path = Path(snapshot_download(source, local_files_only=True))
-        except Exception as exc:  # noqa: BLE001 - not cached, or no huggingface_hub
-            raise UserInputError(
-                f"upstream {source}: no local copy to put in the exported folder ({exc}); "
-                "download it (huggingface-cli download) and pass its folder with `upstream_path`"
-            ) from None
+    path = model_folder(source, local_files_only=True)  # a hub id: its cached snapshot
     folder.mkdir(parents=True, exist_ok=True)
     for file in sorted(path.iterdir()):
         if file.is_file() and file.suffix in (".json", ".safetensors", ".bin", ".txt"):
