@@ -45,6 +45,34 @@ def test_weights_round_trip_with_config_and_kind(tmp_path) -> None:
         load_weights(tmp_path / "m.safetensors", expected_kind="recognizer")
 
 
+def test_the_same_weights_give_the_same_bytes(tmp_path) -> None:
+    """safetensors writes its metadata in a hash map's order, different from one save to
+    the next; the files a run writes must not depend on it."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    tensors = {"w": torch.randn(3, 4), "b": torch.arange(5), "h": torch.ones(7).half()}
+    config = {"dim": 4, "name": "é", "nested": {"x": [1, 2]}}
+    blobs = set()
+    for i in range(12):
+        path = tmp_path / f"m{i}.safetensors"
+        save_weights(path, tensors, config, kind="cpc", stamp="abc")
+        blobs.add(path.read_bytes())
+    assert len(blobs) == 1
+    (blob,) = blobs
+    assert int.from_bytes(blob[:8], "little") % 8 == 0  # the data stays 8-byte aligned
+    # safetensors' own reader takes it: the tensors and the metadata as saved
+    loaded = load_file(path)
+    assert all(torch.equal(loaded[k], tensors[k]) for k in tensors)
+    with safe_open(str(path), framework="pt") as fh:
+        assert fh.metadata() == {
+            "config": json.dumps(config),
+            "format": "pt",
+            "kind": "cpc",
+            "stamp": "abc",
+        }
+
+
 def test_training_state_with_rng_loads_weights_only_and_restores(tmp_path) -> None:
     torch.manual_seed(3)
     np.random.seed(4)  # noqa: NPY002 (the global RNG is what the state saves)

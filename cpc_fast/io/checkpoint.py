@@ -9,7 +9,8 @@ Every file is written atomically (:func:`cpc_fast.io.atomic.atomic_write`), so a
 SIGKILL) leaves either the old file or the new one. Files are serialised in memory first and
 written by Python, so a full disk is an ``OSError`` naming the file, whatever the format.
 Weights that hold a NaN or an infinity are refused when loaded: no result is computed from
-a model that diverged.
+a model that diverged. The same weights and metadata give the same bytes (the metadata in key
+order: safetensors writes it in a hash map's order, which changes from one save to the next).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import struct
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -48,7 +50,22 @@ def save_weights(
     metadata = {"config": json.dumps(dict(config)), "kind": kind, "format": "pt"}
     if stamp is not None:
         metadata["stamp"] = stamp
-    atomic_write_bytes(path, save(tensors, metadata=metadata))
+    atomic_write_bytes(path, _canonical(save(tensors, metadata=metadata)))
+
+
+def _canonical(blob: bytes) -> bytes:
+    """A safetensors file with its metadata in key order, first in the header: the same
+    content, the same bytes. The tensors' entries and data are left as written (their
+    offsets stay valid); the header is padded with spaces to a multiple of 8 bytes, as
+    safetensors pads it, so the data stays aligned."""
+    (size,) = struct.unpack("<Q", blob[:8])
+    header = json.loads(blob[8 : 8 + size])
+    metadata = header.pop("__metadata__", None)
+    if metadata is not None:
+        header = {"__metadata__": dict(sorted(metadata.items())), **header}
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+    text += b" " * (-len(text) % 8)
+    return struct.pack("<Q", len(text)) + text + blob[8 + size :]
 
 
 def weights_stamp(path: str | os.PathLike) -> str | None:
