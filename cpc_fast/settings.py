@@ -229,18 +229,19 @@ def differences(
     ``to_dict()`` records of ``cls``, except the resumable ones; sorted by name. ``saved`` may
     come from an earlier version (:meth:`Config.upgrade`)."""
     skip = resumable_fields(cls)
-    old, new = _flatten(cls.upgraded(saved)), _flatten(current)
+    old, new = flatten(cls.upgraded(saved)), flatten(current)
     names = sorted((old.keys() | new.keys()) - skip)
     return [
         (name, old.get(name), new.get(name)) for name in names if old.get(name) != new.get(name)
     ]
 
 
-def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested mappings as one level: ``{"a": {"b": 1}}`` -> ``{"a.b": 1}``."""
     out: dict[str, Any] = {}
     for key, value in d.items():
         if isinstance(value, Mapping):
-            out.update(_flatten(value, f"{prefix}{key}."))
+            out.update(flatten(value, f"{prefix}{key}."))
         else:
             out[f"{prefix}{key}"] = value
     return out
@@ -300,6 +301,7 @@ __all__ = [
     "differences",
     "field_type",
     "flag_of",
+    "flatten",
     "in_range",
     "non_negative",
     "one_of",

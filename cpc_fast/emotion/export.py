@@ -34,7 +34,7 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -65,7 +65,7 @@ from cpc_fast.io.atomic import read_json
 from cpc_fast.io.checkpoint import CONFIG_NAME, WEIGHTS_NAME
 from cpc_fast.models.cpc import CPC_KIND, CPCModel
 from cpc_fast.models.cpc import HUB_MODEL_TYPE as CPC_MODEL_TYPE
-from cpc_fast.settings import Config, config_fields, field_type, flag_of
+from cpc_fast.settings import Config, config_fields, field_type, flag_of, flatten
 
 EXPERIMENT_MANIFEST = "experiment.json"
 _MODEL_TYPES = (HUB_MODEL_TYPE, CPC_MODEL_TYPE)
@@ -327,18 +327,8 @@ def command_line(words: list[str], config: Config, base: Config) -> str:
 
 def _changed(config: Config, base: Config) -> dict[str, Any]:
     """Dotted name -> value of every leaf field of ``config`` that differs from ``base``."""
-    mine, theirs = _flat(config.to_dict()), _flat(base.to_dict())
+    mine, theirs = flatten(config.to_dict()), flatten(base.to_dict())
     return {k: v for k, v in mine.items() if v != theirs.get(k)}
-
-
-def _flat(record: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in record.items():
-        if isinstance(value, Mapping):
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 # -- writing a folder ------------------------------------------------------------------------
