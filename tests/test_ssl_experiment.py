@@ -163,6 +163,12 @@ def test_upstreams_beside_sup_on_the_demo_corpus(
     assert rows == _predict(unit, [*files.values(), new], capsys)
     assert "is gone; pass its new location" in one_error_line(gone[0], gone[2])
 
+    # A file shorter than the upstream's receptive field (400 samples) has no frame: named.
+    short = tmp_path / "short.wav"
+    sf.write(short, np.full(320, 0.01, np.float32), 16000, subtype="FLOAT")
+    line = one_error_line(*run_main(["predict", "--model", str(unit), str(short)], capsys)[::2])
+    assert f"{short}: audio of 320 samples is shorter than the model's first frame (400)" in line
+
     # One more upstream: its row is added, nothing else retrained; an upstream whose
     # weights changed is refused.
     done = {p: p.stat().st_mtime_ns for p in out.glob("*/*/run*/done")}

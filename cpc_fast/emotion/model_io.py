@@ -139,8 +139,7 @@ class EmotionModel(HubMixin, nn.Module):
         field (400 samples for the wav2vec 2.0 family)."""
         if self.feature_kind != "ssl":
             return self.hop
-        info = self.front_end.upstream.info
-        return next(n for n in range(1, 1 << 16) if info.frames(n) > 0)
+        return self.front_end.upstream.info.receptive_field
 
     @property
     def sample_rate(self) -> int:
