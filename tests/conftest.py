@@ -21,7 +21,7 @@ os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
 _CACHE = os.environ["CPC_FAST_CACHE"] = tempfile.mkdtemp(prefix="cpc-fast-test-cache-")
 
 import pytest  # noqa: E402
-from optional_deps import REQUIRE_EXTRAS  # noqa: E402
+from optional_deps import REQUIRE_EXTRAS, need  # noqa: E402
 
 # The parity tests against the real transformers package that passed (marker "huggingface").
 _huggingface_passed: list[str] = []
@@ -43,6 +43,12 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def transformers():
+    """Hugging Face transformers (the ``ssl`` extra), or the test skips (fails in CI)."""
+    return need("transformers")
 
 
 @pytest.fixture(scope="session")

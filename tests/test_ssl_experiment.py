@@ -14,7 +14,6 @@ import pytest
 import soundfile as sf
 from cli_runner import one_error_line, run_main
 from emotion_fixtures import make_iemocap, write_wav
-from optional_deps import need
 from ssl_fixtures import family_configs, plain_hidden_states, save_tiny_upstream
 
 from cpc_fast.data.corpora.synthetic_emotion import load_synthetic
@@ -23,11 +22,6 @@ from cpc_fast.features.cache import open_entry
 from cpc_fast.io.checkpoint import load_weights
 
 pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.huggingface]
-
-
-@pytest.fixture(scope="module")
-def transformers():
-    return need("transformers")
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 import torch
 from emotion_fixtures import write_manifest, write_samples, write_wav
-from optional_deps import need
 from ssl_fixtures import family_configs, plain_hidden_states, save_tiny_upstream
 
 from cpc_fast.data.corpora.manifest import load_manifest
@@ -28,11 +27,6 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 SECONDS = (0.9, 0.45, 1.3, 0.7, 1.0, 0.3)  # lengths that make padded batches
 FP16 = 2.0**-10  # one float16 ulp, relative: what storing in float16 may change
-
-
-@pytest.fixture(scope="module")
-def transformers():
-    return need("transformers")
 
 
 @pytest.fixture(scope="module")

@@ -38,7 +38,7 @@ from typing import Annotated, Any
 import typer
 
 from cpc_fast.cli.app import invoked_argv
-from cpc_fast.errors import UserInputError
+from cpc_fast.errors import UserInputError, require_extra
 from cpc_fast.training.preemption import SIGNALS_VARIABLE, preemption_signals
 
 LAUNCHERS = ("local", "slurm")
@@ -252,14 +252,9 @@ def job_argv(argv: Sequence[str]) -> list[str]:
 
 
 def _submitit():
-    """The ``slurm`` extra, or a one-line error naming it."""
-    try:  # the optional `slurm` extra: imported only when a job is submitted
-        import submitit
-    except ImportError as exc:
-        raise UserInputError(
-            f"--launcher slurm needs submitit: pip install 'cpc-fast[slurm]' ({exc})"
-        ) from exc
-    return submitit
+    """The ``slurm`` extra, or a one-line error naming it (imported only when a job is
+    submitted)."""
+    return require_extra("submitit", "--launcher slurm", "slurm")
 
 
 def submit(

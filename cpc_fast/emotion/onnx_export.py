@@ -32,7 +32,6 @@ graph, ``onnxruntime`` runs it.
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 import warnings
@@ -46,7 +45,7 @@ from torch import nn
 
 from cpc_fast import __version__
 from cpc_fast.emotion.model_io import DIMENSIONS, EmotionModel
-from cpc_fast.errors import UserInputError
+from cpc_fast.errors import UserInputError, require_extra
 from cpc_fast.models.cpc import CPCModel
 from cpc_fast.models.hub import EXTRA
 
@@ -61,13 +60,8 @@ CHECK_ATOL = 1e-4
 
 
 def need(module: str, what: str) -> Any:
-    """Imports an optional package, or a :class:`UserInputError` naming it and the extra."""
-    try:
-        return importlib.import_module(module)
-    except ImportError as exc:
-        raise UserInputError(
-            f"{what} needs {module.partition('.')[0]}: pip install 'cpc-fast[{EXTRA}]' ({exc})"
-        ) from None
+    """Imports a package of the ``export`` extra, or a :class:`UserInputError` naming it."""
+    return require_extra(module, what, EXTRA)
 
 
 class _EmotionGraph(nn.Module):

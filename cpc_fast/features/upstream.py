@@ -47,7 +47,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from cpc_fast.errors import UserInputError
+from cpc_fast.errors import UserInputError, require_extra
 from cpc_fast.features.cache import module_digest
 from cpc_fast.models.ssl_layers import LayerChoice
 
@@ -60,15 +60,7 @@ _BATCH_CHECK_TOLERANCE = 1e-4
 
 def require_transformers():
     """The ``transformers`` module, or one line saying how to install it."""
-    try:
-        import transformers  # optional: the `ssl` extra
-    except ModuleNotFoundError as exc:
-        if exc.name != "transformers":
-            raise
-        raise UserInputError(
-            "the ssl setup needs Hugging Face transformers: pip install 'cpc-fast[ssl]'"
-        ) from None
-    return transformers
+    return require_extra("transformers", "the ssl setup", "ssl")
 
 
 @dataclass(frozen=True)

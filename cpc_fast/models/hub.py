@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, TypeVar
 
-from cpc_fast.errors import UserInputError
+from cpc_fast.errors import UserInputError, require_extra
 from cpc_fast.io.atomic import atomic_write_bytes, read_json, write_json
 from cpc_fast.io.checkpoint import CONFIG_NAME, WEIGHTS_NAME
 
@@ -34,13 +34,7 @@ _T = TypeVar("_T", bound="HubMixin")
 
 def huggingface_hub() -> Any:
     """The ``huggingface_hub`` module, or a :class:`UserInputError` naming the extra."""
-    try:
-        import huggingface_hub as hub  # optional: the `export` extra
-    except ImportError as exc:
-        raise UserInputError(
-            f"the Hugging Face Hub needs huggingface_hub: pip install 'cpc-fast[{EXTRA}]' ({exc})"
-        ) from None
-    return hub
+    return require_extra("huggingface_hub", "the Hugging Face Hub", EXTRA)
 
 
 def card_front_matter(tags: list[str], extra: dict[str, str] | None = None) -> str:
